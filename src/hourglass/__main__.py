@@ -1,0 +1,5 @@
+import sys
+
+from hourglass.cli import main
+
+sys.exit(main())

@@ -1,0 +1,1 @@
+"""The bus: NATS JetStream, embedded or external."""

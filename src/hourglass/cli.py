@@ -1,0 +1,174 @@
+"""The ``hourglass`` command line.
+
+Every command takes the common flags (``--data-dir``, ``--schemas``, ``--port``,
+``--bus``, ``--bucket``); settings not given as flags come from ``HOURGLASS_*``
+environment variables, then ``hourglass.toml``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Callable, Coroutine
+from pathlib import Path
+from typing import Any
+
+from hourglass import log
+from hourglass.config import Settings, load_settings
+from hourglass.exceptions import HourglassError
+
+COMMON = ("data_dir", "schemas", "port", "bus", "bucket", "log_level")
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("common")
+    g.add_argument("--data-dir", help="where the bus store and the lake live (./hourglass-data)")
+    g.add_argument("--schemas", help="folder of Avro .avsc schemas (default: bundled demo)")
+    g.add_argument("--port", type=int, help="gateway HTTP port (8080)")
+    g.add_argument("--bus", help="external NATS, e.g. nats://a:4222,nats://b:4222")
+    g.add_argument("--bucket", help="lake bucket width: 1h (default) or a divisor like 1m")
+    g.add_argument("--config", help="settings file (default ./hourglass.toml)")
+    g.add_argument("--log-level", help="debug, info, warning (info)")
+
+
+def _gateway_flags(parser: argparse.ArgumentParser) -> None:
+    g = parser.add_argument_group("gateway")
+    g.add_argument("--host", help="address to listen on (127.0.0.1)")
+    g.add_argument("--workers", type=int, help="gateway processes sharing the port (1)")
+    g.add_argument("--api-keys", help="TOML file of API keys and the types each may send")
+    g.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
+    g.add_argument("--tls-key", help="PEM private key for --tls-cert")
+    g.add_argument("--max-body-bytes", type=int, help="largest body after decompression")
+    g.add_argument("--max-event-bytes", type=int, help="largest single event")
+    g.add_argument("--max-events-per-request", type=int, help="most events in one request")
+    g.add_argument("--stream-max-bytes", type=int, help="size limit of each stream")
+    g.add_argument("--commit-max-wait-ms", type=float, help="longest group-commit wait")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hourglass",
+        description="Reliable event delivery: CloudEvents in, an hourly Parquet lake out.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", help="run bus + gateway in one command, on a local data folder")
+    _common(up)
+    _gateway_flags(up)
+    up.add_argument("--demo", action="store_true", help="also run a demo producer")
+    up.add_argument("--demo-rate", type=float, default=20.0, help="demo events per second")
+
+    gateway = sub.add_parser("gateway", help="run the HTTP gateway against a running bus")
+    _common(gateway)
+    _gateway_flags(gateway)
+
+    bus = sub.add_parser("bus", help="run only the embedded nats-server of --data-dir")
+    _common(bus)
+
+    schema = sub.add_parser("schema", help="schema tools")
+    schema_sub = schema.add_subparsers(dest="schema_command", required=True, metavar="ACTION")
+    check = schema_sub.add_parser("check", help="is NEW backward compatible with OLD?")
+    check.add_argument("old", type=Path)
+    check.add_argument("new", type=Path)
+    lst = schema_sub.add_parser("list", help="compile every schema and list the types")
+    _common(lst)
+    return parser
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    names = set(Settings.__struct_fields__)
+    flags = {k: v for k, v in vars(args).items() if k in names}
+    return load_settings(flags, config=getattr(args, "config", None))
+
+
+def _run(coro: Coroutine[Any, Any, None]) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from hourglass.up import up
+
+    settings = _settings(args)
+    log.setup(settings.log_level)
+    _run(up(settings, demo=args.demo, demo_rate=args.demo_rate))
+    return 0
+
+
+def cmd_gateway(args: argparse.Namespace) -> int:
+    from hourglass.up import run_gateways
+
+    settings = _settings(args)
+    log.setup(settings.log_level)
+    if settings.workers > 1:
+        _run(run_gateways(settings))
+    else:
+        from hourglass.gateway.server import serve
+
+        _run(serve(settings))
+    return 0
+
+
+def cmd_bus(args: argparse.Namespace) -> int:
+    from hourglass.up import run_bus
+
+    settings = _settings(args)
+    log.setup(settings.log_level)
+    _run(run_bus(settings))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    from hourglass.schemas import check_compatibility, compile_schema
+
+    if args.schema_command == "list":
+        from hourglass.gateway.server import load_registry
+
+        for schema in load_registry(_settings(args)):
+            print(f"{schema.type_name}\t{schema.path}")
+        return 0
+    texts = []
+    for path in (args.old, args.new):
+        try:
+            texts.append(json.loads(path.read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"{path}: {exc}", file=sys.stderr)
+            return 2
+    compile_schema(texts[1], path=args.new)
+    problems = check_compatibility(texts[0], texts[1])
+    if not problems:
+        print(f"{args.new} is backward compatible with {args.old}")
+        return 0
+    print(f"{args.new} is NOT backward compatible with {args.old}:")
+    for problem in problems:
+        print(f"  - {problem}")
+    return 1
+
+
+COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "up": cmd_up,
+    "gateway": cmd_gateway,
+    "bus": cmd_bus,
+    "schema": cmd_schema,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except HourglassError as exc:
+        print(f"hourglass: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Settings, shared by every command.
+
+Precedence, highest first: command-line flags, ``HOURGLASS_<NAME>`` environment
+variables, then ``hourglass.toml`` in the working directory (or the file named by
+``--config`` / ``HOURGLASS_CONFIG``).  A parent process (``hourglass up``) hands
+its resolved settings to its children as JSON in ``HOURGLASS__SETTINGS`` so a
+child sees exactly what its parent saw.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import msgspec
+
+from hourglass.exceptions import ConfigError
+
+KiB = 1024
+MiB = 1024 * KiB
+GiB = 1024 * MiB
+
+SETTINGS_ENV = "HOURGLASS__SETTINGS"
+
+
+class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """Every knob, with the default a new user gets."""
+
+    data_dir: str = "hourglass-data"
+    schemas: str | None = None  # None: the bundled demo schemas
+    host: str = "127.0.0.1"
+    port: int = 8080
+    bus: str | None = None  # None: the embedded nats-server of data_dir
+    bus_port: int = 0  # embedded bus port; 0 picks a free one once and keeps it
+    bucket: str = "1h"
+    workers: int = 1
+
+    # Request limits (413 beyond them).
+    max_body_bytes: int = 8 * MiB  # after decompression
+    max_event_bytes: int = 256 * KiB
+    max_events_per_request: int = 10_000
+    # Back-pressure (429 beyond it): events parsed but not yet answered.
+    max_inflight_events: int = 500_000
+
+    # Group commit: one bus message per type carries many requests' events.
+    commit_max_bytes: int = 1 * MiB
+    commit_max_wait_ms: float = 2.0
+    publish_timeout_s: float = 5.0
+
+    # Streams: explicit limits; a full stream refuses new writes (discard new).
+    stream_max_bytes: int = 1 * GiB  # JetStream reserves it up front, per stream
+    stream_max_age_s: int = 7 * 24 * 3600
+    stream_replicas: int = 0  # 0: 1 on the embedded bus, 3 on an external one
+    duplicate_window_s: int = 120
+
+    failed_body_cap: int = 1 * MiB  # unparseable bodies are kept up to this size
+
+    api_keys: str | None = None  # TOML file: key = ["type", ...] or "*"
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    log_level: str = "info"
+
+    @property
+    def data_path(self) -> Path:
+        return Path(self.data_dir)
+
+    def validate(self) -> Settings:
+        if not 0 <= self.port < 65536:
+            raise ConfigError(f"port {self.port} is not a TCP port")
+        if self.max_event_bytes > self.commit_max_bytes:
+            raise ConfigError(
+                f"max_event_bytes ({self.max_event_bytes}) must not exceed "
+                f"commit_max_bytes ({self.commit_max_bytes}): an event must fit in a bus message"
+            )
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        bucket_seconds(self.bucket)
+        return self
+
+
+_DURATION = re.compile(r"^(\d+)(s|m|h)$")
+
+
+def bucket_seconds(text: str) -> int:
+    """Parse a bucket width such as ``1h`` or ``5m``; it must divide an hour."""
+    match = _DURATION.match(text.strip())
+    if not match:
+        raise ConfigError(f"bucket {text!r}: write it as <n>s, <n>m or <n>h, e.g. 1h or 1m")
+    seconds = int(match.group(1)) * {"s": 1, "m": 60, "h": 3600}[match.group(2)]
+    if seconds <= 0 or (seconds < 3600 and 3600 % seconds) or (seconds > 3600 and seconds % 3600):
+        raise ConfigError(f"bucket {text!r}: must divide an hour (e.g. 1m, 5m, 15m) or be 1h")
+    if seconds > 3600:
+        raise ConfigError(f"bucket {text!r}: buckets wider than an hour are not supported")
+    if seconds % 60:
+        raise ConfigError(f"bucket {text!r}: must be a whole number of minutes")
+    return seconds
+
+
+def _from_toml(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        default = Path("hourglass.toml")
+        if not default.exists():
+            return {}
+        path = default
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+    section = data.get("hourglass", data)
+    return {k.replace("-", "_"): v for k, v in section.items()}
+
+
+def _from_env() -> dict[str, Any]:
+    names = set(Settings.__struct_fields__)
+    out: dict[str, Any] = {}
+    for key, value in os.environ.items():
+        if key.startswith("HOURGLASS_") and not key.startswith("HOURGLASS__"):
+            name = key.removeprefix("HOURGLASS_").lower()
+            if name in names:
+                out[name] = value
+    return out
+
+
+def load_settings(flags: dict[str, Any] | None = None, *, config: str | None = None) -> Settings:
+    """Merge toml < environment < flags (flags that are ``None`` were not given)."""
+    inherited = os.environ.get(SETTINGS_ENV)
+    merged: dict[str, Any]
+    if inherited:
+        merged = msgspec.json.decode(inherited)
+    else:
+        config = config or os.environ.get("HOURGLASS_CONFIG")
+        merged = _from_toml(Path(config) if config else None)
+        merged.update(_from_env())
+    merged.update({k: v for k, v in (flags or {}).items() if v is not None})
+    try:
+        settings = msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as exc:
+        raise ConfigError(f"settings: {exc}") from exc
+    return settings.validate()
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """Environment that makes a child process load exactly these settings."""
+    return {SETTINGS_ENV: msgspec.json.encode(settings).decode()}

@@ -1,0 +1,113 @@
+"""Event shapes on the wire and on the bus.
+
+A CloudEvent is decoded straight into a per-type ``msgspec.Struct`` (an
+*envelope*) whose ``data`` field is the type's compiled Avro record, and whose
+tag is the CloudEvents ``type`` attribute.  A whole batch is therefore one
+``msgspec`` call against a tagged union of every known type: validation of
+attributes and data runs in C.
+
+On the bus, a message is NDJSON: one envelope per line, ``received_at`` set,
+``None`` attributes omitted.  The loader reads that format; the failed-events
+stream holds :class:`FailedEvent` records instead.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from hourglass.schemas import CompiledSchema, SchemaRegistry
+
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1)]
+Timestamp = Annotated[dt.datetime, msgspec.Meta(tz=True)]
+
+# CloudEvents 1.0 context attributes, in the order they are stored.  ``type`` is
+# the union tag and is written first by msgspec.
+ENVELOPE_FIELDS: list[tuple[str, Any] | tuple[str, Any, Any]] = [
+    ("specversion", Literal["1.0"]),
+    ("id", NonEmpty),
+    ("source", NonEmpty),
+    ("time", Timestamp | None, None),
+    ("subject", str | None, None),
+    ("datacontenttype", str | None, None),
+    ("dataschema", str | None, None),
+    ("received_at", dt.datetime | None, None),
+]
+
+
+def envelope_type(schema: CompiledSchema) -> type[msgspec.Struct]:
+    """The Struct that validates one CloudEvent of ``schema``'s type."""
+    fields = list(ENVELOPE_FIELDS)
+    fields.insert(3, ("data", schema.data_type))
+    return msgspec.defstruct(
+        "Event_" + schema.type_name.replace(".", "_"),
+        fields,
+        tag_field="type",
+        tag=schema.type_name,
+        kw_only=True,
+        omit_defaults=True,
+    )
+
+
+class EventHead(msgspec.Struct):
+    """Just enough of an event to report on it when it fails validation."""
+
+    id: Any = None
+    source: Any = None
+    type: Any = None
+
+
+class FailedEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
+    """One record of the failed-events stream: what was rejected, and why.
+
+    ``event`` holds a rejected event verbatim (it was valid JSON); ``body`` holds a
+    request body that could not be parsed at all, capped at ``failed_body_cap``
+    bytes (``body_truncated`` says so).
+    """
+
+    received_at: dt.datetime
+    reason: str
+    status: int
+    gateway: str
+    index: int | None = None
+    id: str | None = None
+    source: str | None = None
+    type: str | None = None
+    event: msgspec.Raw | None = None
+    body: bytes | None = None
+    body_truncated: bool = False
+    content_type: str | None = None
+    content_encoding: str | None = None
+
+
+class EventTypes:
+    """Envelope types for a registry, built once per process."""
+
+    def __init__(self, registry: SchemaRegistry) -> None:
+        self.registry = registry
+        self.by_name: dict[str, type[msgspec.Struct]] = {
+            s.type_name: envelope_type(s) for s in registry
+        }
+        self.name_of: dict[type[msgspec.Struct], str] = {
+            cls: name for name, cls in self.by_name.items()
+        }
+        classes = tuple(self.by_name.values())
+        union: Any = classes[0] if len(classes) == 1 else _union(classes)
+        self.batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[union])
+        self.single_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+        self.decoders: dict[str, msgspec.json.Decoder[Any]] = {
+            name: msgspec.json.Decoder(cls) for name, cls in self.by_name.items()
+        }
+
+
+def _union(classes: tuple[type[msgspec.Struct], ...]) -> Any:
+    result: Any = classes[0]
+    for cls in classes[1:]:
+        result = result | cls
+    return result
+
+
+def utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)

@@ -1,0 +1,78 @@
+"""The project's exception tree.
+
+Library errors (nats-py, msgspec, OS) are translated into these at the boundary
+with ``raise ... from exc`` so callers handle one vocabulary.  Retryable errors
+(the client should try again later, nothing was acknowledged) are kept apart
+from permanent ones (the input or the configuration is wrong)::
+
+    HourglassError
+    ├── ConfigError              bad settings, flags or files: fix and restart
+    │   └── SchemaError          an .avsc file cannot be compiled (file and field named)
+    ├── InvalidInput             permanent: the request or event is wrong
+    │   ├── BodyTooLarge         413: a size or count limit was exceeded
+    │   └── Unauthorized         401/403: missing key, or type not allowed for the key
+    ├── Retryable                transient: retry after ``retry_after`` seconds
+    │   ├── Overloaded           429: too much work in flight
+    │   └── BusUnavailable       503: the bus is unreachable, full or did not ack
+    └── BusError                 the bus refused a management call (stream set-up)
+"""
+
+from __future__ import annotations
+
+
+class HourglassError(Exception):
+    """Base of every error Hourglass raises on purpose."""
+
+
+class ConfigError(HourglassError):
+    """Settings, flags or files are wrong; the process cannot start as asked."""
+
+
+class SchemaError(ConfigError):
+    """An Avro schema cannot be compiled; the message names the file and field."""
+
+
+class InvalidInput(HourglassError):
+    """Permanent: the request or event is wrong and retrying will not help."""
+
+    status = 400
+
+
+class BodyTooLarge(InvalidInput):
+    """A body, event or count limit was exceeded; the message names the limit."""
+
+    status = 413
+
+
+class Unauthorized(InvalidInput):
+    """Credentials are missing or wrong (401) or a type is not allowed (403)."""
+
+    def __init__(self, message: str, *, status: int = 401) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class Retryable(HourglassError):
+    """Transient: nothing was acknowledged; the client retries after a while."""
+
+    status = 503
+
+    def __init__(self, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class Overloaded(Retryable):
+    """Too much work is in flight in this gateway."""
+
+    status = 429
+
+
+class BusUnavailable(Retryable):
+    """The bus is unreachable, a stream is full, or a publish was not acknowledged."""
+
+    status = 503
+
+
+class BusError(HourglassError):
+    """The bus refused a management request (creating or updating a stream)."""

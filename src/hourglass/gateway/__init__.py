@@ -1,0 +1,1 @@
+"""The gateway: HTTP in, validated and durable on the bus out."""

@@ -1,0 +1,288 @@
+"""The gateway's ASGI application: ``POST /v1/events`` and the operational endpoints.
+
+Order of work for one request, and why it is safe:
+
+1. check the API key, read the body (capped), undo its encoding (capped);
+2. validate every event (``validate.py``); stamp ``received_at``;
+3. hand each type's events, and every rejected event, to the group committer
+   and wait until JetStream acknowledged all of them;
+4. only then answer 200 with the accepted count and each rejection.
+
+If step 3 fails for any part, the answer is 503 and the client resends the whole
+request; parts that did land are removed downstream by ``(source, id)`` dedup.
+A body that cannot be parsed at all is itself stored in the failed-events stream
+before the 400 goes out.  No exception escapes as a crash: an unexpected one is
+logged with its traceback and answered 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Protocol
+
+import msgspec
+
+from hourglass import log
+from hourglass.bus.jetstream import FAILED_SUBJECT, subject
+from hourglass.config import Settings
+from hourglass.events import EventTypes, FailedEvent, utcnow
+from hourglass.exceptions import (
+    BodyTooLarge,
+    BusUnavailable,
+    InvalidInput,
+    Overloaded,
+    Retryable,
+    Unauthorized,
+)
+from hourglass.gateway.auth import ApiKeys
+from hourglass.gateway.commit import GroupCommitter
+from hourglass.gateway.metrics import GatewayMetrics
+from hourglass.gateway.validate import Checked, Limits, Rejection, Validator
+from hourglass.gateway.wire import Unparseable, decompress, to_payload
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+logger = log.get("hourglass.gateway")
+
+FAILED_EVENT_SUBJECT = FAILED_SUBJECT + ".event"
+FAILED_BODY_SUBJECT = FAILED_SUBJECT + ".body"
+
+
+class Readiness(Protocol):
+    @property
+    def ready(self) -> bool: ...
+
+
+class RejectedOut(msgspec.Struct):
+    index: int
+    id: str | None
+    reason: str
+
+
+class IngestResponse(msgspec.Struct):
+    accepted: int
+    rejected: list[RejectedOut]
+
+
+class ErrorResponse(msgspec.Struct):
+    error: str
+
+
+_JSON = [(b"content-type", b"application/json")]
+
+
+class Gateway:
+    def __init__(
+        self,
+        settings: Settings,
+        types: EventTypes,
+        committer: GroupCommitter,
+        bus: Readiness,
+        *,
+        gateway_id: str,
+        metrics: GatewayMetrics | None = None,
+        keys: ApiKeys | None = None,
+    ) -> None:
+        self.settings = settings
+        self.types = types
+        self.committer = committer
+        self.bus = bus
+        self.gateway_id = gateway_id
+        self.metrics = metrics or GatewayMetrics()
+        self.keys = keys
+        self.validator = Validator(
+            types,
+            Limits(settings.max_event_bytes, settings.max_events_per_request),
+        )
+        self.encoder = msgspec.json.Encoder()
+        self.inflight = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        path, method = scope["path"], scope["method"]
+        if path == "/v1/events":
+            if method != "POST":
+                await self._error(send, 405, "use POST to send events")
+                return
+            await self._ingest(scope, receive, send)
+        elif path in ("/healthz", "/readyz", "/metrics"):
+            if method not in ("GET", "HEAD"):
+                await self._error(send, 405, "use GET")
+            elif path == "/healthz":
+                await self._reply(send, 200, b'{"status":"ok"}')
+            elif path == "/readyz":
+                ok = self.bus.ready
+                body = b'{"status":"ready"}' if ok else b'{"status":"bus not ready"}'
+                await self._reply(send, 200 if ok else 503, body)
+            else:
+                await self._reply(
+                    send,
+                    200,
+                    self.metrics.render(),
+                    [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
+                )
+        else:
+            await self._error(send, 404, f"no such endpoint {path}; POST events to /v1/events")
+
+    async def _ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        status = 500
+        try:
+            status = await self._handle(headers, receive, send)
+        except Retryable as exc:
+            status = exc.status
+            retry = str(max(1, round(exc.retry_after))).encode()
+            await self._error(send, status, str(exc), [(b"retry-after", retry)])
+        except (InvalidInput, Unauthorized) as exc:
+            status = exc.status
+            await self._error(send, status, str(exc))
+        except Exception:
+            logger.exception("unexpected error while ingesting")
+            await self._error(send, 500, "internal error; the request was not acknowledged")
+        finally:
+            self.metrics.requests.labels(str(status)).inc()
+            self.metrics.request_seconds.observe(time.perf_counter() - started)
+
+    async def _handle(self, headers: dict[str, str], receive: Receive, send: Send) -> int:
+        allowed = self.keys.allowed(headers) if self.keys is not None else None
+        limit = self.settings.max_body_bytes
+        body = await _read_body(receive, headers, limit)
+        try:
+            body = decompress(body, headers.get("content-encoding", "").strip().lower(), limit)
+            checked = self.validator.check(to_payload(body, headers.get("content-type"), headers))
+        except Unparseable as exc:
+            return await self._keep_unparseable(exc, body, headers, send)
+        if allowed is not None:
+            seen = list(checked.by_type) + [r.type for r in checked.rejected if r.type]
+            ApiKeys.check_types(allowed, seen)
+        if self.inflight + checked.count > self.settings.max_inflight_events:
+            raise Overloaded(
+                f"gateway busy: {self.inflight} events in flight "
+                f"(max_inflight_events {self.settings.max_inflight_events})",
+                retry_after=1.0,
+            )
+        if not self.bus.ready:
+            raise BusUnavailable("the bus is not ready", retry_after=1.0)
+        self.inflight += checked.count
+        self.metrics.inflight.set(self.inflight)
+        try:
+            await self._commit(checked)
+        finally:
+            self.inflight -= checked.count
+            self.metrics.inflight.set(self.inflight)
+        accepted = checked.count - len(checked.rejected)
+        for type_name, envelopes in checked.by_type.items():
+            self.metrics.accepted.labels(type_name).inc(len(envelopes))
+        for rejection in checked.rejected:
+            self.metrics.rejected.labels(rejection.type or "", rejection.code).inc()
+        response = IngestResponse(
+            accepted,
+            [RejectedOut(r.index, r.id, r.reason) for r in checked.rejected],
+        )
+        await self._reply(send, 200, self.encoder.encode(response))
+        return 200
+
+    async def _commit(self, checked: Checked) -> None:
+        waits = [
+            self.committer.commit(
+                subject(name), self.encoder.encode_lines(envelopes), len(envelopes)
+            )
+            for name, envelopes in checked.by_type.items()
+        ]
+        if checked.rejected:
+            records = [self._failed_record(r) for r in checked.rejected]
+            lines = self.encoder.encode_lines(records)
+            waits.append(self.committer.commit(FAILED_EVENT_SUBJECT, lines, len(records)))
+        await asyncio.gather(*waits)
+
+    def _failed_record(self, r: Rejection) -> FailedEvent:
+        return FailedEvent(
+            received_at=utcnow(),
+            reason=r.reason,
+            status=200,
+            gateway=self.gateway_id,
+            index=r.index,
+            id=r.id,
+            source=r.source,
+            type=r.type,
+            event=r.raw,
+        )
+
+    async def _keep_unparseable(
+        self, exc: Unparseable, body: bytes, headers: dict[str, str], send: Send
+    ) -> int:
+        """Store an unparseable body (capped) in the failed stream, then answer 400."""
+        cap = self.settings.failed_body_cap
+        record = FailedEvent(
+            received_at=utcnow(),
+            reason=str(exc),
+            status=400,
+            gateway=self.gateway_id,
+            body=body[:cap],
+            body_truncated=len(body) > cap,
+            content_type=headers.get("content-type"),
+            content_encoding=headers.get("content-encoding"),
+        )
+        line = self.encoder.encode(record) + b"\n"
+        try:
+            await self.committer.commit(FAILED_BODY_SUBJECT, line, 1)
+        except Retryable as err:
+            retry = str(max(1, round(err.retry_after))).encode()
+            await self._error(
+                send, 503, f"{exc}; and it could not be stored: {err}", [(b"retry-after", retry)]
+            )
+            return 503
+        self.metrics.rejected.labels("", "unparseable").inc()
+        await self._error(send, 400, f"{exc} (the body was kept in the failed-events stream)")
+        return 400
+
+    async def _reply(
+        self,
+        send: Send,
+        status: int,
+        body: bytes,
+        headers: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": (headers or _JSON) + [(b"content-length", str(len(body)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+
+    async def _error(
+        self,
+        send: Send,
+        status: int,
+        message: str,
+        extra: list[tuple[bytes, bytes]] | None = None,
+    ) -> None:
+        body = self.encoder.encode(ErrorResponse(message))
+        await self._reply(send, status, body, _JSON + (extra or []))
+
+
+async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
+    declared = headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"body of {declared} bytes exceeds max_body_bytes ({limit})")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidInput("client disconnected before sending the whole body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds max_body_bytes ({limit})")
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)

@@ -1,0 +1,193 @@
+"""Run one gateway process: bus link, group committer, ASGI app under uvicorn.
+
+uvicorn (with uvloop and httptools) was picked over granian by measurement;
+see docs/gateway.md.  The listening socket is opened with ``SO_REUSEPORT`` so
+several gateway processes can share a port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import socket
+from pathlib import Path
+
+import uvicorn
+from nats.aio.client import Client
+
+from hourglass import log
+from hourglass.bus import jetstream
+from hourglass.bus.embedded import MAX_PAYLOAD, url_of
+from hourglass.config import Settings
+from hourglass.events import EventTypes
+from hourglass.exceptions import BusUnavailable, ConfigError, HourglassError
+from hourglass.gateway.app import Gateway
+from hourglass.gateway.auth import ApiKeys
+from hourglass.gateway.commit import GroupCommitter
+from hourglass.gateway.metrics import GatewayMetrics
+from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
+
+logger = log.get("hourglass.gateway")
+
+
+class BusLink:
+    """The gateway's view of the bus: ready once connected and streams exist.
+
+    Implements the committer's ``Publisher`` protocol; while not connected every
+    publish fails fast with :class:`BusUnavailable`.
+    """
+
+    def __init__(self, settings: Settings, type_names: list[str], metrics: GatewayMetrics) -> None:
+        self.settings = settings
+        self.type_names = type_names
+        self.metrics = metrics
+        self.nc: Client | None = None
+        self.publisher: jetstream.JetStreamPublisher | None = None
+        self.streams_ok = False
+        self._setup: asyncio.Task[None] | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.streams_ok and self.publisher is not None and self.publisher.connected
+
+    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+        if self.publisher is None or not self.streams_ok:
+            raise BusUnavailable("the bus is not ready yet", retry_after=1.0)
+        return await self.publisher.publish(subject, payload, msg_id)
+
+    def limits(self) -> jetstream.StreamLimits:
+        s = self.settings
+        replicas = s.stream_replicas or (3 if s.bus else 1)
+        return jetstream.StreamLimits(
+            max_bytes=s.stream_max_bytes,
+            max_age_s=s.stream_max_age_s,
+            replicas=replicas,
+            duplicate_window_s=s.duplicate_window_s,
+            max_msg_size=-1,
+        )
+
+    async def connect(self, url: str, name: str) -> None:
+        self.nc = await jetstream.connect(
+            url, name=name, disconnected_cb=self._on_disconnect, reconnected_cb=self._on_reconnect
+        )
+        self.publisher = jetstream.JetStreamPublisher(
+            self.nc, timeout=self.settings.publish_timeout_s
+        )
+        await self._ensure_streams()
+
+    async def _ensure_streams(self) -> None:
+        assert self.nc is not None
+        configs = jetstream.stream_configs(self.type_names, self.limits())
+        delay = 0.2
+        while True:
+            try:
+                await jetstream.ensure_streams(self.nc.jetstream(timeout=5), configs)
+            except HourglassError as exc:
+                logger.warning("streams not ready, retrying", extra={"error": str(exc)})
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            else:
+                self.streams_ok = True
+                self.metrics.bus_connected.set(1)
+                logger.info("bus ready", extra={"streams": len(configs)})
+                return
+
+    async def _on_disconnect(self) -> None:
+        self.metrics.bus_connected.set(0)
+        logger.warning("bus disconnected")
+
+    async def _on_reconnect(self) -> None:
+        logger.info("bus reconnected")
+        self.metrics.bus_connected.set(1)
+        # A restarted external server may have lost its streams; check again.
+        self._setup = asyncio.create_task(self._ensure_streams())
+
+    async def close(self) -> None:
+        if self.nc is not None and not self.nc.is_closed:
+            await self.nc.drain()
+
+
+def resolve_bus_url(settings: Settings) -> str:
+    if settings.bus:
+        return settings.bus
+    url = url_of(settings.data_path)
+    if url is None:
+        raise ConfigError(
+            f"no bus: {settings.data_path}/bus has never run; start `hourglass up` "
+            "or pass --bus nats://host:4222"
+        )
+    return url
+
+
+def load_registry(settings: Settings) -> SchemaRegistry:
+    return SchemaRegistry.load(Path(settings.schemas) if settings.schemas else DEMO_SCHEMAS_DIR)
+
+
+def listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+async def serve(settings: Settings) -> None:
+    registry = load_registry(settings)
+    url = resolve_bus_url(settings)
+    keys = ApiKeys.load(Path(settings.api_keys)) if settings.api_keys else None
+    gateway_id = "gw-" + secrets.token_hex(4)
+    metrics = GatewayMetrics()
+    bus = BusLink(settings, registry.type_names, metrics)
+    committer = GroupCommitter(
+        bus,
+        owner=gateway_id,
+        max_bytes=min(settings.commit_max_bytes, MAX_PAYLOAD - 4096),
+        max_wait=settings.commit_max_wait_ms / 1000,
+        observe=metrics.observe_publish,
+    )
+    app = Gateway(
+        settings,
+        EventTypes(registry),
+        committer,
+        bus,
+        gateway_id=gateway_id,
+        metrics=metrics,
+        keys=keys,
+    )
+    sock = listening_socket(settings.host, settings.port)
+    config = uvicorn.Config(
+        app,
+        lifespan="off",
+        access_log=False,
+        log_level="warning",
+        http="httptools",
+        timeout_keep_alive=30,
+        ssl_certfile=settings.tls_cert,
+        ssl_keyfile=settings.tls_key,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    connecting = asyncio.create_task(bus.connect(url, name=gateway_id))
+    logger.info(
+        "gateway listening",
+        extra={
+            "gateway": gateway_id,
+            "address": f"{settings.host}:{sock.getsockname()[1]}",
+            "bus": url,
+            "types": len(registry),
+        },
+    )
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        connecting.cancel()
+        await committer.close()
+        await bus.close()
+        logger.info("gateway stopped", extra={"gateway": gateway_id})

@@ -1,0 +1,121 @@
+"""``hourglass up``: the whole pipeline on one machine, in one command.
+
+The supervisor (this process) owns the embedded bus and starts every other
+component as a child process, restarting any that dies: a crash of one part is
+a restart, not an outage.  Children inherit the resolved settings, so they agree
+on ports, folders and limits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+
+import httpx
+import msgspec
+
+from hourglass import log
+from hourglass.bus.embedded import EmbeddedBus
+from hourglass.config import Settings, settings_env
+from hourglass.exceptions import ConfigError
+from hourglass.process import Supervised
+
+logger = log.get("hourglass.up")
+
+
+async def _until_signalled() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+def gateway_children(settings: Settings) -> list[Supervised]:
+    """``settings.workers`` gateway processes sharing one port (SO_REUSEPORT)."""
+    one = msgspec.structs.replace(settings, workers=1)
+    return [
+        Supervised(
+            f"gateway-{i}" if settings.workers > 1 else "gateway",
+            [sys.executable, "-m", "hourglass", "gateway"],
+            env=settings_env(one),
+        )
+        for i in range(settings.workers)
+    ]
+
+
+async def wait_ready(base_url: str, timeout: float, *, verify: bool = True) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient(verify=verify) as client:
+        while True:
+            try:
+                response = await client.get(base_url + "/readyz", timeout=1.0)
+                if response.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if asyncio.get_running_loop().time() > deadline:
+                raise ConfigError(f"the gateway at {base_url} did not become ready in {timeout}s")
+            await asyncio.sleep(0.1)
+
+
+async def run_gateways(settings: Settings) -> None:
+    children = gateway_children(settings)
+    for child in children:
+        child.start()
+    try:
+        await _until_signalled()
+    finally:
+        await asyncio.gather(*(c.stop() for c in children))
+
+
+async def run_bus(settings: Settings) -> None:
+    bus = EmbeddedBus(settings.data_path, port=settings.bus_port)
+    await bus.start()
+    print(f"bus: {bus.url} (store {bus.root})", flush=True)
+    try:
+        await _until_signalled()
+    finally:
+        await bus.stop()
+
+
+async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0) -> None:
+    bus: EmbeddedBus | None = None
+    if settings.bus:
+        replicas = settings.stream_replicas or 3
+    else:
+        bus = EmbeddedBus(settings.data_path, port=settings.bus_port)
+        await bus.start()
+        replicas = settings.stream_replicas or 1
+    url = settings.bus or (bus.url if bus else "")
+    child_settings = msgspec.structs.replace(settings, bus=url, stream_replicas=replicas)
+    children = gateway_children(child_settings)
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        for child in children:
+            child.start()
+        scheme = "https" if settings.tls_cert else "http"
+        base = f"{scheme}://{settings.host}:{settings.port}"
+        await wait_ready(base, 60.0, verify=False)
+        print(
+            f"\nHourglass is up.\n"
+            f"  send events:  POST {base}/v1/events  (CloudEvents, see README)\n"
+            f"  health:       {base}/readyz   metrics: {base}/metrics\n"
+            f"  bus:          {url}  ({'embedded, ' + str(bus.root) if bus else 'external'})\n"
+            f"  stop:         Ctrl-C\n",
+            flush=True,
+        )
+        if demo:
+            from hourglass.demo import run_demo
+
+            tasks.append(asyncio.create_task(run_demo(base, settings, rate=demo_rate)))
+        await _until_signalled()
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await asyncio.gather(*(c.stop() for c in children))
+        if bus is not None:
+            await bus.stop()
+        print("Hourglass stopped.", flush=True)

