@@ -171,6 +171,8 @@ def read_stream(url: str, name: str) -> list[dict[str, Any]]:
             js = nc.jetstream()
             info = await js.stream_info(name)
             out: list[dict[str, Any]] = []
+            if info.state.messages == 0:
+                return out
             for seq in range(info.state.first_seq, info.state.last_seq + 1):
                 msg = await js.get_msg(name, seq)
                 if msg.headers and msg.headers.get("Hg-Kind", "batch") != "batch":

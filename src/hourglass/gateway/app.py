@@ -107,12 +107,12 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         if path == "/v1/events":
             if method != "POST":
-                await self._error(send, 405, "use POST to send events")
+                await self._error(send, 405, "use POST to send events", [(b"allow", b"POST")])
                 return
             await self._ingest(scope, receive, send)
         elif path in ("/healthz", "/readyz", "/metrics"):
             if method not in ("GET", "HEAD"):
-                await self._error(send, 405, "use GET")
+                await self._error(send, 405, "use GET", [(b"allow", b"GET, HEAD")])
             elif path == "/healthz":
                 await self._reply(send, 200, b'{"status":"ok"}')
             elif path == "/readyz":
@@ -152,12 +152,16 @@ class Gateway:
     async def _handle(self, headers: dict[str, str], receive: Receive, send: Send) -> int:
         allowed = self.keys.allowed(headers) if self.keys is not None else None
         limit = self.settings.max_body_bytes
-        body = await _read_body(receive, headers, limit)
+        sent = await _read_body(receive, headers, limit)
+        encoding = headers.get("content-encoding", "").strip().lower()
         try:
-            body = decompress(body, headers.get("content-encoding", "").strip().lower(), limit)
+            body = decompress(sent, encoding, limit)
+        except Unparseable as exc:  # kept as sent, with its encoding
+            return await self._keep_unparseable(exc, sent, encoding or None, headers, send)
+        try:
             checked = self.validator.check(to_payload(body, headers.get("content-type"), headers))
-        except Unparseable as exc:
-            return await self._keep_unparseable(exc, body, headers, send)
+        except Unparseable as exc:  # kept decompressed, readable
+            return await self._keep_unparseable(exc, body, None, headers, send)
         if allowed is not None:
             seen = list(checked.by_type) + [r.type for r in checked.rejected if r.type]
             ApiKeys.check_types(allowed, seen)
@@ -215,19 +219,31 @@ class Gateway:
         )
 
     async def _keep_unparseable(
-        self, exc: Unparseable, body: bytes, headers: dict[str, str], send: Send
+        self,
+        exc: Unparseable,
+        body: bytes,
+        encoding: str | None,
+        headers: dict[str, str],
+        send: Send,
     ) -> int:
-        """Store an unparseable body (capped) in the failed stream, then answer 400."""
+        """Store an unparseable body (capped) in the failed stream, then answer 400.
+
+        In binary mode the ``ce-*`` attributes are kept too, so the event can be
+        identified and replayed.
+        """
         cap = self.settings.failed_body_cap
         record = FailedEvent(
             received_at=utcnow(),
             reason=str(exc),
             status=400,
             gateway=self.gateway_id,
+            id=headers.get("ce-id"),
+            source=headers.get("ce-source"),
+            type=headers.get("ce-type"),
             body=body[:cap],
             body_truncated=len(body) > cap,
             content_type=headers.get("content-type"),
-            content_encoding=headers.get("content-encoding"),
+            content_encoding=encoding,
         )
         line = self.encoder.encode(record) + b"\n"
         try:

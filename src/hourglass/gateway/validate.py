@@ -62,6 +62,14 @@ class Validator:
         self._known_text = f"known types: {shown}"
 
     def check(self, payload: Payload) -> Checked:
+        try:
+            return self._check(payload)
+        except UnicodeDecodeError as exc:
+            # JSON must be UTF-8 (RFC 8259); such a body cannot even be stored
+            # as JSON, so it is kept whole, as bytes.
+            raise Unparseable(f"body is not valid JSON: invalid UTF-8 at byte {exc.start}") from exc
+
+    def _check(self, payload: Payload) -> Checked:
         raws = self._split(payload)
         sizes = list(map(len, raws))
         limit = self._limits.max_event_bytes

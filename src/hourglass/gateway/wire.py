@@ -56,16 +56,7 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     if not encoding or encoding == "identity":
         return body
     if encoding in ("gzip", "x-gzip"):
-        inflater = zlib.decompressobj(wbits=31)
-        try:
-            out = inflater.decompress(body, limit + 1)
-        except zlib.error as exc:
-            raise Unparseable(f"body is not valid gzip: {exc}") from exc
-        if len(out) > limit or inflater.unconsumed_tail:
-            raise BodyTooLarge(f"decompressed body exceeds max_body_bytes ({limit} bytes)")
-        if not inflater.eof:
-            raise Unparseable("body is not valid gzip: the stream is truncated")
-        return out
+        return _gunzip(body, limit)
     if encoding == "zstd":
         try:
             # First pass bounded, so a bomb stops at limit + 1 bytes; the second
@@ -87,6 +78,27 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     raise UnsupportedMediaType(
         f"Content-Encoding {encoding!r} is not supported: use gzip, zstd or none"
     )
+
+
+def _gunzip(body: bytes, limit: int) -> bytes:
+    """Every gzip member in turn (RFC 1952 allows several), capped in total."""
+    parts: list[bytes] = []
+    size = 0
+    rest = body
+    while rest:
+        member = zlib.decompressobj(wbits=31)
+        try:
+            out = member.decompress(rest, limit - size + 1)
+        except zlib.error as exc:
+            raise Unparseable(f"body is not valid gzip: {exc}") from exc
+        size += len(out)
+        if size > limit or member.unconsumed_tail:
+            raise BodyTooLarge(f"decompressed body exceeds max_body_bytes ({limit} bytes)")
+        if not member.eof:
+            raise Unparseable("body is not valid gzip: the stream is truncated")
+        parts.append(out)
+        rest = member.unused_data
+    return b"".join(parts)
 
 
 def media_type(content_type: str | None) -> str:
