@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+from collections.abc import Awaitable
 
 import httpx
 import msgspec
@@ -24,12 +25,31 @@ from hourglass.process import Supervised
 logger = log.get("hourglass.up")
 
 
-async def _until_signalled() -> None:
+def _stop_event() -> asyncio.Event:
+    """An event set by SIGINT or SIGTERM; install it before starting anything."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
+    return stop
+
+
+async def _until_signalled() -> None:
+    await _stop_event().wait()
+
+
+async def _unless_stopped(stop: asyncio.Event, work: Awaitable[None]) -> bool:
+    """Run ``work`` unless a stop signal comes first; True if it completed."""
+    task = asyncio.ensure_future(work)
+    stopper = asyncio.create_task(stop.wait())
+    done, _ = await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    for pending in (task, stopper):
+        if pending not in done:
+            pending.cancel()
+    if task in done:
+        task.result()
+        return True
+    return False
 
 
 def gateway_children(settings: Settings) -> list[Supervised]:
@@ -81,23 +101,27 @@ async def run_bus(settings: Settings) -> None:
 
 
 async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0) -> None:
+    stop = _stop_event()  # first: a signal during start-up still stops everything in order
     bus: EmbeddedBus | None = None
-    if settings.bus:
-        replicas = settings.stream_replicas or 3
-    else:
-        bus = EmbeddedBus(settings.data_path, port=settings.bus_port)
-        await bus.start()
-        replicas = settings.stream_replicas or 1
-    url = settings.bus or (bus.url if bus else "")
-    child_settings = msgspec.structs.replace(settings, bus=url, stream_replicas=replicas)
-    children = gateway_children(child_settings)
+    children: list[Supervised] = []
     tasks: list[asyncio.Task[None]] = []
     try:
+        if settings.bus:
+            replicas = settings.stream_replicas or 3
+        else:
+            bus = EmbeddedBus(settings.data_path, port=settings.bus_port)
+            if not await _unless_stopped(stop, bus.start()):
+                return
+            replicas = settings.stream_replicas or 1
+        url = settings.bus or (bus.url if bus else "")
+        child_settings = msgspec.structs.replace(settings, bus=url, stream_replicas=replicas)
+        children = gateway_children(child_settings)
         for child in children:
             child.start()
         scheme = "https" if settings.tls_cert else "http"
         base = f"{scheme}://{settings.host}:{settings.port}"
-        await wait_ready(base, 60.0, verify=False)
+        if not await _unless_stopped(stop, wait_ready(base, 60.0, verify=False)):
+            return
         print(
             f"\nHourglass is up.\n"
             f"  send events:  POST {base}/v1/events  (CloudEvents, see README)\n"
@@ -110,7 +134,7 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
             from hourglass.demo import run_demo
 
             tasks.append(asyncio.create_task(run_demo(base, settings, rate=demo_rate)))
-        await _until_signalled()
+        await stop.wait()
     finally:
         for task in tasks:
             task.cancel()
