@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    up = sub.add_parser("up", help="run bus + gateway in one command, on a local data folder")
+    up = sub.add_parser("up", help="run bus + gateway + loader in one command, locally")
     _common(up)
     _gateway_flags(up)
     up.add_argument("--demo", action="store_true", help="also run a demo producer")
@@ -63,6 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     gateway = sub.add_parser("gateway", help="run the HTTP gateway against a running bus")
     _common(gateway)
     _gateway_flags(gateway)
+
+    loader = sub.add_parser("loader", help="run the loader: bus → exactly-once Parquet lake")
+    _common(loader)
+    loader.add_argument("--flush-interval-s", type=float, help="how often rows are flushed (2)")
+    loader.add_argument("--dedup-window-s", type=int, help="dedup window in seconds (86400)")
+    loader.add_argument("--loader-metrics-port", type=int, help="serve /metrics here (off)")
 
     bus = sub.add_parser("bus", help="run only the embedded nats-server of --data-dir")
     _common(bus)
@@ -115,6 +121,15 @@ def cmd_gateway(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_loader(args: argparse.Namespace) -> int:
+    from hourglass.loader.service import run_loader
+
+    settings = _settings(args)
+    log.setup(settings.log_level)
+    _run(run_loader(settings))
+    return 0
+
+
 def cmd_bus(args: argparse.Namespace) -> int:
     from hourglass.up import run_bus
 
@@ -154,6 +169,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up,
     "gateway": cmd_gateway,
+    "loader": cmd_loader,
     "bus": cmd_bus,
     "schema": cmd_schema,
 }

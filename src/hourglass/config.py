@@ -56,6 +56,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream_replicas: int = 0  # 0: 1 on the embedded bus, 3 on an external one
     duplicate_window_s: int = 120
 
+    # Hour close: gateways' markers and leases, the loader's cadence.
+    marker_interval_s: float = 1.0
+    lease_ttl_s: float = 10.0
+    flush_interval_s: float = 2.0  # events are queryable in the lake within about this
+    dedup_window_s: int = 24 * 3600
+    loader_metrics_port: int = 0  # 0: no metrics endpoint
+
     failed_body_cap: int = 1 * MiB  # unparseable bodies are kept up to this size
 
     api_keys: str | None = None  # TOML file: key = ["type", ...] or "*"

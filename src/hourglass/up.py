@@ -52,6 +52,12 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[None]) -> bool:
     return False
 
 
+def loader_child(settings: Settings) -> Supervised:
+    return Supervised(
+        "loader", [sys.executable, "-m", "hourglass", "loader"], env=settings_env(settings)
+    )
+
+
 def gateway_children(settings: Settings) -> list[Supervised]:
     """``settings.workers`` gateway processes sharing one port (SO_REUSEPORT)."""
     one = msgspec.structs.replace(settings, workers=1)
@@ -115,7 +121,7 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
             replicas = settings.stream_replicas or 1
         url = settings.bus or (bus.url if bus else "")
         child_settings = msgspec.structs.replace(settings, bus=url, stream_replicas=replicas)
-        children = gateway_children(child_settings)
+        children = [*gateway_children(child_settings), loader_child(child_settings)]
         for child in children:
             child.start()
         scheme = "https" if settings.tls_cert else "http"
@@ -127,6 +133,7 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
             f"  send events:  POST {base}/v1/events  (CloudEvents, see README)\n"
             f"  health:       {base}/readyz   metrics: {base}/metrics\n"
             f"  bus:          {url}  ({'embedded, ' + str(bus.root) if bus else 'external'})\n"
+            f"  lake:         {settings.data_path / 'lake'}  (buckets of {settings.bucket})\n"
             f"  stop:         Ctrl-C\n",
             flush=True,
         )

@@ -11,11 +11,12 @@ import pytest
 
 from hourglass.bus.embedded import free_port
 from hourglass.config import Settings
-from tests.integration.support import GatewayProcess, NatsServer
+from tests.integration.support import GatewayProcess, LoaderProcess, NatsServer
 
 pytestmark = pytest.mark.integration
 
 StartGateway = Callable[..., GatewayProcess]
+StartLoader = Callable[..., LoaderProcess]
 
 
 @pytest.fixture
@@ -28,21 +29,28 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
+def base_settings(nats_server: NatsServer, tmp_path: Path, **overrides: Any) -> Settings:
+    base = Settings(
+        data_dir=str(tmp_path / "data"),
+        port=free_port(),
+        bus=nats_server.url,
+        stream_replicas=1,
+        publish_timeout_s=2.0,
+    )
+    return msgspec.structs.replace(base, **overrides)
+
+
 @pytest.fixture
 def start_gateway(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartGateway]:
     """Start gateways with settings overrides; every one is stopped at the end."""
     started: list[GatewayProcess] = []
 
-    def start(*, wait: bool = True, **overrides: Any) -> GatewayProcess:
-        base = Settings(
-            data_dir=str(tmp_path / "data"),
-            port=free_port(),
-            bus=nats_server.url,
-            stream_replicas=1,
-            publish_timeout_s=2.0,
-        )
-        settings = msgspec.structs.replace(base, **overrides)
-        gw = GatewayProcess(settings, log_path=tmp_path / f"gateway-{len(started)}.log")
+    def start(
+        *, wait: bool = True, env: dict[str, str] | None = None, **overrides: Any
+    ) -> GatewayProcess:
+        settings = base_settings(nats_server, tmp_path, **overrides)
+        log = tmp_path / f"gateway-{len(started)}.log"
+        gw = GatewayProcess(settings, log_path=log, env=env or {})
         started.append(gw)
         gw.start(wait=wait)
         return gw
@@ -52,6 +60,28 @@ def start_gateway(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartGate
     finally:
         for gw in started:
             gw.stop()
+
+
+@pytest.fixture
+def start_loader(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartLoader]:
+    """Start loaders (same data dir as the gateways); ``env`` may set a crash point."""
+    started: list[LoaderProcess] = []
+
+    def start(
+        *, wait: bool = True, env: dict[str, str] | None = None, **overrides: Any
+    ) -> LoaderProcess:
+        settings = base_settings(nats_server, tmp_path, **overrides)
+        log = tmp_path / f"loader-{len(started)}.log"
+        loader = LoaderProcess(settings, log_path=log, env=env or {})
+        started.append(loader)
+        loader.start(wait=wait)
+        return loader
+
+    try:
+        yield start
+    finally:
+        for loader in started:
+            loader.stop()
 
 
 @pytest.fixture

@@ -64,46 +64,38 @@ class NatsServer:
 
 
 @dataclass
-class GatewayProcess:
-    settings: Settings
-    proc: subprocess.Popen[bytes] | None = None
-    log_path: Path | None = None  # required: the gateway's output goes there
+class HourglassProcess:
+    """``python -m hourglass <command>`` with exactly ``settings``, output to a log file."""
 
-    @property
-    def base(self) -> str:
-        scheme = "https" if self.settings.tls_cert else "http"
-        return f"{scheme}://127.0.0.1:{self.settings.port}"
+    settings: Settings
+    log_path: Path
+    command: str = "gateway"
+    env: dict[str, str] = field(default_factory=dict)
+    proc: subprocess.Popen[bytes] | None = None
 
     def start(self, *, wait: bool = True) -> None:
-        env = {**os.environ, **settings_env(self.settings)}
-        assert self.log_path is not None
+        env = {**os.environ, **settings_env(self.settings), **self.env}
         with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "hourglass", "gateway"], env=env, stdout=log, stderr=log
+                [sys.executable, "-m", "hourglass", self.command], env=env, stdout=log, stderr=log
             )
         if wait:
             self.wait_ready()
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            assert self.proc is not None and self.proc.poll() is None, self.log_tail()
-            try:
-                ready = httpx.get(self.base + "/readyz", timeout=1, verify=False)  # noqa: S501
-                if ready.status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.05)
-        raise AssertionError(f"gateway not ready in {timeout}s\n{self.log_tail()}")
+        """Until the process says it runs (subclasses check more)."""
 
     def log_tail(self) -> str:
-        if self.log_path and self.log_path.exists():
+        if self.log_path.exists():
             return self.log_path.read_text()[-4000:]
         return ""
 
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def wait_exit(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        return self.proc.wait(timeout)
 
     def kill(self) -> None:
         if self.alive():
@@ -119,6 +111,45 @@ class GatewayProcess:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class GatewayProcess(HourglassProcess):
+    @property
+    def base(self) -> str:
+        scheme = "https" if self.settings.tls_cert else "http"
+        return f"{scheme}://127.0.0.1:{self.settings.port}"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.alive(), self.log_tail()
+            try:
+                ready = httpx.get(self.base + "/readyz", timeout=1, verify=False)  # noqa: S501
+                if ready.status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"gateway not ready in {timeout}s\n{self.log_tail()}")
+
+
+@dataclass
+class LoaderProcess(HourglassProcess):
+    command: str = "loader"
+
+    @property
+    def lake(self) -> Path:
+        return self.settings.data_path / "lake"
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.alive(), self.log_tail()
+            if "loader running" in self.log_tail():
+                return
+            time.sleep(0.05)
+        raise AssertionError(f"loader not running in {timeout}s\n{self.log_tail()}")
 
 
 def wait_port(port: int, timeout: float = 15.0) -> None:

@@ -18,6 +18,7 @@ logged with its traceback and answered 500.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
@@ -40,6 +41,7 @@ from hourglass.gateway.auth import ApiKeys
 from hourglass.gateway.commit import GroupCommitter
 from hourglass.gateway.metrics import GatewayMetrics
 from hourglass.gateway.validate import Checked, Limits, Rejection, Validator
+from hourglass.gateway.watermark import InFlight
 from hourglass.gateway.wire import Unparseable, decompress, to_payload
 
 Scope = MutableMapping[str, Any]
@@ -86,6 +88,7 @@ class Gateway:
         gateway_id: str,
         metrics: GatewayMetrics | None = None,
         keys: ApiKeys | None = None,
+        stamps: InFlight | None = None,
     ) -> None:
         self.settings = settings
         self.types = types
@@ -94,6 +97,7 @@ class Gateway:
         self.gateway_id = gateway_id
         self.metrics = metrics or GatewayMetrics()
         self.keys = keys
+        self.stamps = stamps or InFlight()
         self.validator = Validator(
             types,
             Limits(settings.max_event_bytes, settings.max_events_per_request),
@@ -173,6 +177,10 @@ class Gateway:
             )
         if not self.bus.ready:
             raise BusUnavailable("the bus is not ready", retry_after=1.0)
+        # No await between the stamp (in check) and here: see watermark.py.
+        stamp = _micros(checked.received_at)
+        if stamp is not None:
+            self.stamps.enter(stamp)
         self.inflight += checked.count
         self.metrics.inflight.set(self.inflight)
         try:
@@ -180,6 +188,8 @@ class Gateway:
         finally:
             self.inflight -= checked.count
             self.metrics.inflight.set(self.inflight)
+            if stamp is not None:
+                self.stamps.leave(stamp)
         accepted = checked.count - len(checked.rejected)
         for type_name, envelopes in checked.by_type.items():
             self.metrics.accepted.labels(type_name).inc(len(envelopes))
@@ -283,6 +293,14 @@ class Gateway:
     ) -> None:
         body = self.encoder.encode(ErrorResponse(message))
         await self._reply(send, status, body, _JSON + (extra or []))
+
+
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+_MICRO = dt.timedelta(microseconds=1)
+
+
+def _micros(ts: dt.datetime | None) -> int | None:
+    return None if ts is None else (ts - _EPOCH) // _MICRO
 
 
 async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:

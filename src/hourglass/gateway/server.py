@@ -25,6 +25,7 @@ from hourglass.gateway.app import Gateway
 from hourglass.gateway.auth import ApiKeys
 from hourglass.gateway.commit import GroupCommitter
 from hourglass.gateway.metrics import GatewayMetrics
+from hourglass.gateway.watermark import Heartbeat, InFlight
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 
 logger = log.get("hourglass.gateway")
@@ -152,6 +153,7 @@ async def serve(settings: Settings) -> None:
         max_wait=settings.commit_max_wait_ms / 1000,
         observe=metrics.observe_publish,
     )
+    stamps = InFlight()
     app = Gateway(
         settings,
         EventTypes(registry),
@@ -160,6 +162,7 @@ async def serve(settings: Settings) -> None:
         gateway_id=gateway_id,
         metrics=metrics,
         keys=keys,
+        stamps=stamps,
     )
     sock = listening_socket(settings.host, settings.port)
     config = uvicorn.Config(
@@ -174,7 +177,24 @@ async def serve(settings: Settings) -> None:
         server_header=False,
     )
     server = uvicorn.Server(config)
-    connecting = asyncio.create_task(bus.connect(url, name=gateway_id))
+    heartbeat: Heartbeat | None = None
+
+    async def connect_and_beat() -> None:
+        nonlocal heartbeat
+        await bus.connect(url, name=gateway_id)
+        assert bus.nc is not None
+        heartbeat = Heartbeat(
+            bus.nc.jetstream(timeout=5),
+            gateway_id,
+            [jetstream.subject(t) for t in registry.type_names],
+            stamps,
+            interval=settings.marker_interval_s,
+            ttl_s=settings.lease_ttl_s,
+            replicas=bus.limits().replicas,
+        )
+        await heartbeat.run()
+
+    connecting = asyncio.create_task(connect_and_beat())
     logger.info(
         "gateway listening",
         extra={
@@ -189,5 +209,7 @@ async def serve(settings: Settings) -> None:
     finally:
         connecting.cancel()
         await committer.close()
+        if heartbeat is not None:
+            await heartbeat.retire()
         await bus.close()
         logger.info("gateway stopped", extra={"gateway": gateway_id})

@@ -9,6 +9,7 @@ and a reason, so valid neighbours still go through.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,6 +41,7 @@ class Rejection:
 @dataclass
 class Checked:
     count: int
+    received_at: dt.datetime | None = None  # the stamp of every accepted event
     by_type: dict[str, list[Any]] = field(default_factory=dict)
     rejected: list[Rejection] = field(default_factory=list)
 
@@ -111,7 +113,7 @@ class Validator:
         return raws
 
     def _group(self, envelopes: list[Any], checked: Checked) -> None:
-        now = utcnow()
+        now = checked.received_at = utcnow()
         for envelope in envelopes:
             envelope.received_at = now
         name_of = self._types.name_of

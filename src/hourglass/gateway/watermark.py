@@ -1,0 +1,124 @@
+"""Watermark markers and the gateway's lease: how the loader knows an hour is complete.
+
+A marker with watermark ``W`` published into a stream promises: *every event this
+gateway stamped with ``received_at < W`` is before this marker in the stream*.
+It holds because ``W`` is the oldest ``received_at`` of the requests still in
+flight (or now, if none): every older event was already acknowledged by
+JetStream, so it has a lower stream sequence than the marker published after.
+Stamping a request and registering it here happen with no ``await`` between,
+so no marker can slip in.
+
+The lease is a key per gateway in the NATS KV bucket ``hg_gateways`` whose
+entries expire after ``lease_ttl_s``; it is renewed with every round of markers.
+The loader waits for the markers of live gateways only: a gateway killed
+without deregistering holds buckets open until its lease expires, no longer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from hourglass import log
+from hourglass.bus.jetstream import KIND
+
+logger = log.get("hourglass.gateway")
+
+LEASE_BUCKET = "hg_gateways"
+
+
+class Marker(msgspec.Struct):
+    gateway: str
+    watermark: int  # µs since the epoch
+
+
+class InFlight:
+    """Receive stamps (µs) of requests not yet answered."""
+
+    def __init__(self) -> None:
+        self._stamps: dict[int, int] = {}
+
+    def enter(self, stamp_us: int) -> None:
+        self._stamps[stamp_us] = self._stamps.get(stamp_us, 0) + 1
+
+    def leave(self, stamp_us: int) -> None:
+        left = self._stamps[stamp_us] - 1
+        if left:
+            self._stamps[stamp_us] = left
+        else:
+            del self._stamps[stamp_us]
+
+    def watermark(self, now_us: int) -> int:
+        return min(self._stamps, default=now_us)
+
+
+async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> KeyValue:
+    try:
+        return await js.key_value(LEASE_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(
+            bucket=LEASE_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
+        )
+        return await js.create_key_value(config)
+
+
+class Heartbeat:
+    """Renews the lease and publishes a marker into every stream, every ``interval``."""
+
+    def __init__(
+        self,
+        js: JetStreamContext,
+        gateway_id: str,
+        subjects: list[str],
+        inflight: InFlight,
+        *,
+        interval: float,
+        ttl_s: float,
+        replicas: int,
+    ) -> None:
+        self._js = js
+        self._id = gateway_id
+        self._subjects = subjects
+        self._inflight = inflight
+        self._interval = interval
+        self._ttl = ttl_s
+        self._replicas = replicas
+        self._kv: KeyValue | None = None
+
+    async def beat(self) -> None:
+        if self._kv is None:
+            self._kv = await open_leases(self._js, ttl_s=self._ttl, replicas=self._replicas)
+        marker = msgspec.json.encode(
+            Marker(self._id, self._inflight.watermark(time.time_ns() // 1000))
+        )
+        await self._kv.put(self._id, marker)  # the lease first: a marker needs a live owner
+        await asyncio.gather(
+            *(
+                self._js.publish(s, marker, headers={KIND: "watermark"}, timeout=5)
+                for s in self._subjects
+            )
+        )
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.beat()
+            except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+                logger.warning("heartbeat failed", extra={"error": repr(exc)})
+            await asyncio.sleep(self._interval)
+
+    async def retire(self) -> None:
+        """Last markers, then drop the lease: the loader stops waiting for us."""
+        try:
+            await self.beat()
+            if self._kv is not None:
+                await self._kv.delete(self._id)
+        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
+            logger.warning("could not retire the lease", extra={"error": repr(exc)})

@@ -1,0 +1,1 @@
+"""The lake: layout, Arrow schemas and Parquet files (format apart from location)."""

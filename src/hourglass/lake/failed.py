@@ -1,0 +1,58 @@
+"""Rows of ``lake/_failed``: every rejected event or unparseable body, with its reason.
+
+Failed events are the exception, not the hot path, so rows are built from the
+decoded records directly.  ``event`` holds the rejected event's JSON verbatim;
+``body`` the raw bytes of a body that could not be parsed.
+"""
+
+from __future__ import annotations
+
+import msgspec
+import pyarrow as pa
+
+from hourglass.events import FailedEvent
+from hourglass.lake.arrow import TS_US
+
+FAILED_DIR = "_failed"
+
+SCHEMA = pa.schema(
+    [
+        pa.field("received_at", TS_US, nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("status", pa.int32()),
+        pa.field("gateway", pa.string()),
+        pa.field("index", pa.int32()),
+        pa.field("id", pa.string()),
+        pa.field("source", pa.string()),
+        pa.field("type", pa.string()),
+        pa.field("event", pa.string()),
+        pa.field("body", pa.binary()),
+        pa.field("body_truncated", pa.bool_()),
+        pa.field("content_type", pa.string()),
+        pa.field("content_encoding", pa.string()),
+    ]
+)
+
+
+class FailedFormat:
+    def __init__(self) -> None:
+        self._decoder = msgspec.json.Decoder(FailedEvent)
+
+    def to_table(self, ndjson: bytes) -> pa.Table:
+        records = [self._decoder.decode(line) for line in ndjson.splitlines() if line]
+        columns: dict[str, list[object]] = {name: [] for name in SCHEMA.names}
+        for r in records:
+            columns["received_at"].append(r.received_at)
+            columns["reason"].append(r.reason)
+            columns["status"].append(r.status)
+            columns["gateway"].append(r.gateway)
+            columns["index"].append(r.index)
+            columns["id"].append(r.id)
+            columns["source"].append(r.source)
+            columns["type"].append(r.type)
+            columns["event"].append(bytes(r.event).decode() if r.event is not None else None)
+            columns["body"].append(r.body)
+            columns["body_truncated"].append(r.body_truncated)
+            columns["content_type"].append(r.content_type)
+            columns["content_encoding"].append(r.content_encoding)
+        return pa.table(columns, schema=SCHEMA)

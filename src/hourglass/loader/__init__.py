@@ -1,0 +1,1 @@
+"""The loader: bus batches → dedup → hourly buckets → Parquet → manifests."""

@@ -1,0 +1,428 @@
+"""One stream's loader: bus messages → dedup → buckets → Parquet → manifests.
+
+Delivery order, and what a crash at each step leaves behind:
+
+1. ``process``: messages after ``processed_seq`` become Arrow rows (markers
+   update the pending watermarks), duplicates are dropped, rows are grouped by
+   bucket of ``received_at`` in memory.  A crash loses only memory; the messages
+   are not acknowledged and come again.
+2. ``flush``: for each bucket, ``part-<first>-<last>.parquet`` is written to a
+   temp name, fsynced, renamed, and its folder fsynced.  A crash here leaves
+   temp files and files above the checkpoint: both are deleted at start-up and
+   the messages come again.
+3. the checkpoint (``state.py``) is replaced atomically with ``committed_seq =
+   last``.  From here on the rows are committed; a crash before the next step
+   means the messages come again and are skipped by sequence number.
+4. the caller acknowledges the bus messages up to ``last`` (ack-all).
+5. ``close_ready``: a bucket whose end every live gateway's *committed*
+   watermark has passed gets ``_SUCCESS.json`` (temp, fsync, rename), then the
+   checkpoint's ``next_close`` moves on.  A crash between the two is seen at the
+   next attempt (the manifest exists) and not repeated.
+
+Rows for a bucket that is already closed (skew: a late gateway, a lease that
+expired) go to the oldest open bucket and are counted as skewed there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import msgspec
+import numpy as np
+import pyarrow as pa
+
+from hourglass import log
+from hourglass.crashpoints import crashpoint
+from hourglass.lake.layout import (
+    SUCCESS,
+    TMP_PREFIX,
+    bucket_dir,
+    bucket_dirs,
+    bucket_of_dir,
+    durable_write_bytes,
+    part_name,
+    part_range,
+)
+from hourglass.lake.manifest import Manifest, files_of, write_manifest
+from hourglass.lake.parquet import read_columns, write_part
+from hourglass.loader.dedup import Deduper, keys_of
+from hourglass.loader.state import BucketCounts, LoaderState, load_state, save_state
+
+logger = log.get("hourglass.loader")
+
+_KEY_CACHE_BYTES = 256 * 1024 * 1024
+
+
+class RowFormat(Protocol):
+    def to_table(self, ndjson: bytes) -> pa.Table:
+        """Rows with at least ``id``, ``source`` and ``received_at`` (µs, UTC)."""
+        ...
+
+
+@dataclass(frozen=True)
+class BusMessage:
+    seq: int
+    data: bytes
+    marker: tuple[str, int] | None = None  # (gateway, watermark µs) for a marker
+
+
+class MarkerBody(msgspec.Struct):
+    gateway: str
+    watermark: int
+
+
+def to_bus_message(seq: int, data: bytes, kind: str | None) -> BusMessage:
+    if kind == "watermark":
+        body = msgspec.json.decode(data, type=MarkerBody)
+        return BusMessage(seq, b"", (body.gateway, body.watermark))
+    return BusMessage(seq, data)
+
+
+@dataclass
+class Stats:
+    rows_written: int = 0
+    files_written: int = 0
+    duplicates: int = 0
+    skewed: int = 0
+    quarantined: int = 0
+    closed: int = 0
+    close_delays: list[float] = field(default_factory=list)
+
+
+class TypeLoader:
+    def __init__(
+        self,
+        name: str,
+        fmt: RowFormat,
+        *,
+        lake: Path,
+        state_path: Path,
+        quarantine: Path,
+        width_s: int,
+        window_s: int,
+        closes: bool = True,
+        dedup: bool = True,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.name = name
+        self.fmt = fmt
+        self.lake = lake
+        self.state_path = state_path
+        self.quarantine = quarantine
+        self.width = width_s
+        self.closes = closes
+        self.clock = clock
+        self.state = LoaderState()
+        self.processed_seq = 0
+        self.stats = Stats()
+        self.deduper = Deduper(self, window_s=window_s) if dedup else None
+        self._pending: dict[int, list[pa.Table]] = {}
+        self._pending_keys: dict[int, list[pa.Array]] = {}
+        self._pending_markers: dict[str, int] = {}
+        self._pending_counts: dict[int, BucketCounts] = {}
+        self._file_keys: OrderedDict[Path, pa.Array] = OrderedDict()
+        self._file_keys_bytes = 0
+        self.last_flush = clock()
+        # Worker threads may outlive a cancelled task (asyncio.to_thread): one
+        # call at a time, so a stop-time flush never interleaves with process.
+        self.lock = threading.Lock()
+
+    # ---------------------------------------------------------------- recovery
+
+    def recover(self) -> None:
+        """Load the checkpoint, delete what an interrupted flush left, rebuild dedup."""
+        self.state = load_state(self.state_path)
+        self.processed_seq = self.state.committed_seq
+        removed = 0
+        for folder in bucket_dirs(self.lake, self.name):
+            for path in folder.iterdir():
+                span = part_range(path.name)
+                if path.name.startswith(TMP_PREFIX) or (
+                    span and span[0] > self.state.committed_seq
+                ):
+                    path.unlink()
+                    removed += 1
+        if self.deduper is not None:
+            self._rebuild_dedup()
+        logger.info(
+            "recovered",
+            extra={
+                "stream": self.name,
+                "committed_seq": self.state.committed_seq,
+                "next_close": self.state.next_close,
+                "removed_files": removed,
+            },
+        )
+
+    def _rebuild_dedup(self) -> None:
+        assert self.deduper is not None
+        horizon = self.clock() - self.deduper.window_s - 3600
+        for folder in bucket_dirs(self.lake, self.name):
+            start = bucket_of_dir(self.lake, self.name, folder).timestamp()
+            if start < horizon:
+                continue
+            hour = int(start) - int(start) % 3600
+            for path in sorted(folder.glob("part-*.parquet")):
+                keys = self._keys_of_file(path)
+                self.deduper.add(keys, np.full(len(keys), hour, dtype=np.int64))
+
+    # ------------------------------------------------------------- processing
+
+    def process(self, messages: list[BusMessage]) -> None:
+        with self.lock:
+            self._process(messages)
+
+    def _process(self, messages: list[BusMessage]) -> None:
+        fresh = [m for m in messages if m.seq > self.processed_seq]
+        if not fresh:
+            return
+        payloads: list[bytes] = []
+        for message in fresh:
+            if message.marker is not None:
+                gateway, watermark = message.marker
+                self._pending_markers[gateway] = watermark
+            elif message.data:
+                payloads.append(message.data)
+        if payloads:
+            self._add_rows(self._to_table(fresh, payloads))
+        self.processed_seq = fresh[-1].seq
+
+    def _to_table(self, messages: list[BusMessage], payloads: list[bytes]) -> pa.Table:
+        try:
+            return self.fmt.to_table(b"".join(payloads))
+        except (pa.ArrowException, msgspec.MsgspecError, ValueError) as exc:
+            logger.error(
+                "batch not convertible, checking message by message",
+                extra={"stream": self.name, "error": str(exc)},
+            )
+        tables = []
+        for message in messages:
+            if message.marker is not None or not message.data:
+                continue
+            try:
+                tables.append(self.fmt.to_table(message.data))
+            except (pa.ArrowException, msgspec.MsgspecError, ValueError) as exc:
+                path = self.quarantine / f"{message.seq:020d}.ndjson"
+                durable_write_bytes(path, message.data)
+                self.stats.quarantined += 1
+                logger.error(
+                    "message quarantined",
+                    extra={
+                        "stream": self.name,
+                        "stream_seq": message.seq,
+                        "path": str(path),
+                        "error": str(exc),
+                    },
+                )
+        return pa.concat_tables(tables)
+
+    def _add_rows(self, table: pa.Table) -> None:
+        if table.num_rows == 0:
+            return
+        micros = table.column("received_at").cast(pa.int64()).to_numpy()
+        seconds = micros // 1_000_000
+        buckets = seconds - seconds % self.width
+        if self.closes:
+            if self.state.next_close is None:  # the very first rows: start closing there
+                self.state.next_close = int(min(buckets.min(), self._bucket_of(self.clock())))
+            late = buckets < self.state.next_close
+            if late.any():
+                buckets[late] = self.state.next_close
+                self._counts(self.state.next_close).skewed += int(late.sum())
+                self.stats.skewed += int(late.sum())
+        if self.deduper is not None:
+            keys = keys_of(table.column("source"), table.column("id"))
+            keep = self.deduper.fresh(keys)
+            dropped = ~keep
+            if dropped.any():
+                for bucket, n in zip(*np.unique(buckets[dropped], return_counts=True), strict=True):
+                    self._counts(int(bucket)).duplicates += int(n)
+                self.stats.duplicates += int(dropped.sum())
+                table = table.filter(pa.array(keep))
+                keys = keys.filter(pa.array(keep))
+                buckets = buckets[keep]
+            hours = buckets - buckets % 3600
+            self.deduper.add(keys, hours)
+            for hour in np.unique(hours):
+                self._pending_keys.setdefault(int(hour), []).append(
+                    keys.filter(pa.array(hours == hour))
+                )
+        for bucket in np.unique(buckets):
+            rows = table.filter(pa.array(buckets == bucket))
+            self._pending.setdefault(int(bucket), []).append(rows)
+
+    def _bucket_of(self, seconds: float) -> int:
+        return int(seconds) - int(seconds) % self.width
+
+    def _counts(self, bucket: int) -> BucketCounts:
+        counts = self._pending_counts.get(bucket)
+        if counts is None:
+            counts = self._pending_counts[bucket] = BucketCounts()
+        return counts
+
+    def pending_rows(self) -> int:
+        return sum(t.num_rows for tables in self._pending.values() for t in tables)
+
+    # ------------------------------------------------------------------ flush
+
+    def flush(self) -> int:
+        """Make everything processed durable; return the sequence to acknowledge."""
+        with self.lock:
+            return self._flush()
+
+    def _flush(self) -> int:
+        first, last = self.state.committed_seq + 1, self.processed_seq
+        self.last_flush = self.clock()
+        if last < first:
+            return self.state.committed_seq
+        if self.closes and self.state.next_close is not None:
+            self._move_late_rows(self.state.next_close)
+        for bucket, tables in sorted(self._pending.items()):
+            table = pa.concat_tables(tables)
+            start = dt.datetime.fromtimestamp(bucket, dt.UTC)
+            path = bucket_dir(self.lake, self.name, start, self.width) / part_name(first, last)
+            write_part(table, path)
+            crashpoint("loader.after_part")
+            self.stats.rows_written += table.num_rows
+            self.stats.files_written += 1
+            hour = bucket - bucket % 3600
+            if self.deduper is not None:
+                self._cache_keys(path, keys_of(table.column("source"), table.column("id")))
+                self._pending_keys.pop(hour, None)
+        self.state.committed_seq = last
+        self.state.markers.update(self._pending_markers)
+        for bucket, counts in self._pending_counts.items():
+            kept = self.state.buckets.setdefault(bucket, BucketCounts())
+            kept.duplicates += counts.duplicates
+            kept.skewed += counts.skewed
+        crashpoint("loader.before_checkpoint")
+        save_state(self.state_path, self.state)
+        crashpoint("loader.after_checkpoint")
+        self._pending.clear()
+        self._pending_keys.clear()
+        self._pending_markers.clear()
+        self._pending_counts.clear()
+        return last
+
+    def _move_late_rows(self, target: int) -> None:
+        """Rows for buckets closed since they were processed join the oldest open one."""
+        for bucket in [b for b in self._pending if b < target]:
+            tables = self._pending.pop(bucket)
+            moved = sum(t.num_rows for t in tables)
+            self._pending.setdefault(target, []).extend(tables)
+            self._counts(target).skewed += moved
+            self.stats.skewed += moved
+            counts = self._pending_counts.pop(bucket, None)
+            if counts is not None:
+                self._counts(target).duplicates += counts.duplicates
+
+    # ------------------------------------------------------------------ close
+
+    def close_ready(self, live: set[str] | None, caught_up: bool) -> list[Manifest]:
+        """Close every bucket that is complete; ``live`` is None when leases are unknown."""
+        with self.lock:
+            return self._close_ready(live, caught_up)
+
+    def _close_ready(self, live: set[str] | None, caught_up: bool) -> list[Manifest]:
+        closed: list[Manifest] = []
+        if not self.closes or live is None:
+            return closed
+        now = self.clock()
+        if self.state.next_close is None:
+            if not caught_up or self._pending:
+                return closed
+            self.state.next_close = self._bucket_of(now)
+        while True:
+            start = self.state.next_close
+            end = start + self.width
+            if end > now or not self._complete(end, live, caught_up, now):
+                return closed
+            # Rows still pending for it came after every live gateway's marker:
+            # they are late, and the next flush moves them to an open bucket.
+            closed.append(self._close(start, end, now))
+
+    def _complete(self, end: int, live: set[str], caught_up: bool, now: float) -> bool:
+        end_us = end * 1_000_000
+        if live:
+            marks = self.state.markers
+            return all(marks.get(g, -1) >= end_us for g in live)
+        # No gateway is alive: nothing more can arrive once the bus is drained.
+        return caught_up and self.processed_seq == self.state.committed_seq and now >= end
+
+    def _close(self, start: int, end: int, now: float) -> Manifest:
+        begin = dt.datetime.fromtimestamp(start, dt.UTC)
+        folder = bucket_dir(self.lake, self.name, begin, self.width)
+        counts = self.state.buckets.pop(start, BucketCounts())
+        if not (folder / SUCCESS).exists():
+            files = files_of(folder)
+            manifest = Manifest(
+                type=self.name,
+                bucket_start=begin,
+                bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
+                closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
+                count=sum(f.rows for f in files),
+                files=files,
+                duplicates_dropped=counts.duplicates,
+                skewed=counts.skewed,
+                close_delay_s=round(now - end, 3),
+            )
+            write_manifest(folder, manifest)
+            crashpoint("loader.after_manifest")
+            self.stats.closed += 1
+            self.stats.close_delays.append(now - end)
+            logger.info(
+                "bucket closed",
+                extra={
+                    "type": self.name,
+                    "bucket": begin.isoformat(),
+                    "count": manifest.count,
+                    "delay_s": manifest.close_delay_s,
+                },
+            )
+        else:
+            manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
+        self.state.next_close = end
+        save_state(self.state_path, self.state)
+        return manifest
+
+    # ------------------------------------------------------------------ dedup
+
+    def keys_in_hour(self, hour: int) -> pa.Array:
+        """KeySource for the deduper: stored and pending keys of rows in ``hour``."""
+        parts: list[pa.Array] = list(self._pending_keys.get(hour, []))
+        begin = dt.datetime.fromtimestamp(hour, dt.UTC)
+        folder = self.lake / self.name / f"date={begin:%Y-%m-%d}" / f"hour={begin:%H}"
+        if folder.exists():
+            for path in sorted(folder.rglob("part-*.parquet")):
+                parts.append(self._keys_of_file(path))
+        if not parts:
+            return pa.array([], pa.large_binary())
+        return pa.concat_arrays(parts)
+
+    def _keys_of_file(self, path: Path) -> pa.Array:
+        keys = self._file_keys.get(path)
+        if keys is not None:
+            self._file_keys.move_to_end(path)
+            return keys
+        table = read_columns(path, ["source", "id"])
+        keys = keys_of(table.column("source"), table.column("id"))
+        self._cache_keys(path, keys)
+        return keys
+
+    def _cache_keys(self, path: Path, keys: pa.Array) -> None:
+        self._file_keys[path] = keys
+        self._file_keys_bytes += keys.nbytes
+        while self._file_keys_bytes > _KEY_CACHE_BYTES and len(self._file_keys) > 1:
+            _, old = self._file_keys.popitem(last=False)
+            self._file_keys_bytes -= old.nbytes
+
+    def expire(self) -> None:
+        if self.deduper is not None:
+            self.deduper.expire(int(self.clock()))
