@@ -70,6 +70,19 @@ def build_parser() -> argparse.ArgumentParser:
     loader.add_argument("--dedup-window-s", type=int, help="dedup window in seconds (86400)")
     loader.add_argument("--loader-metrics-port", type=int, help="serve /metrics here (off)")
 
+    replay = sub.add_parser("replay-failed", help="re-send rejected events of a type")
+    _common(replay)
+    replay.add_argument("--type", required=True, dest="event_type", help="event type to replay")
+    replay.add_argument("--since", help="only events rejected at or after (ISO 8601, UTC)")
+    replay.add_argument("--url", help="gateway base URL (default http://127.0.0.1:<port>)")
+
+    status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
+    _common(status)
+
+    query = sub.add_parser("query", help="SQL over the lake with DuckDB (a view per type)")
+    _common(query)
+    query.add_argument("sql", help='e.g. "select count(*) from "music.SongSkipped""')
+
     bus = sub.add_parser("bus", help="run only the embedded nats-server of --data-dir")
     _common(bus)
 
@@ -130,6 +143,39 @@ def cmd_loader(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_replay(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from hourglass.replay import replay
+
+    settings = _settings(args)
+    since = dt.datetime.fromisoformat(args.since).replace(tzinfo=dt.UTC) if args.since else None
+    url = args.url or f"http://127.0.0.1:{settings.port}"
+    result = replay(settings.data_path / "lake", args.event_type, url, since=since)
+    print(
+        f"{result.found} rejected {args.event_type} events found, {result.accepted} accepted "
+        f"now, {len(result.rejected)} rejected again"
+    )
+    for reason in result.rejected[:20]:
+        print(f"  - {reason}")
+    return 1 if result.rejected else 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from hourglass.status import gather_status
+
+    settings = _settings(args)
+    print(asyncio.run(gather_status(settings)))
+    return 0
+
+
+def cmd_query(args: argparse.Namespace) -> int:
+    from hourglass.query import run_query
+
+    print(run_query(_settings(args), args.sql))
+    return 0
+
+
 def cmd_bus(args: argparse.Namespace) -> int:
     from hourglass.up import run_bus
 
@@ -170,6 +216,9 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "up": cmd_up,
     "gateway": cmd_gateway,
     "loader": cmd_loader,
+    "replay-failed": cmd_replay,
+    "query": cmd_query,
+    "status": cmd_status,
     "bus": cmd_bus,
     "schema": cmd_schema,
 }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import sys
 from collections.abc import Awaitable
 
@@ -17,9 +18,10 @@ import httpx
 import msgspec
 
 from hourglass import log
-from hourglass.bus.embedded import EmbeddedBus
+from hourglass.bus.embedded import EmbeddedBus, free_port
 from hourglass.config import Settings, settings_env
 from hourglass.exceptions import ConfigError
+from hourglass.gateway.server import LISTEN_FD, listening_socket
 from hourglass.process import Supervised
 
 logger = log.get("hourglass.up")
@@ -58,14 +60,15 @@ def loader_child(settings: Settings) -> Supervised:
     )
 
 
-def gateway_children(settings: Settings) -> list[Supervised]:
-    """``settings.workers`` gateway processes sharing one port (SO_REUSEPORT)."""
+def gateway_children(settings: Settings, sock: socket.socket) -> list[Supervised]:
+    """``settings.workers`` gateway processes sharing one listening socket."""
     one = msgspec.structs.replace(settings, workers=1)
     return [
         Supervised(
             f"gateway-{i}" if settings.workers > 1 else "gateway",
             [sys.executable, "-m", "hourglass", "gateway"],
-            env=settings_env(one),
+            env={**settings_env(one), LISTEN_FD: str(sock.fileno())},
+            pass_fds=[sock.fileno()],
         )
         for i in range(settings.workers)
     ]
@@ -87,7 +90,8 @@ async def wait_ready(base_url: str, timeout: float, *, verify: bool = True) -> N
 
 
 async def run_gateways(settings: Settings) -> None:
-    children = gateway_children(settings)
+    sock = listening_socket(settings.host, settings.port)
+    children = gateway_children(settings, sock)
     for child in children:
         child.start()
     try:
@@ -108,6 +112,7 @@ async def run_bus(settings: Settings) -> None:
 
 async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0) -> None:
     stop = _stop_event()  # first: a signal during start-up still stops everything in order
+    sock = listening_socket(settings.host, settings.port)  # a busy port fails before anything runs
     bus: EmbeddedBus | None = None
     children: list[Supervised] = []
     tasks: list[asyncio.Task[None]] = []
@@ -120,8 +125,11 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
                 return
             replicas = settings.stream_replicas or 1
         url = settings.bus or (bus.url if bus else "")
-        child_settings = msgspec.structs.replace(settings, bus=url, stream_replicas=replicas)
-        children = [*gateway_children(child_settings), loader_child(child_settings)]
+        metrics_port = settings.loader_metrics_port or free_port()
+        child_settings = msgspec.structs.replace(
+            settings, bus=url, stream_replicas=replicas, loader_metrics_port=metrics_port
+        )
+        children = [*gateway_children(child_settings, sock), loader_child(child_settings)]
         for child in children:
             child.start()
         scheme = "https" if settings.tls_cert else "http"
@@ -132,6 +140,7 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
             f"\nHourglass is up.\n"
             f"  send events:  POST {base}/v1/events  (CloudEvents, see README)\n"
             f"  health:       {base}/readyz   metrics: {base}/metrics\n"
+            f"  loader:       metrics http://{settings.host}:{metrics_port}/metrics\n"
             f"  bus:          {url}  ({'embedded, ' + str(bus.root) if bus else 'external'})\n"
             f"  lake:         {settings.data_path / 'lake'}  (buckets of {settings.bucket})\n"
             f"  stop:         Ctrl-C\n",

@@ -1,13 +1,16 @@
 """Run one gateway process: bus link, group committer, ASGI app under uvicorn.
 
 uvicorn (with uvloop and httptools) was picked over granian by measurement;
-see docs/gateway.md.  The listening socket is opened with ``SO_REUSEPORT`` so
-several gateway processes can share a port.
+see docs/gateway.md.  Several gateway processes share one listening socket
+opened by their parent (``hourglass up`` or ``hourglass gateway --workers N``)
+and handed down as ``HOURGLASS__LISTEN_FD``; a port already in use is then an
+error at once, never a silent second listener.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import socket
 from pathlib import Path
@@ -124,11 +127,17 @@ def load_registry(settings: Settings) -> SchemaRegistry:
     return SchemaRegistry.load(Path(settings.schemas) if settings.schemas else DEMO_SCHEMAS_DIR)
 
 
+LISTEN_FD = "HOURGLASS__LISTEN_FD"
+
+
 def listening_socket(host: str, port: int) -> socket.socket:
+    """The gateway's socket: inherited from the parent, or opened here."""
+    inherited = os.environ.get(LISTEN_FD)
+    if inherited:
+        return socket.socket(fileno=int(inherited))
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:

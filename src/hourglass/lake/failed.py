@@ -34,9 +34,17 @@ SCHEMA = pa.schema(
 )
 
 
+_NULL = msgspec.Raw(b"null")
+
+
+class _FailedRow(FailedEvent, kw_only=True):
+    # msgspec cannot decode ``Raw | None``; an absent event reads as JSON null.
+    event: msgspec.Raw = _NULL
+
+
 class FailedFormat:
     def __init__(self) -> None:
-        self._decoder = msgspec.json.Decoder(FailedEvent)
+        self._decoder = msgspec.json.Decoder(_FailedRow)
 
     def to_table(self, ndjson: bytes) -> pa.Table:
         records = [self._decoder.decode(line) for line in ndjson.splitlines() if line]
@@ -50,7 +58,8 @@ class FailedFormat:
             columns["id"].append(r.id)
             columns["source"].append(r.source)
             columns["type"].append(r.type)
-            columns["event"].append(bytes(r.event).decode() if r.event is not None else None)
+            event = bytes(r.event)
+            columns["event"].append(None if event in (b"", b"null") else event.decode())
             columns["body"].append(r.body)
             columns["body_truncated"].append(r.body_truncated)
             columns["content_type"].append(r.content_type)

@@ -191,10 +191,12 @@ class TypeLoader:
             elif message.data:
                 payloads.append(message.data)
         if payloads:
-            self._add_rows(self._to_table(fresh, payloads))
+            table = self._to_table(fresh, payloads)
+            if table is not None:
+                self._add_rows(table)
         self.processed_seq = fresh[-1].seq
 
-    def _to_table(self, messages: list[BusMessage], payloads: list[bytes]) -> pa.Table:
+    def _to_table(self, messages: list[BusMessage], payloads: list[bytes]) -> pa.Table | None:
         try:
             return self.fmt.to_table(b"".join(payloads))
         except (pa.ArrowException, msgspec.MsgspecError, ValueError) as exc:

@@ -1,0 +1,38 @@
+"""``hourglass query``: DuckDB over the lake, with one view per event type.
+
+Views are named after the type (``"music.SongSkipped"``, quoted because of the
+dot) plus ``_failed``; each reads ``<lake>/<type>/**/*.parquet`` as a
+hive-partitioned dataset, exactly as any other reader would.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import duckdb
+
+from hourglass.config import Settings
+from hourglass.exceptions import ConfigError
+
+
+def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
+    lake = settings.data_path / "lake"
+    con = duckdb.connect()
+    if lake.exists():
+        for folder in sorted(p for p in lake.iterdir() if p.is_dir()):
+            if any(folder.rglob("*.parquet")):
+                pattern = str(folder / "**" / "*.parquet").replace("'", "''")
+                name = folder.name.replace('"', '""')
+                con.execute(
+                    f'create view "{name}" as select * from read_parquet('  # noqa: S608
+                    f"'{pattern}', hive_partitioning=true, union_by_name=true)"
+                )
+    return con
+
+
+def run_query(settings: Settings, sql: str) -> Any:
+    con = connect(settings)
+    try:
+        return con.sql(sql)
+    except duckdb.Error as exc:
+        raise ConfigError(f"query failed: {exc}") from exc

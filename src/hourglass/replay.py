@@ -1,0 +1,72 @@
+"""``hourglass replay-failed``: send rejected events of a type again, after a schema fix.
+
+Reads the rejected events of ``--type`` from ``lake/_failed`` (verbatim, with
+their original ``source`` and ``id``) and posts them to the gateway in batches.
+Replaying twice is harmless: the loader keeps one copy per ``(source, id)``
+within its dedup window.  Events rejected again are reported with the new reason
+(and land in ``_failed`` once more).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from hourglass.exceptions import ConfigError
+from hourglass.lake.failed import FAILED_DIR
+
+
+@dataclass
+class ReplayResult:
+    found: int = 0
+    accepted: int = 0
+    rejected: list[str] = field(default_factory=list)
+
+
+def failed_events(lake: Path, type_name: str, since: dt.datetime | None = None) -> list[str]:
+    """The JSON text of every rejected event of ``type_name``, oldest first."""
+    root = lake / FAILED_DIR
+    if not root.exists():
+        return []
+    dataset = ds.dataset(root, format="parquet", partitioning="hive")
+    condition = (pc.field("type") == type_name) & pc.field("event").is_valid()
+    if since is not None:
+        condition &= pc.field("received_at") >= since
+    table = dataset.to_table(columns=["received_at", "event"], filter=condition)
+    table = table.sort_by("received_at")
+    return [str(e) for e in table.column("event").to_pylist()]
+
+
+def replay(
+    lake: Path,
+    type_name: str,
+    base_url: str,
+    *,
+    since: dt.datetime | None = None,
+    batch: int = 500,
+) -> ReplayResult:
+    events = failed_events(lake, type_name, since)
+    result = ReplayResult(found=len(events))
+    with httpx.Client(base_url=base_url, timeout=30) as client:
+        for start in range(0, len(events), batch):
+            chunk = events[start : start + batch]
+            body = ("[" + ",".join(chunk) + "]").encode()
+            response = client.post(
+                "/v1/events",
+                content=body,
+                headers={"content-type": "application/cloudevents-batch+json"},
+            )
+            if response.status_code != 200:
+                raise ConfigError(
+                    f"gateway answered {response.status_code}: {response.text[:300]} "
+                    f"(replayed {result.accepted} so far; run again to continue)"
+                )
+            answer = response.json()
+            result.accepted += answer["accepted"]
+            result.rejected += [f"{r['id']}: {r['reason']}" for r in answer["rejected"]]
+    return result
