@@ -76,6 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="only events rejected at or after (ISO 8601, UTC)")
     replay.add_argument("--url", help="gateway base URL (default http://127.0.0.1:<port>)")
 
+    from hourglass.producer import send
+
+    send.add_parser(sub)
+
     status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
     _common(status)
 
@@ -161,6 +165,12 @@ def cmd_replay(args: argparse.Namespace) -> int:
     return 1 if result.rejected else 0
 
 
+def cmd_send(args: argparse.Namespace) -> int:
+    from hourglass.producer.send import cmd_send as run
+
+    return run(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hourglass.status import gather_status
 
@@ -219,6 +229,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "replay-failed": cmd_replay,
     "query": cmd_query,
     "status": cmd_status,
+    "send": cmd_send,
     "bus": cmd_bus,
     "schema": cmd_schema,
 }
