@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 import secrets
+import signal
 import socket
 from pathlib import Path
 
@@ -148,6 +149,10 @@ def listening_socket(host: str, port: int) -> socket.socket:
     return sock
 
 
+def _after_uvicorn(signum: int, frame: object) -> None:
+    logger.info("stopping", extra={"signal": signal.Signals(signum).name})
+
+
 async def serve(settings: Settings) -> None:
     registry = load_registry(settings)
     url = resolve_bus_url(settings)
@@ -213,6 +218,11 @@ async def serve(settings: Settings) -> None:
             "types": len(registry),
         },
     )
+    # uvicorn handles SIGINT/SIGTERM itself, then restores the handlers it found
+    # and raises the signal again.  Finding these, the re-raise is a no-op and the
+    # clean-up below runs: pending publishes, the lease released, the bus drained.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _after_uvicorn)
     try:
         await server.serve(sockets=[sock])
     finally:

@@ -10,7 +10,7 @@ the file holds: every file of one loader flush carries the same range, so after
 a crash the loader can tell committed files (range at or below its checkpoint)
 from files of a flush that never committed (above it), and delete the latter.
 
-Durable write, in this order: write ``.tmp-<name>`` → fsync it → rename to
+Durable write, in this order: write ``.tmp-<name>.partial`` → fsync it → rename to
 ``<name>`` → fsync the directory.  A crash leaves either no file, a ``.tmp-``
 file (deleted at start-up), or the complete file.
 """
@@ -93,7 +93,7 @@ def makedirs_durable(path: Path) -> None:
 def durable_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via ``write(tmp)``, fsync, rename into place, fsync the folder."""
     makedirs_durable(path.parent)
-    tmp = path.with_name(TMP_PREFIX + path.name)
+    tmp = path.with_name(TMP_PREFIX + path.name + ".partial")  # no reader globs *.partial
     write(tmp)
     crashpoint("lake.before_rename")
     fd = os.open(tmp, os.O_RDONLY)

@@ -5,7 +5,7 @@ loader's unflushed rows) within the window, or earlier in the same batch.
 
 How, without a Python loop per event:
 
-1. keys ``source + NUL + id`` are built by Arrow; two 64-bit hashes per key are
+1. keys ``len(source):source:id`` are built by Arrow; two 64-bit hashes per key are
    computed with numpy over the key bytes (a polynomial hash per key, then a
    splitmix64 finaliser);
 2. first occurrences within the batch come from an Arrow group-by;
@@ -38,8 +38,13 @@ _P2 = np.uint64(0xC2B2AE3D27D4EB4F)
 
 
 def keys_of(source: pa.ChunkedArray | pa.Array, ids: pa.ChunkedArray | pa.Array) -> pa.Array:
-    """The dedup key of each row, as one binary array."""
-    joined = pc.binary_join_element_wise(source, ids, "\x00")
+    """The dedup key of each row: ``<bytes in source>:<source>:<id>``, as one binary array.
+
+    The length prefix makes the key unambiguous whatever characters source and
+    id contain (a plain separator could occur inside either).
+    """
+    length = pc.cast(pc.binary_length(source), pa.string())
+    joined = pc.binary_join_element_wise(length, source, ids, ":")
     if isinstance(joined, pa.ChunkedArray):
         joined = joined.combine_chunks() if joined.num_chunks else pa.array([], pa.string())
     return joined.cast(pa.large_binary())

@@ -280,6 +280,8 @@ async def run_loader(settings: Settings) -> None:
     finally:
         for task in tasks:
             task.cancel()
+        # Let every stream finish its stop-time flush before the connection goes.
+        await asyncio.gather(*tasks, return_exceptions=True)
         await nc.close()
 
 

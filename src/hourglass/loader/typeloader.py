@@ -140,6 +140,7 @@ class TypeLoader:
         """Load the checkpoint, delete what an interrupted flush left, rebuild dedup."""
         self.state = load_state(self.state_path)
         self.processed_seq = self.state.committed_seq
+        self._skip_closed()
         removed = 0
         for folder in bucket_dirs(self.lake, self.name):
             for path in folder.iterdir():
@@ -160,6 +161,19 @@ class TypeLoader:
                 "removed_files": removed,
             },
         )
+
+    def _skip_closed(self) -> None:
+        """A crash after a manifest but before the checkpoint: that bucket is closed."""
+        moved = False
+        while self.closes and self.state.next_close is not None:
+            start = dt.datetime.fromtimestamp(self.state.next_close, dt.UTC)
+            if not (bucket_dir(self.lake, self.name, start, self.width) / SUCCESS).exists():
+                break
+            self.state.buckets.pop(self.state.next_close, None)
+            self.state.next_close += self.width
+            moved = True
+        if moved:
+            save_state(self.state_path, self.state)
 
     def _rebuild_dedup(self) -> None:
         assert self.deduper is not None
@@ -223,7 +237,7 @@ class TypeLoader:
                         "error": str(exc),
                     },
                 )
-        return pa.concat_tables(tables)
+        return pa.concat_tables(tables) if tables else None
 
     def _add_rows(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -231,14 +245,12 @@ class TypeLoader:
         micros = table.column("received_at").cast(pa.int64()).to_numpy()
         seconds = micros // 1_000_000
         buckets = seconds - seconds % self.width
+        late = np.zeros(len(buckets), dtype=bool)
         if self.closes:
             if self.state.next_close is None:  # the very first rows: start closing there
                 self.state.next_close = int(min(buckets.min(), self._bucket_of(self.clock())))
             late = buckets < self.state.next_close
-            if late.any():
-                buckets[late] = self.state.next_close
-                self._counts(self.state.next_close).skewed += int(late.sum())
-                self.stats.skewed += int(late.sum())
+            buckets[late] = self.state.next_close
         if self.deduper is not None:
             keys = keys_of(table.column("source"), table.column("id"))
             keep = self.deduper.fresh(keys)
@@ -249,16 +261,25 @@ class TypeLoader:
                 self.stats.duplicates += int(dropped.sum())
                 table = table.filter(pa.array(keep))
                 keys = keys.filter(pa.array(keep))
-                buckets = buckets[keep]
-            hours = buckets - buckets % 3600
-            self.deduper.add(keys, hours)
-            for hour in np.unique(hours):
-                self._pending_keys.setdefault(int(hour), []).append(
-                    keys.filter(pa.array(hours == hour))
-                )
+                buckets, late = buckets[keep], late[keep]
+            self._remember(keys, buckets)
+        if late.any():  # counted after dedup: a late duplicate is only a duplicate
+            assert self.state.next_close is not None
+            self._counts(self.state.next_close).skewed += int(late.sum())
+            self.stats.skewed += int(late.sum())
         for bucket in np.unique(buckets):
             rows = table.filter(pa.array(buckets == bucket))
             self._pending.setdefault(int(bucket), []).append(rows)
+
+    def _remember(self, keys: pa.Array, buckets: np.ndarray) -> None:
+        """Keys now stored (or pending) in ``buckets``, for later dedup checks."""
+        assert self.deduper is not None
+        hours = buckets - buckets % 3600
+        self.deduper.add(keys, hours)
+        for hour in np.unique(hours):
+            self._pending_keys.setdefault(int(hour), []).append(
+                keys.filter(pa.array(hours == hour))
+            )
 
     def _bucket_of(self, seconds: float) -> int:
         return int(seconds) - int(seconds) % self.width
@@ -324,6 +345,11 @@ class TypeLoader:
             counts = self._pending_counts.pop(bucket, None)
             if counts is not None:
                 self._counts(target).duplicates += counts.duplicates
+            if self.deduper is not None and target // 3600 != bucket // 3600:
+                # Their keys now live in another hour's folder: remember them there.
+                for table in tables:
+                    keys = keys_of(table.column("source"), table.column("id"))
+                    self._remember(keys, np.full(len(keys), target, dtype=np.int64))
 
     # ------------------------------------------------------------------ close
 

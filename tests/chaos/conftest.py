@@ -1,0 +1,304 @@
+"""Fixtures and lake checks for the loader's integration and chaos tests.
+
+The process fixtures (``nats_server``, ``start_gateway``, ``start_loader``) are the
+integration ones.  The helpers read the lake the way its users do (pyarrow and
+DuckDB, hive-partitioned), check every ``_SUCCESS.json`` against its folder, and
+publish gateway-format batches straight to the bus, as a gateway would, but with
+a chosen ``received_at``: the only way to have a backlog of events from earlier
+minutes without waiting for those minutes to pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import hashlib
+import shutil
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import httpx
+import msgspec
+import nats
+import pyarrow as pa
+import pyarrow.dataset as ds
+import pyarrow.parquet as pq
+import pytest
+
+from hourglass.bus.jetstream import FAILED_SUBJECT, KIND, MSG_ID, subject
+from hourglass.events import EventTypes, FailedEvent
+from hourglass.lake.manifest import Manifest
+from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
+from tests.integration.conftest import nats_server, start_gateway, start_loader  # noqa: F401
+from tests.integration.support import BATCH, skipped
+
+REGISTRY = SchemaRegistry.load(DEMO_SCHEMAS_DIR)
+TYPES = EventTypes(REGISTRY)
+SKIPPED = "music.SongSkipped"
+Key = tuple[str, str]  # (source, id)
+
+
+# --------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def one_type_schemas(tmp_path: Path) -> str:
+    """A schemas folder with only ``music.SongSkipped``: one stream, so the order of
+    the loader's durable writes (and so ``<point>:<n>``) is deterministic."""
+    folder = tmp_path / "schemas"
+    folder.mkdir()
+    shutil.copy(DEMO_SCHEMAS_DIR / "SongSkipped.avsc", folder / "SongSkipped.avsc")
+    return str(folder)
+
+
+# ------------------------------------------------------------------------ time
+
+
+def wait_until(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+        except (OSError, pa.ArrowException, duckdb.Error):
+            result = None  # a file renamed or deleted under the reader: look again
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(every)
+
+
+def minute_start(t: float) -> dt.datetime:
+    return dt.datetime.fromtimestamp(int(t) - int(t) % 60, dt.UTC)
+
+
+def away_from_minute_edge(margin: float = 3.0) -> None:
+    """Sleep past the next minute boundary if it is less than ``margin`` s away."""
+    left = 60 - time.time() % 60
+    if left < margin:
+        time.sleep(left + 0.2)
+
+
+# ------------------------------------------------------------------ publishing
+
+
+def bus_lines(events: list[dict[str, Any]], received_at: dt.datetime) -> dict[str, bytes]:
+    """NDJSON per type exactly as the gateway puts it on the bus (``events.py``)."""
+    encoder = msgspec.json.Encoder()
+    by_type: dict[str, list[Any]] = {}
+    for e in events:
+        envelope = TYPES.decoders[e["type"]].decode(msgspec.json.encode(e))
+        envelope.received_at = received_at
+        by_type.setdefault(e["type"], []).append(envelope)
+    return {name: encoder.encode_lines(envs) for name, envs in by_type.items()}
+
+
+def publish_raw(url: str, messages: list[tuple[str, bytes]]) -> list[int]:
+    """Publish (subject, payload) batches durably, as a gateway does; stream seqs."""
+
+    async def run() -> list[int]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream(timeout=10)
+            seqs = []
+            for subj, payload in messages:
+                headers = {MSG_ID: f"test-{uuid.uuid4()}", KIND: "batch"}
+                ack = await js.publish(subj, payload, headers=headers)
+                seqs.append(int(ack.seq))
+            return seqs
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def publish_events(url: str, events: list[dict[str, Any]], received_at: dt.datetime) -> None:
+    """One bus message per type holding ``events``, stamped ``received_at``."""
+    lines = bus_lines(events, received_at)
+    publish_raw(url, [(subject(name), payload) for name, payload in lines.items()])
+
+
+def publish_failed(url: str, reason: str, n: int = 1) -> list[str]:
+    ids = [f"failed-{uuid.uuid4()}" for _ in range(n)]
+    records = [
+        FailedEvent(
+            received_at=dt.datetime.now(dt.UTC),
+            reason=reason,
+            status=200,
+            gateway="gw-test",
+            index=i,
+            id=event_id,
+            source="/tests",
+            type=SKIPPED,
+        )
+        for i, event_id in enumerate(ids)
+    ]
+    publish_raw(url, [(FAILED_SUBJECT + ".event", msgspec.json.Encoder().encode_lines(records))])
+    return ids
+
+
+def keys_of_events(events: Iterable[dict[str, Any]]) -> list[Key]:
+    return [(e["source"], e["id"]) for e in events]
+
+
+# -------------------------------------------------------------------- the lake
+
+
+def lake_table(lake: Path, type_name: str, columns: list[str] | None = None) -> pa.Table:
+    """The type's rows, read by pyarrow as a hive-partitioned dataset."""
+    root = lake / type_name
+    if not root.exists():
+        return pa.table({"source": pa.array([], pa.string()), "id": pa.array([], pa.string())})
+    dataset = ds.dataset(root, format="parquet", partitioning="hive")
+    return dataset.to_table(columns=columns)
+
+
+def duck(sql: str) -> list[tuple[Any, ...]]:
+    with duckdb.connect() as con:
+        con.sql("SET TimeZone = 'UTC'")
+        return con.sql(sql).fetchall()
+
+
+def duck_glob(lake: Path, type_name: str) -> str:
+    return f"read_parquet('{lake}/{type_name}/**/*.parquet', hive_partitioning=true)"
+
+
+def lake_keys(lake: Path, type_name: str) -> list[Key]:
+    """Every (source, id) in the lake, once per row (pyarrow)."""
+    table = lake_table(lake, type_name, ["source", "id"])
+    return list(
+        zip(table.column("source").to_pylist(), table.column("id").to_pylist(), strict=True)
+    )
+
+
+def lake_keys_duckdb(lake: Path, type_name: str) -> list[Key]:
+    if not any((lake / type_name).rglob("part-*.parquet")):
+        return []
+    query = f"select source, id from {duck_glob(lake, type_name)}"  # noqa: S608 - a test path
+    return [(s, i) for s, i in duck(query)]
+
+
+def assert_exactly_once(found: list[Key], expected: Iterable[Key]) -> None:
+    counts = Counter(found)
+    twice = {k: n for k, n in counts.items() if n > 1}
+    assert not twice, f"{len(twice)} events more than once, e.g. {list(twice.items())[:3]}"
+    want = set(expected)
+    missing, extra = want - set(counts), set(counts) - want
+    assert not missing, f"{len(missing)} acknowledged events missing, e.g. {list(missing)[:3]}"
+    assert not extra, f"{len(extra)} events never sent, e.g. {list(extra)[:3]}"
+
+
+def bucket_folders(lake: Path, type_name: str) -> list[Path]:
+    return sorted(p for p in (lake / type_name).glob("date=*/hour=*/minute=*") if p.is_dir())
+
+
+def folder_of(lake: Path, type_name: str, start: dt.datetime) -> Path:
+    return lake / type_name / f"date={start:%Y-%m-%d}" / f"hour={start:%H}" / f"minute={start:%M}"
+
+
+def manifest_at(folder: Path) -> Manifest | None:
+    path = folder / "_SUCCESS.json"
+    if not path.exists():
+        return None
+    return msgspec.json.decode(path.read_bytes(), type=Manifest)
+
+
+def manifests(lake: Path) -> dict[Path, Manifest]:
+    out = {}
+    for path in sorted(lake.rglob("_SUCCESS.json")):
+        out[path.parent] = msgspec.json.decode(path.read_bytes(), type=Manifest)
+    return out
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assert_manifest_matches(folder: Path, manifest: Manifest) -> None:
+    """The files listed are the part files present, with their rows and sha256."""
+    present = sorted(p.name for p in folder.iterdir() if p.name.endswith(".parquet"))
+    listed = sorted(f.name for f in manifest.files)
+    assert listed == present, f"{folder}: manifest lists {listed}, folder holds {present}"
+    for entry in manifest.files:
+        path = folder / entry.name
+        assert entry.rows == pq.ParquetFile(path).metadata.num_rows, (folder, entry)
+        assert entry.sha256 == sha256(path), (folder, entry)
+        assert entry.bytes == path.stat().st_size, (folder, entry)
+    assert manifest.count == sum(f.rows for f in manifest.files), folder
+    start = dt.datetime.strptime(
+        "{date} {hour}:{minute}".format(**dict(part.split("=", 1) for part in folder.parts[-3:])),
+        "%Y-%m-%d %H:%M",
+    ).replace(tzinfo=dt.UTC)
+    assert manifest.bucket_start == start, folder
+    assert manifest.bucket_end == start + dt.timedelta(minutes=1), folder
+    assert manifest.closed_at >= manifest.bucket_end, folder
+    # Rows are this bucket's, or late ones (received before it) counted as skewed.
+    received = [
+        t
+        for path in sorted(folder.glob("part-*.parquet"))
+        for t in pq.read_table(path, columns=["received_at"]).column("received_at").to_pylist()
+    ]
+    assert all(t < manifest.bucket_end for t in received), folder
+    assert sum(t < start for t in received) == manifest.skewed, folder
+
+
+def assert_all_manifests_match(lake: Path) -> dict[Path, Manifest]:
+    found = manifests(lake)
+    for folder, manifest in found.items():
+        assert_manifest_matches(folder, manifest)
+    return found
+
+
+def tmp_files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob(".tmp-*"))
+
+
+# -------------------------------------------------------------------- traffic
+
+
+class Sender(threading.Thread):
+    """Posts batches back to back through a gateway; records what was acknowledged."""
+
+    def __init__(
+        self,
+        base: str,
+        make: Callable[[], dict[str, Any]] = skipped,
+        batch: int = 20,
+        pause: float = 0.02,
+    ) -> None:
+        super().__init__(daemon=True)
+        self.base, self.make, self.batch, self.pause = base, make, batch, pause
+        self.acked: list[Key] = []
+        self.halt = threading.Event()
+        self.statuses: Counter[int] = Counter()
+
+    def run(self) -> None:
+        with httpx.Client(base_url=self.base, timeout=10) as client:
+            while not self.halt.is_set():
+                events = [self.make() for _ in range(self.batch)]
+                try:
+                    r = client.post(
+                        "/v1/events", content=msgspec.json.encode(events), headers=BATCH
+                    )
+                except httpx.HTTPError:
+                    continue
+                self.statuses[r.status_code] += 1
+                if r.status_code == 200:
+                    assert r.json()["rejected"] == []
+                    self.acked.extend(keys_of_events(events))
+                time.sleep(self.pause)
+
+    def wait_for(self, n: int, timeout: float = 20) -> None:
+        wait_until(lambda: len(self.acked) >= n, timeout, f"{n} acknowledged events")
+
+    def finish(self) -> list[Key]:
+        self.halt.set()
+        self.join(15)
+        assert not self.is_alive()
+        return list(self.acked)
