@@ -6,7 +6,7 @@ cursor file are all it needs (see docs/producer.md for the measurement).
 
 On disk (``<dir>/``)::
 
-    seg-<first seq, 20 digits>.log   records: u32 length | u32 crc32 | payload
+    seg-<first seq, 20 digits>.log   records: u32 length | u32 crc32(length, payload) | payload
     cursor                           highest seq acknowledged, every lower one too
     producer-id                      random id: the default CloudEvents source
 
@@ -69,6 +69,11 @@ class _Segment:
         return self.first_seq + self.count - 1
 
 
+def _crc(length: int, payload: bytes) -> int:
+    """CRC-32 over the length and the payload, so a bad length is caught too."""
+    return zlib.crc32(payload, zlib.crc32(length.to_bytes(4, "little")))
+
+
 def _fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -127,7 +132,9 @@ class Spool:
             while offset + _HEADER.size <= len(data):
                 length, crc = _HEADER.unpack_from(data, offset)
                 end = offset + _HEADER.size + length
-                if end > len(data) or zlib.crc32(data[offset + _HEADER.size : end]) != crc:
+                payload = data[offset + _HEADER.size : end]
+                # A zero length is never written: zeros left by a crash end the segment.
+                if not length or end > len(data) or _crc(length, payload) != crc:
                     break
                 if seg.first_seq + seg.count > self.cursor:
                     self.pending_bytes += end - offset
@@ -177,7 +184,9 @@ class Spool:
 
     def append(self, payload: bytes, *, timeout: float | None = None) -> int:
         """Write one record; return its sequence number once durable per the policy."""
-        record = _HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+        if not payload:
+            raise ValueError("an empty record cannot be spooled")
+        record = _HEADER.pack(len(payload), _crc(len(payload), payload)) + payload
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
             while self.pending_bytes + len(record) > self.max_bytes and self.pending_bytes:
@@ -220,8 +229,14 @@ class Spool:
             if self._synced_seq >= seq:
                 return
             with self._lock:
-                target, fd = self.next_seq - 1, self._fd
-            os.fsync(fd)
+                if self._fd < 0:
+                    return
+                # A duplicate stays valid even if a rollover closes the original.
+                target, fd = self.next_seq - 1, os.dup(self._fd)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
             self._synced_seq = target
 
     def _sync_loop(self) -> None:
@@ -245,6 +260,8 @@ class Spool:
             while self._read_seq < self.next_seq and len(out) < max_events:
                 index, offset = self._read_pos
                 seg = self._segments[index]
+                # Records moved aside as corrupt leave a gap before a segment.
+                self._read_seq = max(self._read_seq, seg.first_seq)
                 if offset >= seg.size:
                     self._read_pos = (index + 1, 0)
                     continue
@@ -307,6 +324,8 @@ class Spool:
         with self._changed:
             self._closed = True
             self._changed.notify_all()
+        if self._syncer is not None:
+            self._syncer.join()
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
