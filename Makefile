@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml | $(BIN)/python
 	touch $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/hourglass up --demo
+	$(BIN)/hourglass up --demo --bucket 1m
 
 lint: $(STAMP)
 	$(BIN)/ruff check src tests bench

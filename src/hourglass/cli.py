@@ -76,9 +76,10 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="only events rejected at or after (ISO 8601, UTC)")
     replay.add_argument("--url", help="gateway base URL (default http://127.0.0.1:<port>)")
 
-    from hourglass.producer import send
+    from hourglass.producer import send, tail
 
     send.add_parser(sub)
+    tail.add_parser(sub)
 
     status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
     _common(status)
@@ -171,6 +172,12 @@ def cmd_send(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_tail(args: argparse.Namespace) -> int:
+    from hourglass.producer.tail import cmd_tail as run
+
+    return run(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hourglass.status import gather_status
 
@@ -230,6 +237,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "query": cmd_query,
     "status": cmd_status,
     "send": cmd_send,
+    "tail": cmd_tail,
     "bus": cmd_bus,
     "schema": cmd_schema,
 }

@@ -15,6 +15,7 @@ import random
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -121,9 +122,20 @@ async def run_demo(base_url: str, settings: Settings, *, rate: float) -> None:
                 print(f"demo: gateway unreachable ({exc!r}), retrying", flush=True)
             elapsed = int(time.monotonic() - started)
             if elapsed % 5 == 0:
+                closed, rows = lake_progress(settings.data_path / "lake")
                 print(
                     f"demo: {elapsed:>4}s  accepted {accepted:,} events "
-                    f"({len(registry)} types), rejected {rejected:,}",
+                    f"({len(registry)} types), rejected {rejected:,}; "
+                    f"lake: {closed} buckets closed holding {rows:,} events",
                     flush=True,
                 )
             await asyncio.sleep(1.0)
+
+
+def lake_progress(lake: Path) -> tuple[int, int]:
+    """Closed buckets and the events in them, from their manifests."""
+    closed = rows = 0
+    for manifest in lake.glob("*/date=*/hour=*/**/_SUCCESS.json"):
+        closed += 1
+        rows += int(msgspec.json.decode(manifest.read_bytes()).get("count", 0))
+    return closed, rows

@@ -22,6 +22,7 @@ from hourglass.bus.embedded import EmbeddedBus, free_port
 from hourglass.config import Settings, settings_env
 from hourglass.exceptions import ConfigError
 from hourglass.gateway.server import LISTEN_FD, listening_socket
+from hourglass.loader.service import check_layout
 from hourglass.process import Supervised
 
 logger = log.get("hourglass.up")
@@ -113,6 +114,7 @@ async def run_bus(settings: Settings) -> None:
 async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0) -> None:
     stop = _stop_event()  # first: a signal during start-up still stops everything in order
     sock = listening_socket(settings.host, settings.port)  # a busy port fails before anything runs
+    check_layout(settings)  # so does a lake written with another bucket width
     bus: EmbeddedBus | None = None
     children: list[Supervised] = []
     tasks: list[asyncio.Task[None]] = []

@@ -7,8 +7,9 @@ message, in a later message and in a later bucket.  So the loader's first flush
 writes four parts, then closes four buckets (three with rows, one idle), in this
 order of durable writes (``lake.before_rename`` counts them)::
 
-    1-4 part b1, b2, b3, current    5 checkpoint    6 manifest b1    7 checkpoint
-    8 manifest b2 ...
+    1 the lake's layout marker (_hourglass.json, first start only)
+    2-5 part b1, b2, b3, current    6 checkpoint    7 manifest b1    8 checkpoint
+    9 manifest b2 ...
 
 The loader is started with ``HOURGLASS_CRASHPOINT``; it kills itself there; we
 check it died where intended, keep sending through the gateway, restart it
@@ -87,14 +88,14 @@ def _check_crash_site(point: str, data: Path, buckets: list[dt.datetime]) -> Non
         n = int(point.partition(":")[2] or 1)
         assert state is not None and closed == buckets[:n], where
         assert state.next_close == int(buckets[n - 1].timestamp()), where  # not moved on yet
-    elif point == "lake.before_rename:2":  # the second part
+    elif point == "lake.before_rename:3":  # the second part
         assert len(parts) == 1 and state is None, where
         tmp = folder_of(lake, SKIPPED, b2) / f".tmp-{parts[0].name}.partial"  # same seq range
         assert tmps == [tmp.relative_to(data).as_posix()], where
-    elif point == "lake.before_rename:5":  # the first checkpoint
+    elif point == "lake.before_rename:6":  # the first checkpoint
         assert len(parts) == 4 and state is None, where
         assert tmps == [f"loader/.tmp-{SKIPPED}.json.partial"], where
-    elif point == "lake.before_rename:6":  # the first manifest
+    elif point == "lake.before_rename:7":  # the first manifest
         assert state is not None and not closed, where
         assert tmps == [
             (folder_of(lake, SKIPPED, b1) / ".tmp-_SUCCESS.json.partial")
@@ -112,9 +113,9 @@ POINTS = [
     "loader.after_checkpoint",
     "loader.after_manifest",
     "loader.after_manifest:3",
-    "lake.before_rename:2",
-    "lake.before_rename:5",
+    "lake.before_rename:3",
     "lake.before_rename:6",
+    "lake.before_rename:7",
 ]
 
 

@@ -22,6 +22,7 @@ import datetime as dt
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
+from urllib.parse import unquote
 
 import msgspec
 
@@ -167,7 +168,10 @@ class Gateway:
         except Unparseable as exc:  # kept decompressed, readable
             return await self._keep_unparseable(exc, body, None, headers, send)
         if allowed is not None:
-            seen = list(checked.by_type) + [r.type for r in checked.rejected if r.type]
+            # Unknown types are not a permission question: they are rejected per
+            # event ("unknown event type") and kept, like any invalid event.
+            known = self.types.by_name
+            seen = list(checked.by_type) + [r.type for r in checked.rejected if r.type in known]
             ApiKeys.check_types(allowed, seen)
         if self.inflight + checked.count > self.settings.max_inflight_events:
             raise Overloaded(
@@ -247,9 +251,9 @@ class Gateway:
             reason=str(exc),
             status=400,
             gateway=self.gateway_id,
-            id=headers.get("ce-id"),
-            source=headers.get("ce-source"),
-            type=headers.get("ce-type"),
+            id=_header(headers, "ce-id"),
+            source=_header(headers, "ce-source"),
+            type=_header(headers, "ce-type"),
             body=body[:cap],
             body_truncated=len(body) > cap,
             content_type=headers.get("content-type"),
@@ -293,6 +297,11 @@ class Gateway:
     ) -> None:
         body = self.encoder.encode(ErrorResponse(message))
         await self._reply(send, status, body, _JSON + (extra or []))
+
+
+def _header(headers: dict[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    return None if value is None else unquote(value)  # as the binary binding encodes it
 
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)

@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -23,10 +24,12 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.config import Settings, bucket_seconds
+from hourglass.exceptions import ConfigError
 from hourglass.gateway.server import load_registry, resolve_bus_url
 from hourglass.gateway.watermark import LEASE_BUCKET
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
+from hourglass.lake.layout import durable_write_bytes
 from hourglass.loader.typeloader import RowFormat, TypeLoader, to_bus_message
 
 logger = log.get("hourglass.loader")
@@ -249,7 +252,23 @@ async def _wait_for_streams(js: JetStreamContext, names: list[str]) -> None:
                 await asyncio.sleep(0.5)
 
 
+def check_layout(settings: Settings) -> None:
+    """One lake, one bucket width: refuse to mix ``hour=`` and ``minute=`` layouts."""
+    lake = settings.data_path / "lake"
+    marker = lake / "_hourglass.json"
+    if marker.exists():
+        existing = msgspec.json.decode(marker.read_bytes()).get("bucket")
+        if existing != settings.bucket:
+            raise ConfigError(
+                f"the lake {lake} is written with --bucket {existing}; run with the same "
+                f"width or use another --data-dir (asked for --bucket {settings.bucket})"
+            )
+        return
+    durable_write_bytes(marker, msgspec.json.encode({"bucket": settings.bucket}))
+
+
 async def run_loader(settings: Settings) -> None:
+    check_layout(settings)
     streams = build_streams(settings)
     url = resolve_bus_url(settings)
     nc = await jetstream.connect(url, name="hourglass-loader")
