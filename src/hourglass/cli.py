@@ -84,6 +84,11 @@ def build_parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
     _common(status)
 
+    audit = sub.add_parser("audit", help="compare what gateways stored with the lake")
+    _common(audit)
+    audit.add_argument("--type", dest="event_type", help="only this event type")
+    audit.add_argument("--since", help="only buckets starting at or after (ISO 8601, UTC)")
+
     query = sub.add_parser("query", help="SQL over the lake with DuckDB (a view per type)")
     _common(query)
     query.add_argument("sql", help='e.g. "select count(*) from "music.SongSkipped""')
@@ -186,6 +191,18 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_audit(args: argparse.Namespace) -> int:
+    import datetime as dt
+
+    from hourglass.audit import render, run_audit
+
+    settings = _settings(args)
+    since = dt.datetime.fromisoformat(args.since).replace(tzinfo=dt.UTC) if args.since else None
+    results = asyncio.run(run_audit(settings, type_name=args.event_type, since=since))
+    print(render(results))
+    return 0 if all(r.ok for r in results) else 1
+
+
 def cmd_query(args: argparse.Namespace) -> int:
     from hourglass.query import run_query
 
@@ -235,6 +252,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "loader": cmd_loader,
     "replay-failed": cmd_replay,
     "query": cmd_query,
+    "audit": cmd_audit,
     "status": cmd_status,
     "send": cmd_send,
     "tail": cmd_tail,

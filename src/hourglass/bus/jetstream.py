@@ -36,6 +36,7 @@ FAILED_STREAM = "HG_FAILED"
 FAILED_SUBJECT = "hg.failed"
 MSG_ID = "Nats-Msg-Id"
 KIND = "Hg-Kind"
+TALLY = "Hg-Tally"
 
 
 def stream_name(type_name: str) -> str:
@@ -155,7 +156,9 @@ class JetStreamPublisher:
     def connected(self) -> bool:
         return bool(self._nc.is_connected)
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str, kind: str = "batch") -> int:
+    async def publish(
+        self, subject: str, payload: bytes, msg_id: str, tally: str | None = None
+    ) -> int:
         if not self._nc.is_connected:
             raise BusUnavailable("the bus is not connected", retry_after=1.0)
         try:
@@ -163,7 +166,7 @@ class JetStreamPublisher:
                 subject,
                 payload,
                 timeout=self._timeout,
-                headers={MSG_ID: msg_id, KIND: kind},
+                headers={MSG_ID: msg_id, KIND: "batch", **({TALLY: tally} if tally else {})},
             )
         except nats.js.errors.APIError as exc:
             text = exc.description or str(exc)

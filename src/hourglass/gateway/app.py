@@ -207,9 +207,11 @@ class Gateway:
         return 200
 
     async def _commit(self, checked: Checked) -> None:
+        stamp = _micros(checked.received_at)
+        minute = None if stamp is None else stamp // 60_000_000
         waits = [
             self.committer.commit(
-                subject(name), self.encoder.encode_lines(envelopes), len(envelopes)
+                subject(name), self.encoder.encode_lines(envelopes), len(envelopes), minute
             )
             for name, envelopes in checked.by_type.items()
         ]

@@ -28,8 +28,14 @@ from hourglass.exceptions import BusUnavailable
 
 
 class Publisher(Protocol):
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
-        """Store ``payload`` durably; return its stream sequence or raise BusUnavailable."""
+    async def publish(
+        self, subject: str, payload: bytes, msg_id: str, tally: str | None = None
+    ) -> int:
+        """Store ``payload`` durably; return its stream sequence or raise BusUnavailable.
+
+        ``tally`` (``<minute>:<events>,...``) travels as the ``Hg-Tally`` header:
+        how many events of each receive minute the message holds, for the audit.
+        """
         ...
 
 
@@ -37,11 +43,12 @@ PublishObserver = Callable[[str, int, int, float], None]  # subject, events, byt
 
 
 class _Lane:
-    __slots__ = ("chunks", "counts", "nbytes", "waiters", "timer", "inflight")
+    __slots__ = ("chunks", "counts", "minutes", "nbytes", "waiters", "timer", "inflight")
 
     def __init__(self) -> None:
         self.chunks: list[bytes] = []
         self.counts = 0
+        self.minutes: dict[int, int] = {}
         self.nbytes = 0
         self.waiters: list[asyncio.Future[int]] = []
         self.timer: asyncio.Handle | None = None
@@ -67,15 +74,23 @@ class GroupCommitter:
         self._seq = itertools.count(1)
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def commit(self, subject: str, chunk: bytes, count: int) -> None:
-        """Return once ``chunk`` (NDJSON lines, ``count`` events) is durable."""
+    async def commit(
+        self, subject: str, chunk: bytes, count: int, minute: int | None = None
+    ) -> None:
+        """Return once ``chunk`` (NDJSON lines, ``count`` events) is durable.
+
+        ``minute`` (receive time, minutes since the epoch) is tallied in the bus
+        message's header when given.
+        """
         waits = [
-            self._submit(subject, piece, n)
+            self._submit(subject, piece, n, minute)
             for piece, n in split_lines(chunk, count, self._max_bytes)
         ]
         await asyncio.gather(*waits)
 
-    def _submit(self, subject: str, chunk: bytes, count: int) -> asyncio.Future[int]:
+    def _submit(
+        self, subject: str, chunk: bytes, count: int, minute: int | None
+    ) -> asyncio.Future[int]:
         lane = self._lanes.get(subject)
         if lane is None:
             lane = self._lanes[subject] = _Lane()
@@ -84,6 +99,8 @@ class GroupCommitter:
         future: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         lane.chunks.append(chunk)
         lane.counts += count
+        if minute is not None:
+            lane.minutes[minute] = lane.minutes.get(minute, 0) + count
         lane.nbytes += len(chunk)
         lane.waiters.append(future)
         if lane.nbytes >= self._max_bytes:
@@ -104,9 +121,11 @@ class GroupCommitter:
             return
         payload = b"".join(lane.chunks)
         count, waiters = lane.counts, lane.waiters
+        tally = ",".join(f"{m}:{n}" for m, n in sorted(lane.minutes.items())) or None
         lane.chunks, lane.counts, lane.nbytes, lane.waiters = [], 0, 0, []
+        lane.minutes = {}
         lane.inflight += 1
-        task = asyncio.create_task(self._publish(subject, lane, payload, count, waiters))
+        task = asyncio.create_task(self._publish(subject, lane, payload, count, tally, waiters))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -116,12 +135,13 @@ class GroupCommitter:
         lane: _Lane,
         payload: bytes,
         count: int,
+        tally: str | None,
         waiters: list[asyncio.Future[int]],
     ) -> None:
         msg_id = f"{self._owner}-{next(self._seq)}"
         started = time.perf_counter()
         try:
-            seq = await self._publisher.publish(subject, payload, msg_id)
+            seq = await self._publisher.publish(subject, payload, msg_id, tally)
         except BusUnavailable as exc:
             for waiter in waiters:
                 if not waiter.done():

@@ -55,10 +55,12 @@ class BusLink:
     def ready(self) -> bool:
         return self.streams_ok and self.publisher is not None and self.publisher.connected
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+    async def publish(
+        self, subject: str, payload: bytes, msg_id: str, tally: str | None = None
+    ) -> int:
         if self.publisher is None or not self.streams_ok:
             raise BusUnavailable("the bus is not ready yet", retry_after=1.0)
-        return await self.publisher.publish(subject, payload, msg_id)
+        return await self.publisher.publish(subject, payload, msg_id, tally)
 
     def limits(self) -> jetstream.StreamLimits:
         s = self.settings

@@ -13,14 +13,18 @@ from hourglass.gateway.commit import GroupCommitter, split_lines
 class FakePublisher:
     def __init__(self, delay: float = 0.01, fail: bool = False) -> None:
         self.messages: list[tuple[str, bytes, str]] = []
+        self.tallies: list[str | None] = []
         self.delay = delay
         self.fail = fail
 
-    async def publish(self, subject: str, payload: bytes, msg_id: str) -> int:
+    async def publish(
+        self, subject: str, payload: bytes, msg_id: str, tally: str | None = None
+    ) -> int:
         await asyncio.sleep(self.delay)
         if self.fail:
             raise BusUnavailable("down")
         self.messages.append((subject, payload, msg_id))
+        self.tallies.append(tally)
         return len(self.messages)
 
 
@@ -86,3 +90,20 @@ def test_split_lines_keeps_every_line_whole(max_bytes: int) -> None:
     for piece, n in pieces:
         assert piece.endswith(b"\n") and piece.count(b"\n") == n
         assert len(piece) <= max_bytes or n == 1
+
+
+async def test_tally_counts_events_per_minute_in_each_message() -> None:
+    pub = FakePublisher()
+    committer = GroupCommitter(pub, owner="gw", max_bytes=1 << 20, max_wait=0.005)
+    await asyncio.gather(
+        committer.commit("s", b"a\nb\n", 2, 100),
+        committer.commit("s", b"c\n", 1, 101),
+        committer.commit("s", b"d\n", 1, 100),
+    )
+    totals: dict[int, int] = {}
+    for tally in pub.tallies:
+        assert tally is not None
+        for part in tally.split(","):
+            minute, n = part.split(":")
+            totals[int(minute)] = totals.get(int(minute), 0) + int(n)
+    assert totals == {100: 3, 101: 1}

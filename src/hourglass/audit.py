@@ -1,0 +1,214 @@
+"""``hourglass audit``: prove that what the gateways stored is in the lake, exactly once.
+
+Two independent records are compared, per type and closed bucket:
+
+* **published** — every bus message a gateway stores carries an ``Hg-Tally``
+  header (events per receive minute), written in the same fsync'd publish as the
+  events and before any of them is acknowledged.  The audit reads only headers
+  (a headers-only consumer), never the loader's state.
+* **delivered** — rows in the lake's Parquet files whose ``received_at`` falls in
+  the bucket, wherever they are stored (a skewed event lives in a later bucket's
+  folder but still counts for its own), plus the duplicates the loader dropped.
+
+``missing = published - delivered - duplicates``; anything above zero is a loss.
+Every closed bucket is also checked against its manifest: a file deleted, added
+or altered (row count, sha256) after close is named.  Buckets whose bus messages
+have aged out of the stream are checked for integrity only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+import nats.errors
+from nats.js import JetStreamContext
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from hourglass.bus import jetstream
+from hourglass.config import Settings, bucket_seconds
+from hourglass.gateway.server import load_registry, resolve_bus_url
+from hourglass.lake.layout import SUCCESS, bucket_dirs, bucket_of_dir, part_range
+from hourglass.lake.manifest import Manifest, read_manifest
+from hourglass.lake.parquet import row_count, sha256_of
+
+
+@dataclass
+class BucketAudit:
+    type: str
+    start: dt.datetime
+    published: int | None  # None: its messages have left the bus (retention)
+    delivered: int
+    duplicates: int
+    skewed: int
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def missing(self) -> int:
+        if self.published is None:
+            return 0
+        return max(0, self.published - self.delivered - self.duplicates)
+
+    @property
+    def unexplained(self) -> int:
+        """Delivered beyond what was published: rows no gateway stored (or a bad tally)."""
+        if self.published is None:
+            return 0
+        return max(0, self.delivered + self.duplicates - self.published)
+
+    @property
+    def ok(self) -> bool:
+        return not self.missing and not self.unexplained and not self.problems
+
+
+async def published_by_minute(js: JetStreamContext, type_name: str) -> tuple[dict[int, int], int]:
+    """Events per receive minute from the stream's tally headers; and its first seq."""
+    stream = jetstream.stream_name(type_name)
+    info = await js.stream_info(stream)
+    counts: dict[int, int] = {}
+    if not info.state.messages:
+        return counts, int(info.state.first_seq)
+    sub = await js.pull_subscribe(
+        jetstream.subject(type_name),
+        stream=stream,
+        config=ConsumerConfig(
+            headers_only=True,
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            inactive_threshold=30.0,
+        ),
+    )
+    try:
+        while True:
+            try:
+                msgs = await sub.fetch(1000, timeout=2)
+            except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                break
+            for msg in msgs:
+                tally = (msg.headers or {}).get(jetstream.TALLY)
+                for part in tally.split(",") if tally else ():
+                    minute, n = part.split(":")
+                    counts[int(minute)] = counts.get(int(minute), 0) + int(n)
+            if msgs[-1].metadata.num_pending == 0:
+                break
+    finally:
+        await sub.unsubscribe()
+    return counts, int(info.state.first_seq)
+
+
+_COUNT = (
+    "select (floor(epoch(received_at))::bigint // $w) * $w as b, count(*) "
+    "from read_parquet($p) group by b"
+)
+
+
+def delivered_by_bucket(
+    lake: Path, type_name: str, width: int
+) -> tuple[dict[int, int], list[Path]]:
+    """Rows per bucket of ``received_at`` across every part file; and unreadable files."""
+    files = sorted((lake / type_name).rglob("part-*.parquet"))
+    counts: dict[int, int] = {}
+    unreadable: list[Path] = []
+    if not files:
+        return counts, unreadable
+    with duckdb.connect() as con:
+        try:
+            rows = con.execute(_COUNT, {"w": width, "p": [str(f) for f in files]}).fetchall()
+        except duckdb.Error:
+            rows = []
+            for path in files:  # find the damaged ones, count the rest
+                try:
+                    rows += con.execute(_COUNT, {"w": width, "p": str(path)}).fetchall()
+                except duckdb.Error:
+                    unreadable.append(path)
+    for bucket, n in rows:
+        counts[int(bucket)] = counts.get(int(bucket), 0) + int(n)
+    return counts, unreadable
+
+
+def integrity(folder: Path, manifest: Manifest) -> list[str]:
+    """Differences between a closed bucket's folder and its manifest."""
+    problems = []
+    present = {p.name for p in folder.iterdir() if part_range(p.name) is not None}
+    listed = {f.name: f for f in manifest.files}
+    for name in sorted(listed.keys() - present):
+        problems.append(f"file {name} deleted after close")
+    for name in sorted(present - listed.keys()):
+        problems.append(f"file {name} added after close")
+    for name in sorted(listed.keys() & present):
+        entry, path = listed[name], folder / name
+        if sha256_of(path) != entry.sha256:
+            problems.append(f"file {name} altered after close (sha256 differs)")
+        elif row_count(path) != entry.rows:
+            problems.append(f"file {name} has {row_count(path)} rows, manifest says {entry.rows}")
+    if sum(f.rows for f in manifest.files) != manifest.count:
+        problems.append("manifest count differs from the sum of its files")
+    return problems
+
+
+async def run_audit(
+    settings: Settings, *, type_name: str | None = None, since: dt.datetime | None = None
+) -> list[BucketAudit]:
+    width = bucket_seconds(settings.bucket)
+    lake = settings.data_path / "lake"
+    types = [s.type_name for s in load_registry(settings)]
+    if type_name is not None:
+        types = [t for t in types if t == type_name]
+    nc = await jetstream.connect(resolve_bus_url(settings), name="hourglass-audit")
+    results: list[BucketAudit] = []
+    try:
+        js = nc.jetstream(timeout=10)
+        for name in types:
+            minutes, first_seq = await published_by_minute(js, name)
+            published: dict[int, int] = {}
+            for minute, n in minutes.items():
+                bucket = minute * 60 - (minute * 60) % width
+                published[bucket] = published.get(bucket, 0) + n
+            # Messages before the stream's first were removed by retention: the
+            # buckets they fed cannot be counted from the bus any more.
+            horizon = min(published, default=0) + width if first_seq > 1 else 0
+            delivered, unreadable = delivered_by_bucket(lake, name, width)
+            for folder in bucket_dirs(lake, name):
+                start = bucket_of_dir(lake, name, folder)
+                manifest = read_manifest(folder) if (folder / SUCCESS).exists() else None
+                if manifest is None or (since is not None and start < since):
+                    continue
+                key = int(start.timestamp())
+                results.append(
+                    BucketAudit(
+                        name,
+                        start,
+                        published.get(key, 0) if key >= horizon else None,
+                        delivered.get(key, 0),
+                        manifest.duplicates_dropped,
+                        manifest.skewed,
+                        integrity(folder, manifest),
+                    )
+                )
+    finally:
+        await nc.close()
+    return results
+
+
+def render(results: list[BucketAudit]) -> str:
+    lines = [
+        f"{'type':<24} {'bucket':<17} {'published':>9} {'delivered':>9} {'dups':>6} "
+        f"{'skewed':>6} {'missing':>7}  status"
+    ]
+    for r in results:
+        published = "retention" if r.published is None else str(r.published)
+        status = (
+            "ok"
+            if r.ok
+            else "; ".join(([f"{r.missing} missing"] if r.missing else []) + r.problems)
+        )
+        lines.append(
+            f"{r.type:<24} {r.start:%Y-%m-%d %H:%M} {published:>9} {r.delivered:>9} "
+            f"{r.duplicates:>6} {r.skewed:>6} {r.missing:>7}  {status}"
+        )
+    bad = [r for r in results if not r.ok]
+    lines.append(f"{len(results)} closed buckets audited, {len(bad)} with problems")
+    return "\n".join(lines)
