@@ -27,8 +27,8 @@ import msgspec
 import pytest
 import zstandard
 
-from hourglass.bus.embedded import free_port
 from hourglass.config import Settings
+from tests.integration.conftest import base_settings
 from tests.integration.support import (
     BATCH,
     GatewayProcess,
@@ -81,13 +81,7 @@ def bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Bed]:
     server = NatsServer(root / "bus")
     server.start()
     try:
-        settings = Settings(
-            data_dir=str(root / "data"),
-            port=free_port(),
-            bus=server.url,
-            stream_replicas=1,
-            publish_timeout_s=2.0,
-        )
+        settings = base_settings(server, root)
         gw = GatewayProcess(settings, log_path=root / "gateway.log")
         try:
             gw.start()

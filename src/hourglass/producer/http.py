@@ -86,25 +86,6 @@ def post_batch(
     return classify(response)
 
 
-async def post_batch_async(
-    client: httpx.AsyncClient,
-    events: list[bytes],
-    *,
-    encoding: Encoding = "zstd",
-    headers: dict[str, str] | None = None,
-) -> Outcome:
-    request_headers = {"content-type": BATCH, **(headers or {})}
-    if encoding != "identity":
-        request_headers["content-encoding"] = encoding
-    try:
-        response = await client.post(
-            "/v1/events", content=encode_body(events, encoding), headers=request_headers
-        )
-    except httpx.HTTPError as exc:
-        return Outcome("retry", reason=f"gateway unreachable: {exc!r}")
-    return classify(response)
-
-
 def classify(response: httpx.Response) -> Outcome:
     status = response.status_code
     if status == 200:

@@ -46,6 +46,7 @@ from typing import Literal
 
 from hourglass import log
 from hourglass.exceptions import HourglassError
+from hourglass.lake.layout import fsync_dir
 
 logger = log.get("hourglass.producer")
 
@@ -72,14 +73,6 @@ class _Segment:
 def _crc(length: int, payload: bytes) -> int:
     """CRC-32 over the length and the payload, so a bad length is caught too."""
     return zlib.crc32(payload, zlib.crc32(length.to_bytes(4, "little")))
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -218,7 +211,7 @@ class Spool:
             os.close(self._fd)
         seg = _Segment(self.next_seq, self.dir / f"seg-{self.next_seq:020d}.log")
         self._fd = os.open(seg.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         self._segments.append(seg)
 
     def _sync_through(self, seq: int) -> None:
@@ -289,7 +282,7 @@ class Spool:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
         with self._changed:
             self.cursor = upto_seq
             self.pending_bytes -= nbytes
