@@ -239,7 +239,7 @@ UNSUPPORTED = [
     ("Nope", "f", "unknown type 'Nope'"),
     ({"type": "array"}, "f", "array needs 'items'"),
     ({"type": "map"}, "f", "map needs 'values'"),
-    ({"type": "fixed", "name": "F"}, "f", "needs a non-negative integer 'size'"),
+    ({"type": "fixed", "name": "F"}, "f", "needs an integer 'size' in [0, 2**31)"),
     ({"type": "enum", "name": "E", "symbols": ["A", "A"]}, "f", "duplicate symbols"),
     ({"type": "enum", "name": "E", "symbols": ["A-B"]}, "f", "invalid symbol 'A-B'"),
     ({"type": "enum", "name": "E", "symbols": []}, "f", "non-empty 'symbols'"),

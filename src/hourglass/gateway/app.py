@@ -41,6 +41,7 @@ from hourglass.exceptions import (
 from hourglass.gateway.auth import ApiKeys
 from hourglass.gateway.commit import GroupCommitter
 from hourglass.gateway.metrics import GatewayMetrics
+from hourglass.gateway.openapi import openapi_document
 from hourglass.gateway.validate import Checked, Limits, Rejection, Validator
 from hourglass.gateway.watermark import InFlight
 from hourglass.gateway.wire import Unparseable, decompress, to_payload
@@ -104,6 +105,7 @@ class Gateway:
             Limits(settings.max_event_bytes, settings.max_events_per_request),
         )
         self.encoder = msgspec.json.Encoder()
+        self.openapi = self.encoder.encode(openapi_document(types.registry))
         self.inflight = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -115,9 +117,11 @@ class Gateway:
                 await self._error(send, 405, "use POST to send events", [(b"allow", b"POST")])
                 return
             await self._ingest(scope, receive, send)
-        elif path in ("/healthz", "/readyz", "/metrics"):
+        elif path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             if method not in ("GET", "HEAD"):
                 await self._error(send, 405, "use GET", [(b"allow", b"GET, HEAD")])
+            elif path == "/openapi.json":
+                await self._reply(send, 200, self.openapi)
             elif path == "/healthz":
                 await self._reply(send, 200, b'{"status":"ok"}')
             elif path == "/readyz":

@@ -57,11 +57,23 @@ _B64 = "[A-Za-z0-9+/]"
 # Standard base64 with padding, as msgspec decodes it (and encodes it back).
 _BASE64_PATTERN = f"^(?:{_B64}{{4}})*(?:{_B64}{{2}}==|{_B64}{{3}}=)?$"
 
+# JSON Schema counts 1.0 as an integer; Avro's JSON decoding (and the gateway) do not.
+_INTEGER = "a JSON integer literal: 1, not 1.0 or 1e0"
 _SCALARS: dict[tuple[str, str | None], JsonSchema] = {
     ("null", None): {"type": "null"},
     ("boolean", None): {"type": "boolean"},
-    ("int", None): {"type": "integer", "minimum": INT32_RANGE[0], "maximum": INT32_RANGE[1]},
-    ("long", None): {"type": "integer", "minimum": INT64_RANGE[0], "maximum": INT64_RANGE[1]},
+    ("int", None): {
+        "type": "integer",
+        "minimum": INT32_RANGE[0],
+        "maximum": INT32_RANGE[1],
+        "description": _INTEGER,
+    },
+    ("long", None): {
+        "type": "integer",
+        "minimum": INT64_RANGE[0],
+        "maximum": INT64_RANGE[1],
+        "description": _INTEGER,
+    },
     ("float", None): {"type": "number", "minimum": -_FLOAT32_MAX, "maximum": _FLOAT32_MAX},
     ("double", None): {"type": "number"},
     ("string", None): {"type": "string"},

@@ -204,9 +204,19 @@ class _Parser:
             return self.union(spec, ns, path)
         if not isinstance(spec, dict) or "type" not in spec:
             raise self.error(path, f"invalid type {spec!r}")
+        return self.described(spec, ns, path)
+
+    def described(self, spec: dict[str, Any], ns: str, path: str) -> Node:
+        """A type written as an object: ``{"type": ..., ...}``."""
         kind, logical = spec["type"], spec.get("logicalType")
+        if logical is not None and not isinstance(logical, str):
+            raise self.error(path, f"'logicalType' must be a string, got {logical!r}")
         if logical in _UNSUPPORTED_LOGICAL:
             raise self.error(path, f"logicalType '{logical}' is not supported")
+        if isinstance(kind, (list, dict)):  # {"type": [...]} or {"type": {...}}: the inner type
+            return self.parse(kind, ns, path)
+        if not isinstance(kind, str):
+            raise self.error(path, f"invalid type {kind!r}")
         if kind in _PRIMITIVES:
             return self.primitive(kind, logical, path)
         if kind == "record":
@@ -217,9 +227,7 @@ class _Parser:
             return self.fixed(spec, ns, path)
         if kind in ("array", "map"):
             return self.container(spec, kind, ns, path)
-        if isinstance(kind, str | list):
-            return self.parse(kind, ns, path)
-        raise self.error(path, f"invalid type {kind!r}")
+        return self.parse(kind, ns, path)  # a named reference
 
     def primitive(self, kind: str, logical: Any, path: str) -> Primitive:
         if logical not in _LOGICAL:
@@ -233,8 +241,8 @@ class _Parser:
     def fixed(self, spec: dict[str, Any], ns: str, path: str) -> Fixed:
         full, _ = self.full_name(spec, ns, path)
         size = spec.get("size")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-            raise self.error(path, f"fixed '{full}' needs a non-negative integer 'size'")
+        if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size < 2**31:
+            raise self.error(path, f"fixed '{full}' needs an integer 'size' in [0, 2**31)")
         self.named[full] = node = Fixed(full, size)
         return node
 
