@@ -14,6 +14,7 @@ import ctypes
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 
 from hourglass import log
@@ -83,9 +84,12 @@ class Supervised:
     async def _run(self) -> None:
         backoff = 0.25
         while not self._stopping:
+            started = time.monotonic()
             await self._spawn()
             assert self.proc is not None
             code = await self.proc.wait()
+            if time.monotonic() - started > 30:
+                backoff = 0.25  # it ran well: this is a new failure, not a crash loop
             if self._stopping:
                 return
             self.restarts += 1

@@ -13,6 +13,23 @@ State on disk, and what a crash leaves behind::
     <data-dir>/bus/nats.log    the server's own log
     <data-dir>/bus/store/      JetStream's own files (recovered by nats-server)
 
+A full disk (see docs/disk-full.md).  nats-server 2.15 (single server) answers a
+failed store write (ENOSPC, EDQUOT, EIO) with these log lines and no reply to
+the publisher, whose publish times out (the gateway answers 503)::
+
+    [ERR] Filestore [HG_x] Critical write error: write .../msgs/1.blk: no space left on device
+    [ERR] JetStream failed to store a msg on stream '$G > HG_x': write ...: no space left on device
+    [ERR] JetStream stream '$G > HG_x' critical write error: write ...: no space left on device
+
+JetStream stays enabled, but the stream keeps the error: every later write to it
+fails the same way, even after space returns, until nats-server restarts (which
+recovers the stream from its files).  So the supervisor watches ``nats.log``
+and, once the store's filesystem has space again, restarts nats-server itself.
+JetStream's storage limit is pinned to the filesystem's size (``max_file_store``):
+left to itself it is 75% of the space free at start-up, so a restart on a
+nearly full disk would refuse the streams' reservations (``insufficient storage
+resources available``) and the gateway would never become ready.
+
 The lock is an ``flock`` on LOCK, inherited by the nats-server child, so it is
 held while either process lives: a second ``hourglass up`` on the same folder
 refuses to start instead of running two servers on one store.  The kernel drops
@@ -24,7 +41,9 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
+import re
 import shutil
+import signal
 import socket
 import sysconfig
 from pathlib import Path
@@ -36,6 +55,18 @@ from hourglass.process import Supervised
 logger = log.get("hourglass.bus")
 
 MAX_PAYLOAD = 8 * 1024 * 1024
+
+# Log lines of a store write that failed for good (see the module docstring).
+# "maximum bytes exceeded" (a full stream, discard: new) is not one of them: the
+# publisher gets an error reply and nothing needs a restart.
+STORE_ERROR = re.compile(
+    r"critical write error|no space left on device|disk quota exceeded"
+    r"|out of \w+ resources, will be DISABLED",
+    re.IGNORECASE,
+)
+# Restart nats-server once its store's filesystem has this much space again:
+# room for a maximal message and the files a restart rewrites.
+MIN_FREE_BYTES = MAX_PAYLOAD + 1024 * 1024
 
 
 def nats_server_binary() -> str:
@@ -52,9 +83,18 @@ def nats_server_binary() -> str:
 
 
 def server_config(
-    *, port: int, store_dir: Path, host: str = "127.0.0.1", log_file: Path | None = None
+    *,
+    port: int,
+    store_dir: Path,
+    host: str = "127.0.0.1",
+    log_file: Path | None = None,
+    max_file_store: int | None = None,
 ) -> str:
-    """A nats-server config with JetStream fsyncing every write."""
+    """A nats-server config with JetStream fsyncing every write.
+
+    ``max_file_store`` (bytes) pins JetStream's storage limit; unset, nats-server
+    takes 75% of the space free when it starts.
+    """
     return (
         f"listen: {host}:{port}\n"
         + (f'log_file: "{log_file}"\n' if log_file else "")
@@ -62,8 +102,46 @@ def server_config(
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
         "  sync_interval: always\n"
-        "}\n"
+        + (f"  max_file_store: {max_file_store}\n" if max_file_store else "")
+        + "}\n"
     )
+
+
+def free_bytes(path: Path) -> int:
+    """Space an unprivileged writer can still use on ``path``'s filesystem."""
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+class LogTail:
+    """New complete lines of a log file, from where the previous read stopped."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.offset = 0
+        self._partial = b""
+
+    def skip_to_end(self) -> None:
+        try:
+            self.offset = self.path.stat().st_size
+        except FileNotFoundError:
+            self.offset = 0
+        self._partial = b""
+
+    def lines(self, limit: int = 1 << 20) -> list[str]:
+        try:
+            with open(self.path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                if size < self.offset:  # truncated or replaced: start over
+                    self.offset, self._partial = 0, b""
+                f.seek(self.offset)
+                data = f.read(limit)
+        except FileNotFoundError:
+            return []
+        self.offset += len(data)
+        data = self._partial + data
+        complete, _, self._partial = data.rpartition(b"\n")
+        return complete.decode("utf-8", "replace").splitlines() if complete else []
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -83,14 +161,31 @@ def _port_is_free(port: int, host: str = "127.0.0.1") -> bool:
 
 
 class EmbeddedBus:
-    """Owns ``<data-dir>/bus``: lock, config, and the supervised nats-server."""
+    """Owns ``<data-dir>/bus``: lock, config, and the supervised nats-server.
 
-    def __init__(self, data_dir: Path, *, port: int = 0) -> None:
+    Besides restarting nats-server when it dies, it restarts it when its log
+    says a store write failed (a full disk), once the disk has space again:
+    nats-server keeps such a stream unwritable until it restarts.
+    """
+
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        min_free_bytes: int = MIN_FREE_BYTES,
+        watch_interval: float = 0.5,
+    ) -> None:
         self.root = (data_dir / "bus").resolve()
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock()
         self.port = self._choose_port(port)
         self.url = f"nats://127.0.0.1:{self.port}"
+        self.min_free_bytes = min_free_bytes
+        self.watch_interval = watch_interval
+        self.store_restarts = 0  # restarts to clear a store write error
+        self._log = LogTail(self.root / "nats.log")
+        self._watch: asyncio.Task[None] | None = None
         self.child = Supervised(
             "nats-server",
             [nats_server_binary(), "-c", str(self.root / "nats.conf")],
@@ -127,14 +222,95 @@ class EmbeddedBus:
 
     def _write_config(self) -> None:
         text = server_config(
-            port=self.port, store_dir=self.root / "store", log_file=self.root / "nats.log"
+            port=self.port,
+            store_dir=self.root / "store",
+            log_file=self.root / "nats.log",
+            max_file_store=shutil.disk_usage(self.root).total,
         )
-        (self.root / "nats.conf").write_text(text)
+        path = self.root / "nats.conf"
+        try:
+            if path.exists() and path.read_text() == text:
+                return
+            path.write_text(text)
+        except OSError as exc:
+            # A full disk must not stop the restart: the previous config still works.
+            if not path.exists():
+                raise
+            logger.warning(
+                "could not rewrite nats.conf; starting with the previous one",
+                extra={"error": str(exc)},
+            )
 
     async def start(self, timeout: float = 20.0) -> None:
+        self._log.skip_to_end()  # errors of an earlier run are not this one's
         self.child.start()
         await self.wait_listening(timeout)
+        self._watch = asyncio.create_task(self._watch_store(), name="bus-store-watch")
         logger.info("embedded bus ready", extra={"url": self.url, "store": str(self.root)})
+
+    async def _watch_store(self) -> None:
+        """Restart nats-server after a store write error, once there is space again.
+
+        Restarts for store errors are spaced (5 s, doubling to 60 s while they
+        keep coming), so a disk that fails for another reason is not hammered.
+        """
+        failed: str | None = None  # the first error line since the last restart
+        waiting_logged = False
+        gap, last_restart, not_before = 5.0, -1e9, 0.0
+        loop = asyncio.get_running_loop()
+        while True:
+            await asyncio.sleep(self.watch_interval)
+            try:
+                if failed is None:
+                    failed = next((ln for ln in self._log.lines() if STORE_ERROR.search(ln)), None)
+                    if failed is None:
+                        continue
+                    logger.error(
+                        "bus store write failed (disk full?); nats-server refuses that "
+                        "stream's writes until it restarts, which happens once there is space",
+                        extra={"store": str(self.root / "store"), "nats_log": failed[-300:]},
+                    )
+                free = free_bytes(self.root)
+                if free < self.min_free_bytes:
+                    if not waiting_logged:
+                        logger.warning(
+                            "bus store filesystem full, waiting for space to restart nats-server",
+                            extra={"free_bytes": free, "needed_bytes": self.min_free_bytes},
+                        )
+                        waiting_logged = True
+                    continue
+                if loop.time() < not_before:
+                    continue
+                await self._restart_for_store(free)
+                now = loop.time()
+                gap = 5.0 if now - last_restart > 300 else min(gap * 2, 60.0)
+                failed, waiting_logged, last_restart, not_before = None, False, now, now + gap
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # noqa: BLE001 - the watch must outlive one bad round
+                logger.exception("bus store watch failed; watching on")
+
+    async def _restart_for_store(self, free: int) -> None:
+        proc = self.child.proc
+        self.store_restarts += 1
+        logger.warning(
+            "restarting nats-server to clear its store write error",
+            extra={"free_bytes": free, "restarts": self.store_restarts},
+        )
+        if proc is not None and proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                await asyncio.wait_for(proc.wait(), 10.0)
+            except TimeoutError:
+                proc.kill()
+                await proc.wait()
+        # What the old server logged on its way out is not the new one's concern.
+        self._log.skip_to_end()
+        # The supervisor starts it again (after its back-off); wait until it listens.
+        while self.child.proc is proc:
+            await asyncio.sleep(0.05)
+        await self.wait_listening(30.0)
+        logger.info("nats-server restarted after a store write error", extra={"url": self.url})
 
     async def wait_listening(self, timeout: float) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -151,6 +327,12 @@ class EmbeddedBus:
                 return
 
     async def stop(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            try:
+                await self._watch
+            except asyncio.CancelledError:
+                pass
         await self.child.stop()
         os.close(self._lock_fd)
 

@@ -94,14 +94,18 @@ def durable_write(path: Path, write: Callable[[Path], None]) -> None:
     """Write via ``write(tmp)``, fsync, rename into place, fsync the folder."""
     makedirs_durable(path.parent)
     tmp = path.with_name(TMP_PREFIX + path.name + ".partial")  # no reader globs *.partial
-    write(tmp)
-    crashpoint("lake.before_rename")
-    fd = os.open(tmp, os.O_RDONLY)
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+        write(tmp)
+        crashpoint("lake.before_rename")
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
+        raise
     fsync_dir(path.parent)
 
 

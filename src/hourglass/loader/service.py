@@ -3,6 +3,13 @@
 Streams are independent: a slow or broken type delays only itself.  The heavy
 work of a stream (Arrow conversion, Parquet, fsync) runs in a worker thread so
 the event loop keeps the bus connection alive and the other streams moving.
+
+A full lake filesystem (ENOSPC, EDQUOT) pauses instead of crashing: the write
+that failed (process's quarantine, flush, close) left nothing behind (see
+``TypeLoader.flush``) and is tried again every few seconds with the same rows,
+which stay in memory and unacknowledged on the bus.  One log line says "lake
+filesystem full, pausing", one says when it resumes; ``hourglass_loader_lake_full``
+is 1 meanwhile.  See docs/disk-full.md.
 """
 
 from __future__ import annotations
@@ -10,8 +17,10 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
+from functools import partial
+from typing import TypeVar
 
 import msgspec
 import nats.errors
@@ -19,17 +28,18 @@ import nats.js.errors
 from nats.aio.msg import Msg
 from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client import start_http_server
 
 from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.config import Settings, bucket_seconds
 from hourglass.exceptions import ConfigError
 from hourglass.gateway.server import load_registry, resolve_bus_url
-from hourglass.gateway.watermark import LEASE_BUCKET
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import durable_write_bytes
+from hourglass.lake.manifest import Manifest
+from hourglass.loader.ops import LakeSpace, LeaseView, LoaderMetrics, is_disk_full
 from hourglass.loader.typeloader import RowFormat, TypeLoader, to_bus_message
 
 logger = log.get("hourglass.loader")
@@ -37,64 +47,41 @@ logger = log.get("hourglass.loader")
 DURABLE = "hg-loader"
 FETCH_BATCH = 256
 
-
-class LeaseView:
-    """The set of live gateways, from the lease KV bucket; None until first read."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self._js = js
-        self.live: set[str] | None = None
-
-    async def run(self, interval: float = 0.5) -> None:
-        while True:
-            try:
-                kv = await self._js.key_value(LEASE_BUCKET)
-                try:
-                    self.live = set(await kv.keys())
-                except nats.js.errors.NoKeysError:
-                    self.live = set()
-            except nats.js.errors.BucketNotFoundError:
-                self.live = set()  # no gateway has ever run
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                self.live = None
-                logger.warning("leases unknown", extra={"error": repr(exc)})
-            await asyncio.sleep(interval)
+T = TypeVar("T")
 
 
-class LoaderMetrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry(auto_describe=True)
-        r = self.registry
-        self.lag = Gauge(
-            "hourglass_loader_lag_messages",
-            "Bus messages not yet delivered.",
-            ["stream"],
-            registry=r,
-        )
-        self.files = Counter(
-            "hourglass_loader_files_written", "Parquet files written.", ["stream"], registry=r
-        )
-        self.rows = Counter(
-            "hourglass_loader_rows_written", "Rows written.", ["stream"], registry=r
-        )
-        self.duplicates = Counter(
-            "hourglass_loader_duplicates_dropped", "Duplicates dropped.", ["stream"], registry=r
-        )
-        self.skewed = Counter(
-            "hourglass_loader_skewed_events", "Events for closed buckets.", ["stream"], registry=r
-        )
-        self.closed = Counter(
-            "hourglass_loader_buckets_closed", "Buckets closed.", ["stream"], registry=r
-        )
-        self.open = Gauge(
-            "hourglass_loader_buckets_open", "Buckets with pending rows.", ["stream"], registry=r
-        )
-        self.close_delay = Histogram(
-            "hourglass_loader_close_delay_seconds",
-            "Bucket close time after its end.",
-            buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 900),
-            registry=r,
-        )
+async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[], T]) -> list[T]:
+    """Run one lake write of ``s`` in a worker thread: ``[result]``; or, if the lake
+    is full, pause and return ``[]``.
+
+    The loader's writes are safe to repeat: a failed durable write leaves no temp
+    file, and its in-memory checkpoint changes only once the new one is saved.
+    """
+    try:
+        result = await asyncio.to_thread(work)
+    except OSError as exc:
+        if not is_disk_full(exc):
+            raise
+        await space.wait(s.name, what, exc)
+        return []
+    space.wrote(s.name, what)
+    return [result]
+
+
+async def until_stored(s: Stream, space: LakeSpace, what: str, work: Callable[[], T]) -> T:
+    """Run one lake write of ``s``, pausing and retrying it while the lake is full.
+
+    The same rows are written again: they stay in memory, and their bus messages
+    stay unacknowledged, until the write succeeds.
+    """
+    while True:
+        done = await stored_once(s, space, what, work)
+        if done:
+            return done[0]
+
+
+def _close_ready(loader: TypeLoader, leases: LeaseView, caught_up: bool) -> list[Manifest]:
+    return loader.close_ready(leases.live, caught_up)
 
 
 @dataclass
@@ -106,9 +93,14 @@ class Stream:
 
 
 async def drive(
-    s: Stream, js: JetStreamContext, leases: LeaseView, settings: Settings, metrics: LoaderMetrics
+    s: Stream,
+    js: JetStreamContext,
+    leases: LeaseView,
+    settings: Settings,
+    metrics: LoaderMetrics,
+    space: LakeSpace,
 ) -> None:
-    await asyncio.to_thread(s.loader.recover)
+    await until_stored(s, space, "recover", s.loader.recover)
     # The checkpoint, not the consumer's ack state, says where to resume: start a
     # fresh consumer right after it, so nothing waits out an ack timeout.
     try:
@@ -129,13 +121,27 @@ async def drive(
         ),
     )
     try:
-        await _loop(s, sub, leases, settings, metrics)
+        await _loop(s, sub, leases, settings, metrics, space)
     finally:
         # A clean stop (SIGTERM) commits what was processed; a crash does not
         # need to: the messages after the checkpoint come again.
         if s.loader.processed_seq > s.loader.state.committed_seq:
-            s.loader.flush()
-            logger.info("flushed on stop", extra={"stream": s.name})
+            _flush_on_stop(s)
+
+
+def _flush_on_stop(s: Stream) -> None:
+    try:
+        s.loader.flush()
+    except OSError as exc:
+        # Raising here would replace the cancellation that stops the loader.
+        # Nothing is lost: what is not committed is read from the bus again.
+        logger.warning(
+            "could not flush on stop; the messages after the checkpoint are read again "
+            "at the next start",
+            extra={"stream": s.name, "error": str(exc)},
+        )
+    else:
+        logger.info("flushed on stop", extra={"stream": s.name})
 
 
 async def _loop(
@@ -144,6 +150,7 @@ async def _loop(
     leases: LeaseView,
     settings: Settings,
     metrics: LoaderMetrics,
+    space: LakeSpace,
 ) -> None:
     last: Msg | None = None
     stats = s.loader.stats
@@ -162,20 +169,23 @@ async def _loop(
                 )
                 for m in msgs
             ]
-            await asyncio.to_thread(s.loader.process, batch)
+            await until_stored(s, space, "process", partial(s.loader.process, batch))
             last = msgs[-1]
         else:
             metrics.lag.labels(s.name).set(0)
         due = time.time() - s.loader.last_flush >= settings.flush_interval_s
         if due or s.loader.pending_rows() > 1_000_000:
             metrics.open.labels(s.name).set(len(s.loader._pending))
-            await asyncio.to_thread(s.loader.flush)
+            await until_stored(s, space, "flush", s.loader.flush)
             if last is not None:
                 await last.ack_sync()
                 last = None
             s.loader.expire()
-        manifests = await asyncio.to_thread(s.loader.close_ready, leases.live, caught_up)
-        for manifest in manifests:
+        # Not retried in place: after a pause the loop fetches and flushes again
+        # first, so leases and ``caught_up`` are current when it closes.
+        close = partial(_close_ready, s.loader, leases, caught_up)
+        closed = await stored_once(s, space, "close", close)
+        for manifest in closed[0] if closed else []:
             metrics.close_delay.observe(max(0.0, manifest.close_delay_s))
         now = (
             stats.files_written,
@@ -268,21 +278,30 @@ def check_layout(settings: Settings) -> None:
 
 
 async def run_loader(settings: Settings) -> None:
-    check_layout(settings)
-    streams = build_streams(settings)
-    url = resolve_bus_url(settings)
-    nc = await jetstream.connect(url, name="hourglass-loader")
-    js = nc.jetstream(timeout=10)
     metrics = LoaderMetrics()
+    space = LakeSpace(settings.data_path / "lake", metrics)
     if settings.loader_metrics_port:
         start_http_server(
             settings.loader_metrics_port, addr=settings.host, registry=metrics.registry
         )
+    while True:
+        try:
+            check_layout(settings)
+            break
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            await space.wait("_layout", "layout", exc)
+    space.wrote("_layout", "layout")
+    streams = build_streams(settings)
+    url = resolve_bus_url(settings)
+    nc = await jetstream.connect(url, name="hourglass-loader")
+    js = nc.jetstream(timeout=10)
     await _wait_for_streams(js, [s.stream for s in streams])
     leases = LeaseView(js)
     tasks = [asyncio.create_task(leases.run(), name="leases")]
     tasks += [
-        asyncio.create_task(_supervised(s, js, leases, settings, metrics), name=s.name)
+        asyncio.create_task(_supervised(s, js, leases, settings, metrics, space), name=s.name)
         for s in streams
     ]
     logger.info(
@@ -305,18 +324,32 @@ async def run_loader(settings: Settings) -> None:
 
 
 async def _supervised(
-    s: Stream, js: JetStreamContext, leases: LeaseView, settings: Settings, metrics: LoaderMetrics
+    s: Stream,
+    js: JetStreamContext,
+    leases: LeaseView,
+    settings: Settings,
+    metrics: LoaderMetrics,
+    space: LakeSpace,
 ) -> None:
     """Restart one stream's loop after an error without touching the others.
 
     A restart goes through ``recover`` again, so whatever was processed but not
-    flushed is redelivered and processed afresh.
+    flushed is redelivered and processed afresh.  A full disk is handled where
+    the lake is written (``until_stored``); one that surfaces anywhere else
+    pauses here without a traceback.
     """
     while True:
         try:
-            await drive(s, js, leases, settings, metrics)
+            await drive(s, js, leases, settings, metrics, space)
         except asyncio.CancelledError:
             raise
+        except OSError as exc:
+            if not is_disk_full(exc):
+                logger.exception("stream loader failed; restarting it", extra={"stream": s.name})
+                await asyncio.sleep(1.0)
+            else:
+                await space.wait(s.name, "recover", exc)
+            s.loader = _fresh(s.loader)
         except Exception:
             logger.exception("stream loader failed; restarting it", extra={"stream": s.name})
             s.loader = _fresh(s.loader)
@@ -336,7 +369,3 @@ def _fresh(old: TypeLoader) -> TypeLoader:
         dedup=old.deduper is not None,
         clock=old.clock,
     )
-
-
-def loader_state_dir(settings: Settings) -> Path:
-    return settings.data_path / "loader"

@@ -301,33 +301,38 @@ class TypeLoader:
             return self._flush()
 
     def _flush(self) -> int:
+        """Safe to call again after it failed (say, a full disk): the in-memory
+        checkpoint changes only once the new one is saved, and rewriting a part
+        file of the same range replaces it."""
         first, last = self.state.committed_seq + 1, self.processed_seq
         self.last_flush = self.clock()
         if last < first:
             return self.state.committed_seq
         if self.closes and self.state.next_close is not None:
             self._move_late_rows(self.state.next_close)
+        rows = files = 0
         for bucket, tables in sorted(self._pending.items()):
             table = pa.concat_tables(tables)
             start = dt.datetime.fromtimestamp(bucket, dt.UTC)
             path = bucket_dir(self.lake, self.name, start, self.width) / part_name(first, last)
             write_part(table, path)
             crashpoint("loader.after_part")
-            self.stats.rows_written += table.num_rows
-            self.stats.files_written += 1
-            hour = bucket - bucket % 3600
+            rows, files = rows + table.num_rows, files + 1
             if self.deduper is not None:
                 self._cache_keys(path, keys_of(table.column("source"), table.column("id")))
-                self._pending_keys.pop(hour, None)
-        self.state.committed_seq = last
-        self.state.markers.update(self._pending_markers)
+        state = _copy(self.state)
+        state.committed_seq = last
+        state.markers.update(self._pending_markers)
         for bucket, counts in self._pending_counts.items():
-            kept = self.state.buckets.setdefault(bucket, BucketCounts())
+            kept = state.buckets.setdefault(bucket, BucketCounts())
             kept.duplicates += counts.duplicates
             kept.skewed += counts.skewed
         crashpoint("loader.before_checkpoint")
-        save_state(self.state_path, self.state)
+        save_state(self.state_path, state)
         crashpoint("loader.after_checkpoint")
+        self.state = state
+        self.stats.rows_written += rows
+        self.stats.files_written += files
         self._pending.clear()
         self._pending_keys.clear()
         self._pending_markers.clear()
@@ -387,7 +392,7 @@ class TypeLoader:
     def _close(self, start: int, end: int, now: float) -> Manifest:
         begin = dt.datetime.fromtimestamp(start, dt.UTC)
         folder = bucket_dir(self.lake, self.name, begin, self.width)
-        counts = self.state.buckets.pop(start, BucketCounts())
+        counts = self.state.buckets.get(start, BucketCounts())
         if not (folder / SUCCESS).exists():
             files = files_of(folder)
             manifest = Manifest(
@@ -403,8 +408,6 @@ class TypeLoader:
             )
             write_manifest(folder, manifest)
             crashpoint("loader.after_manifest")
-            self.stats.closed += 1
-            self.stats.close_delays.append(now - end)
             logger.info(
                 "bucket closed",
                 extra={
@@ -416,8 +419,13 @@ class TypeLoader:
             )
         else:
             manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
-        self.state.next_close = end
-        save_state(self.state_path, self.state)
+        state = _copy(self.state)  # as in _flush: memory follows the saved checkpoint
+        state.buckets.pop(start, None)
+        state.next_close = end
+        save_state(self.state_path, state)
+        self.state = state
+        self.stats.closed += 1
+        self.stats.close_delays.append(now - end)
         return manifest
 
     # ------------------------------------------------------------------ dedup
@@ -445,6 +453,9 @@ class TypeLoader:
         return keys
 
     def _cache_keys(self, path: Path, keys: pa.Array) -> None:
+        old = self._file_keys.pop(path, None)
+        if old is not None:
+            self._file_keys_bytes -= old.nbytes
         self._file_keys[path] = keys
         self._file_keys_bytes += keys.nbytes
         while self._file_keys_bytes > _KEY_CACHE_BYTES and len(self._file_keys) > 1:
@@ -454,3 +465,7 @@ class TypeLoader:
     def expire(self) -> None:
         if self.deduper is not None:
             self.deduper.expire(int(self.clock()))
+
+
+def _copy(state: LoaderState) -> LoaderState:
+    return msgspec.json.decode(msgspec.json.encode(state), type=LoaderState)
