@@ -39,9 +39,11 @@ class LeaseView:
     def __init__(self, js: JetStreamContext) -> None:
         self._js = js
         self.live: set[str] | None = None
+        self.read_at = 0.0  # wall clock when the current view's read began
 
     async def run(self, interval: float = 0.5) -> None:
         while True:
+            started = time.time()
             try:
                 kv = await self._js.key_value(LEASE_BUCKET)
                 try:
@@ -53,6 +55,8 @@ class LeaseView:
             except (nats.errors.Error, asyncio.TimeoutError) as exc:
                 self.live = None
                 logger.warning("leases unknown", extra={"error": repr(exc)})
+            else:
+                self.read_at = started
             await asyncio.sleep(interval)
 
 

@@ -80,8 +80,15 @@ async def until_stored(s: Stream, space: LakeSpace, what: str, work: Callable[[]
             return done[0]
 
 
-def _close_ready(loader: TypeLoader, leases: LeaseView, caught_up: bool) -> list[Manifest]:
-    return loader.close_ready(leases.live, caught_up)
+def _close_ready(
+    loader: TypeLoader, leases: LeaseView, drained_as_of: float | None
+) -> list[Manifest]:
+    return loader.close_ready(
+        leases.live,
+        drained_as_of is not None,
+        live_as_of=leases.read_at,
+        drained_as_of=drained_as_of,
+    )
 
 
 @dataclass
@@ -90,6 +97,34 @@ class Stream:
     stream: str
     subject: str
     loader: TypeLoader
+
+
+async def _drained_as_of(
+    sub: JetStreamContext.PullSubscription, msgs: list[Msg], asked: float
+) -> float | None:
+    """When the bus was last known to hold nothing more for us, or None.
+
+    An empty fetch alone does not say so: a process paused (SIGSTOP) during the
+    fetch wakes to its timeout with messages waiting.  Then the server is asked.
+    """
+    if msgs:
+        return asked if msgs[-1].metadata.num_pending == 0 else None
+    asked = time.time()
+    try:
+        info = await sub.consumer_info()
+    except (nats.errors.Error, asyncio.TimeoutError):
+        return None
+    return asked if info.num_pending == 0 else None
+
+
+async def _ack(s: Stream, last: Msg) -> None:
+    """Acknowledge up to ``last``; a failure is harmless, the checkpoint rules."""
+    try:
+        await last.ack_sync()
+    except (nats.errors.Error, asyncio.TimeoutError) as exc:
+        logger.warning(
+            "ack failed; a later one covers it", extra={"stream": s.name, "error": repr(exc)}
+        )
 
 
 async def drive(
@@ -156,11 +191,12 @@ async def _loop(
     stats = s.loader.stats
     seen = (0, 0, 0, 0, 0)
     while True:
+        asked = time.time()
         try:
             msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
         except (nats.errors.TimeoutError, asyncio.TimeoutError):
             msgs = []
-        caught_up = not msgs or msgs[-1].metadata.num_pending == 0
+        drained_as_of = await _drained_as_of(sub, msgs, asked)
         if msgs:
             metrics.lag.labels(s.name).set(msgs[-1].metadata.num_pending)
             batch = [
@@ -178,12 +214,12 @@ async def _loop(
             metrics.open.labels(s.name).set(len(s.loader._pending))
             await until_stored(s, space, "flush", s.loader.flush)
             if last is not None:
-                await last.ack_sync()
+                await _ack(s, last)
                 last = None
             s.loader.expire()
         # Not retried in place: after a pause the loop fetches and flushes again
         # first, so leases and ``caught_up`` are current when it closes.
-        close = partial(_close_ready, s.loader, leases, caught_up)
+        close = partial(_close_ready, s.loader, leases, drained_as_of)
         closed = await stored_once(s, space, "close", close)
         for manifest in closed[0] if closed else []:
             metrics.close_delay.observe(max(0.0, manifest.close_delay_s))

@@ -73,6 +73,12 @@ class BusMessage:
     marker: tuple[str, int] | None = None  # (gateway, watermark µs) for a marker
 
 
+@dataclass(frozen=True)
+class _Facts:
+    live_as_of: float  # when the set of live gateways was read
+    drained_as_of: float | None  # when the bus was known to hold nothing more; None: not
+
+
 class MarkerBody(msgspec.Struct):
     gateway: str
     watermark: int
@@ -358,16 +364,35 @@ class TypeLoader:
 
     # ------------------------------------------------------------------ close
 
-    def close_ready(self, live: set[str] | None, caught_up: bool) -> list[Manifest]:
-        """Close every bucket that is complete; ``live`` is None when leases are unknown."""
-        with self.lock:
-            return self._close_ready(live, caught_up)
+    def close_ready(
+        self,
+        live: set[str] | None,
+        caught_up: bool,
+        *,
+        live_as_of: float | None = None,
+        drained_as_of: float | None = None,
+    ) -> list[Manifest]:
+        """Close every bucket that is complete; ``live`` is None when leases are unknown.
 
-    def _close_ready(self, live: set[str] | None, caught_up: bool) -> list[Manifest]:
+        ``live_as_of`` is when the lease view was read and ``drained_as_of`` when
+        the bus was last known to hold nothing more for us (None: just now).  A
+        bucket closes only on facts learnt after its end: a loader that was paused
+        across the end must not close it on a view from before.
+        """
+        with self.lock:
+            now = self.clock()
+            facts = _Facts(
+                live_as_of if live_as_of is not None else now,
+                (drained_as_of if drained_as_of is not None else now) if caught_up else None,
+            )
+            return self._close_ready(live, facts)
+
+    def _close_ready(self, live: set[str] | None, facts: _Facts) -> list[Manifest]:
         closed: list[Manifest] = []
         if not self.closes or live is None:
             return closed
         now = self.clock()
+        caught_up = facts.drained_as_of is not None
         if self.state.next_close is None:
             if not caught_up or self._pending:
                 return closed
@@ -375,19 +400,25 @@ class TypeLoader:
         while True:
             start = self.state.next_close
             end = start + self.width
-            if end > now or not self._complete(end, live, caught_up, now):
+            if end > now or not self._complete(end, live, facts):
                 return closed
             # Rows still pending for it came after every live gateway's marker:
             # they are late, and the next flush moves them to an open bucket.
             closed.append(self._close(start, end, now))
 
-    def _complete(self, end: int, live: set[str], caught_up: bool, now: float) -> bool:
+    def _complete(self, end: int, live: set[str], facts: _Facts) -> bool:
+        if facts.live_as_of < end:
+            return False  # which gateways live is known only from before the end
         end_us = end * 1_000_000
         if live:
             marks = self.state.markers
             return all(marks.get(g, -1) >= end_us for g in live)
         # No gateway is alive: nothing more can arrive once the bus is drained.
-        return caught_up and self.processed_seq == self.state.committed_seq and now >= end
+        return (
+            facts.drained_as_of is not None
+            and facts.drained_as_of >= end
+            and self.processed_seq == self.state.committed_seq
+        )
 
     def _close(self, start: int, end: int, now: float) -> Manifest:
         begin = dt.datetime.fromtimestamp(start, dt.UTC)
