@@ -19,8 +19,10 @@ from pathlib import Path
 
 from hourglass.producer.spool import Spool
 
-RECORD = b'{"specversion":"1.0","id":"0192f0c2-7a4e-7b1c-9d2e-3f4a5b6c7d8e","source":"urn:x",' \
+RECORD = (
+    b'{"specversion":"1.0","id":"0192f0c2-7a4e-7b1c-9d2e-3f4a5b6c7d8e","source":"urn:x",'
     b'"type":"music.SongSkipped","data":{"track_id":"t-42","position_ms":31000}}' + b" " * 40
+)
 
 
 def segment(n: int, policy: str, root: Path) -> float:
