@@ -76,12 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="only events rejected at or after (ISO 8601, UTC)")
     replay.add_argument("--url", help="gateway base URL (default http://127.0.0.1:<port>)")
 
+    from hourglass.bench import add_parser as bench_parser
     from hourglass.chaos import add_parser as chaos_parser
     from hourglass.producer import send, tail
 
     send.add_parser(sub)
     tail.add_parser(sub)
     chaos_parser(sub)
+    bench_parser(sub)
 
     status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
     _common(status)
@@ -191,6 +193,12 @@ def cmd_chaos(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from hourglass.bench import cmd_bench as run
+
+    return run(args)
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     from hourglass.status import gather_status
 
@@ -265,6 +273,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "send": cmd_send,
     "tail": cmd_tail,
     "chaos": cmd_chaos,
+    "bench": cmd_bench,
     "bus": cmd_bus,
     "schema": cmd_schema,
 }

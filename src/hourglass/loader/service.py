@@ -33,7 +33,7 @@ from prometheus_client import start_http_server
 from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.config import Settings, bucket_seconds
-from hourglass.exceptions import ConfigError
+from hourglass.exceptions import ConfigError, HourglassError
 from hourglass.gateway.server import load_registry, resolve_bus_url
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
@@ -45,7 +45,14 @@ from hourglass.loader.typeloader import RowFormat, TypeLoader, to_bus_message
 logger = log.get("hourglass.loader")
 
 DURABLE = "hg-loader"
-FETCH_BATCH = 256
+# At most 32 messages of up to commit_max_bytes (1 MiB) per fetch: a server drops a
+# client with more than its max_pending (64 MiB by default) in flight to it.
+FETCH_BATCH = 32
+
+
+class SequenceGap(HourglassError):
+    """Messages were skipped (e.g. a dropped connection): read again from the checkpoint."""
+
 
 T = TypeVar("T")
 
@@ -97,6 +104,29 @@ class Stream:
     stream: str
     subject: str
     loader: TypeLoader
+
+
+async def _check_contiguous(js: JetStreamContext, s: Stream, msgs: list[Msg]) -> None:
+    """Every stream message must pass through the loader, in order.
+
+    A gap means messages were lost in flight (a slow-consumer disconnect drops
+    what was on the wire, and acknowledging a later message would acknowledge
+    them too): raise before processing, so the stream restarts from its
+    checkpoint.  Only messages that aged out of the stream (``max_age``) before
+    being read are let go, loudly.
+    """
+    expected = s.loader.processed_seq + 1
+    for msg in msgs:
+        seq = int(msg.metadata.sequence.stream)
+        if seq > expected:
+            first = int((await js.stream_info(s.stream)).state.first_seq)
+            if seq > max(expected, first):
+                raise SequenceGap(f"stream {s.stream}: got message {seq}, expected {expected}")
+            logger.error(
+                "messages expired from the bus before the loader read them",
+                extra={"stream": s.stream, "from_seq": expected, "to_seq": seq - 1},
+            )
+        expected = max(expected, seq + 1)
 
 
 async def _drained_as_of(
@@ -156,7 +186,7 @@ async def drive(
         ),
     )
     try:
-        await _loop(s, sub, leases, settings, metrics, space)
+        await _loop(s, js, sub, leases, settings, metrics, space)
     finally:
         # A clean stop (SIGTERM) commits what was processed; a crash does not
         # need to: the messages after the checkpoint come again.
@@ -181,6 +211,7 @@ def _flush_on_stop(s: Stream) -> None:
 
 async def _loop(
     s: Stream,
+    js: JetStreamContext,
     sub: JetStreamContext.PullSubscription,
     leases: LeaseView,
     settings: Settings,
@@ -198,6 +229,7 @@ async def _loop(
             msgs = []
         drained_as_of = await _drained_as_of(sub, msgs, asked)
         if msgs:
+            await _check_contiguous(js, s, msgs)
             metrics.lag.labels(s.name).set(msgs[-1].metadata.num_pending)
             batch = [
                 to_bus_message(

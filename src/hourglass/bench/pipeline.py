@@ -1,0 +1,201 @@
+"""The pipeline under test, as ``hourglass up`` runs it, and a sampler of its state.
+
+nats-server (``sync_interval: always``), ``hourglass gateway`` and ``hourglass
+loader`` are separate children of the bench, on free loopback ports, with
+their data in the run's temporary folder.  Settings are the defaults except:
+the bench's own event types, ``--bucket`` (1m, so buckets close during a run)
+and stream sizes that fit the run (a full stream would answer 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from hourglass.bench import procs
+from hourglass.bench.workload import write_schemas
+from hourglass.config import Settings, settings_env
+
+
+@dataclass
+class Pipeline:
+    root: Path
+    types: list[str]
+    workers: int = 1
+    bucket: str = "1m"
+    stream_max_bytes: int = 1 << 30
+    loader: bool = True  # False: ingest only, gateway and bus
+    children: dict[str, procs.Child] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.port = procs.free_port()
+        self.bus_port = procs.free_port()
+        self.metrics_port = procs.free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.loader_metrics = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        self.settings = Settings(
+            data_dir=str(self.root / "data"),
+            schemas=str(write_schemas(self.root / "schemas", len(self.types))),
+            port=self.port,
+            bus=f"nats://127.0.0.1:{self.bus_port}",
+            bucket=self.bucket,
+            workers=self.workers,
+            stream_replicas=1,
+            stream_max_bytes=self.stream_max_bytes,
+            loader_metrics_port=self.metrics_port,
+            log_level="warning",
+        ).validate()
+
+    @property
+    def lake(self) -> Path:
+        return self.root / "data" / "lake"
+
+    def start(self) -> None:
+        from hourglass.bus.embedded import nats_server_binary, server_config
+
+        logs = self.root / "logs"
+        bus_dir = self.root / "bus"
+        bus_dir.mkdir(parents=True, exist_ok=True)
+        conf = bus_dir / "nats.conf"
+        conf.write_text(
+            server_config(port=self.bus_port, store_dir=bus_dir / "store", log_file=bus_dir / "log")
+        )
+        env = settings_env(self.settings)
+        bus = procs.Child("nats-server", [nats_server_binary(), "-c", str(conf)], logs)
+        self.children["nats-server"] = bus
+        procs.wait_for(lambda: procs.port_open(self.bus_port), 30, "nats-server", bus)
+        gateway = procs.Child("gateway", procs.hourglass_argv("gateway"), logs, env)
+        self.children["gateway"] = gateway
+        procs.wait_for(self._ready, 60, "the gateway ready", gateway)
+        if not self.loader:
+            return
+        loader = procs.Child("loader", procs.hourglass_argv("loader"), logs, env)
+        self.children["loader"] = loader
+        procs.wait_for(lambda: procs.port_open(self.metrics_port), 60, "the loader", loader)
+        time.sleep(1.0)  # consumers created
+
+    def _ready(self) -> bool:
+        try:
+            return httpx.get(self.base + "/readyz", timeout=1.0).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    def pids(self) -> dict[str, int]:
+        """Every process of the pipeline (gateway workers under their parent)."""
+        out = {name: child.pid for name, child in self.children.items()}
+        gateway = self.children.get("gateway")
+        if gateway is not None and self.workers > 1:
+            for i, pid in enumerate(_descendants(gateway.pid)):
+                out[f"gateway-{i}"] = pid
+        return out
+
+    def stop(self) -> None:
+        for name in ("gateway", "loader", "nats-server"):
+            child = self.children.get(name)
+            if child is not None:
+                child.stop()
+
+
+def _descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            kids = [int(x) for x in task.read_text().split()]
+        except OSError:
+            continue
+        for kid in kids:
+            found.append(kid)
+            found += _descendants(kid)
+    return found
+
+
+def _bench_streams(values: dict[str, float]) -> float:
+    return sum(v for labels, v in values.items() if "bench." in labels)
+
+
+class Sampler:
+    """Once a second: gateway and loader metrics, RSS and CPU of each process.
+
+    The loader's lag in events is what the bench saw acknowledged (``add``,
+    from ``acked_before`` on; resends included) minus what the loader wrote or
+    dropped as duplicates: right with any number of gateway workers, where a
+    scrape of the gateway's metrics reaches only one of them.
+    """
+
+    def __init__(self, pipeline: Pipeline, acked_before: int = 0) -> None:
+        self.pipeline = pipeline
+        self.acked = acked_before
+        self.samples: list[dict[str, Any]] = []
+
+    def add(self, events: int) -> None:
+        self.acked += events
+
+    async def sample(self, client: httpx.AsyncClient) -> dict[str, Any]:
+        p = self.pipeline
+        row: dict[str, Any] = {"t": time.time()}
+        try:
+            gateway = (await client.get(p.base + "/metrics")).text
+            loader = (await client.get(p.loader_metrics)).text if p.loader else ""
+        except httpx.HTTPError:
+            return row
+        accepted = _bench_streams(
+            procs.prometheus_values(gateway, "hourglass_events_accepted_total")
+        )
+        row.update(
+            gateway_accepted=accepted,
+            publish_s=procs.prometheus_sum(gateway, "hourglass_publish_seconds_sum"),
+            bus_messages=procs.prometheus_sum(gateway, "hourglass_bus_message_events_count"),
+            bus_events=procs.prometheus_sum(gateway, "hourglass_bus_message_events_sum"),
+            rss_mib={n: procs.rss_mib(pid) for n, pid in p.pids().items()},
+            cpu_s={n: procs.cpu_seconds(pid) for n, pid in p.pids().items()},
+        )
+        if not p.loader:
+            return row
+        rows = _bench_streams(
+            procs.prometheus_values(loader, "hourglass_loader_rows_written_total")
+        )
+        dups = _bench_streams(
+            procs.prometheus_values(loader, "hourglass_loader_duplicates_dropped_total")
+        )
+        row.update(
+            loader_rows=rows,
+            loader_duplicates=dups,
+            lag_events=max(self.acked - rows - dups, 0.0),
+            lag_messages=_bench_streams(
+                procs.prometheus_values(loader, "hourglass_loader_lag_messages")
+            ),
+            buckets_closed=_bench_streams(
+                procs.prometheus_values(loader, "hourglass_loader_buckets_closed_total")
+            ),
+        )
+        return row
+
+    async def run(self, interval: float = 1.0) -> None:
+        async with httpx.AsyncClient(timeout=2.0) as client:
+            next_at = time.monotonic()
+            while True:
+                self.samples.append(await self.sample(client))
+                next_at += interval
+                await asyncio.sleep(max(0.0, next_at - time.monotonic()))
+
+    def between(self, start: float, end: float) -> list[dict[str, Any]]:
+        return [s for s in self.samples if start <= s["t"] <= end and "loader_rows" in s]
+
+
+def lag_trend(samples: list[dict[str, Any]]) -> dict[str, float]:
+    """Least-squares slope of the loader lag (events/s) over ``samples``, its
+    maximum and last value: a flat lag has a slope near 0."""
+    points = [(s["t"], float(s["lag_events"])) for s in samples if "lag_events" in s]
+    if len(points) < 3:
+        return {"slope_eps": 0.0, "max": max((v for _, v in points), default=0.0), "last": 0.0}
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    slope = sum((t - mt) * (v - mv) for t, v in points) / var if var else 0.0
+    return {"slope_eps": slope, "max": max(v for _, v in points), "last": points[-1][1]}

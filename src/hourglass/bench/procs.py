@@ -1,0 +1,152 @@
+"""The processes a bench run starts, and what it reads about them.
+
+Children run in their own session with ``PR_SET_PDEATHSIG`` (SIGKILL), so a
+bench that is itself killed leaves nothing behind; every path out of a run
+stops them (SIGTERM, then SIGKILL).  Their output goes to ``logs/<name>.log``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+_PR_SET_PDEATHSIG = 1
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def clean_environ() -> dict[str, str]:
+    """This environment without Hourglass settings: children get only the bench's."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HOURGLASS_")}
+
+
+class Child:
+    def __init__(
+        self, name: str, argv: Sequence[str], log_dir: Path, env: dict[str, str] | None = None
+    ) -> None:
+        self.name = name
+        self.log_path = log_dir / f"{name}.log"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                list(argv),
+                env={**clean_environ(), **(env or {})},
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads hold locks here
+                start_new_session=True,
+            )
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout: float = 30.0) -> int | None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        return self.proc.poll()
+
+    def log_tail(self, chars: int = 2000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+
+def hourglass_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "hourglass", *args]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def wait_for(check: Callable[[], bool], timeout: float, what: str, child: Child | None) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if child is not None and not child.alive():
+            raise RuntimeError(f"{child.name} exited early:\n{child.log_tail()}")
+        if time.monotonic() > deadline:
+            tail = child.log_tail() if child is not None else ""
+            raise RuntimeError(f"{what} not within {timeout:.0f} s\n{tail}")
+        time.sleep(0.1)
+
+
+def _status_mib(pid: int, key: str) -> float | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith(key):
+                return int(line.split()[1]) / 1024.0
+    except OSError:
+        return None
+    return None
+
+
+def peak_rss_mib(pid: int) -> float | None:
+    """VmHWM: the peak resident set size of a live process."""
+    return _status_mib(pid, "VmHWM:")
+
+
+def rss_mib(pid: int) -> float | None:
+    return _status_mib(pid, "VmRSS:")
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a live process (all threads)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def free_bytes(path: Path) -> int:
+    stat = os.statvfs(path)
+    return stat.f_bavail * stat.f_frsize
+
+
+def prometheus_values(text: str, name: str) -> dict[str, float]:
+    """Samples of metric ``name`` (exact name), keyed by their label text."""
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if not line.startswith(name) or line.startswith("#"):
+            continue
+        rest = line[len(name) :]
+        if rest[:1] not in ("{", " "):
+            continue
+        labels, _, value = rest.rpartition(" ")
+        with contextlib.suppress(ValueError):
+            out[labels.strip()] = float(value)
+    return out
+
+
+def prometheus_sum(text: str, name: str) -> float:
+    return sum(prometheus_values(text, name).values())
