@@ -4,14 +4,19 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import pytest
 
 from hourglass.bus.embedded import free_port
 from hourglass.config import Settings
-from tests.integration.support import GatewayProcess, LoaderProcess, NatsServer
+from tests.integration.support import (
+    GatewayProcess,
+    HourglassProcess,
+    LoaderProcess,
+    NatsServer,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -40,21 +45,30 @@ def base_settings(nats_server: NatsServer, tmp_path: Path, **overrides: Any) -> 
     return msgspec.structs.replace(base, **overrides)
 
 
+P = TypeVar("P", bound=HourglassProcess)
+
+
+def _starter(
+    kind: type[P], name: str, nats_server: NatsServer, tmp_path: Path
+) -> tuple[Callable[..., P], list[P]]:
+    """A function starting ``kind`` processes with settings overrides, and their list."""
+    started: list[P] = []
+
+    def start(*, wait: bool = True, env: dict[str, str] | None = None, **overrides: Any) -> P:
+        settings = base_settings(nats_server, tmp_path, **overrides)
+        log = tmp_path / f"{name}-{len(started)}.log"
+        proc = kind(settings, log_path=log, env=env or {})
+        started.append(proc)
+        proc.start(wait=wait)
+        return proc
+
+    return start, started
+
+
 @pytest.fixture
 def start_gateway(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartGateway]:
     """Start gateways with settings overrides; every one is stopped at the end."""
-    started: list[GatewayProcess] = []
-
-    def start(
-        *, wait: bool = True, env: dict[str, str] | None = None, **overrides: Any
-    ) -> GatewayProcess:
-        settings = base_settings(nats_server, tmp_path, **overrides)
-        log = tmp_path / f"gateway-{len(started)}.log"
-        gw = GatewayProcess(settings, log_path=log, env=env or {})
-        started.append(gw)
-        gw.start(wait=wait)
-        return gw
-
+    start, started = _starter(GatewayProcess, "gateway", nats_server, tmp_path)
     try:
         yield start
     finally:
@@ -65,18 +79,7 @@ def start_gateway(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartGate
 @pytest.fixture
 def start_loader(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartLoader]:
     """Start loaders (same data dir as the gateways); ``env`` may set a crash point."""
-    started: list[LoaderProcess] = []
-
-    def start(
-        *, wait: bool = True, env: dict[str, str] | None = None, **overrides: Any
-    ) -> LoaderProcess:
-        settings = base_settings(nats_server, tmp_path, **overrides)
-        log = tmp_path / f"loader-{len(started)}.log"
-        loader = LoaderProcess(settings, log_path=log, env=env or {})
-        started.append(loader)
-        loader.start(wait=wait)
-        return loader
-
+    start, started = _starter(LoaderProcess, "loader", nats_server, tmp_path)
     try:
         yield start
     finally:
