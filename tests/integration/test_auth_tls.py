@@ -186,6 +186,15 @@ def test_star_key_sends_any_type(
 def test_malformed_keys_file_stops_gateway(tmp_path: Path, text: str) -> None:
     path = tmp_path / "bad-keys.toml"
     path.write_text(text)
+    _assert_gateway_refuses_keys_file(tmp_path, path)
+
+
+def test_missing_keys_file_stops_gateway(tmp_path: Path) -> None:
+    _assert_gateway_refuses_keys_file(tmp_path, tmp_path / "no-such-keys.toml")
+
+
+def _assert_gateway_refuses_keys_file(tmp_path: Path, path: Path) -> None:
+    """The gateway exits non-zero, names the file, and prints no traceback."""
     settings = Settings(
         data_dir=str(tmp_path / "data"),
         port=0,
@@ -203,23 +212,6 @@ def test_malformed_keys_file_stops_gateway(tmp_path: Path, text: str) -> None:
     assert done.returncode != 0, done
     assert str(path) in done.stderr, done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-
-
-def test_missing_keys_file_stops_gateway(tmp_path: Path) -> None:
-    path = tmp_path / "no-such-keys.toml"
-    settings = Settings(
-        data_dir=str(tmp_path / "data"), port=0, bus="nats://127.0.0.1:1", api_keys=str(path)
-    )
-    done = subprocess.run(
-        [sys.executable, "-m", "hourglass", "gateway"],
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert done.returncode != 0, done
-    assert str(path) in done.stderr, done.stderr
 
 
 # --- TLS --------------------------------------------------------------------------------
