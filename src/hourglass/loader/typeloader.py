@@ -28,7 +28,6 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,8 +55,6 @@ from hourglass.loader.dedup import Deduper, keys_of
 from hourglass.loader.state import BucketCounts, LoaderState, load_state, save_state
 
 logger = log.get("hourglass.loader")
-
-_KEY_CACHE_BYTES = 256 * 1024 * 1024
 
 
 class RowFormat(Protocol):
@@ -133,8 +130,6 @@ class TypeLoader:
         self._pending_keys: dict[int, list[pa.Array]] = {}
         self._pending_markers: dict[str, int] = {}
         self._pending_counts: dict[int, BucketCounts] = {}
-        self._file_keys: OrderedDict[Path, pa.Array] = OrderedDict()
-        self._file_keys_bytes = 0
         self.last_flush = clock()
         # Worker threads may outlive a cancelled task (asyncio.to_thread): one
         # call at a time, so a stop-time flush never interleaves with process.
@@ -324,8 +319,6 @@ class TypeLoader:
             write_part(table, path)
             crashpoint("loader.after_part")
             rows, files = rows + table.num_rows, files + 1
-            if self.deduper is not None:
-                self._cache_keys(path, keys_of(table.column("source"), table.column("id")))
         state = _copy(self.state)
         state.committed_seq = last
         state.markers.update(self._pending_markers)
@@ -462,7 +455,11 @@ class TypeLoader:
     # ------------------------------------------------------------------ dedup
 
     def keys_in_hour(self, hour: int) -> pa.Array:
-        """KeySource for the deduper: stored and pending keys of rows in ``hour``."""
+        """KeySource for the deduper: stored and pending keys of rows in ``hour``.
+
+        Only for keys the deduper no longer holds in memory (old re-sends, hash
+        collisions): it reads every file of the hour.
+        """
         parts: list[pa.Array] = list(self._pending_keys.get(hour, []))
         begin = dt.datetime.fromtimestamp(hour, dt.UTC)
         folder = self.lake / self.name / f"date={begin:%Y-%m-%d}" / f"hour={begin:%H}"
@@ -474,24 +471,8 @@ class TypeLoader:
         return pa.concat_arrays(parts)
 
     def _keys_of_file(self, path: Path) -> pa.Array:
-        keys = self._file_keys.get(path)
-        if keys is not None:
-            self._file_keys.move_to_end(path)
-            return keys
         table = read_columns(path, ["source", "id"])
-        keys = keys_of(table.column("source"), table.column("id"))
-        self._cache_keys(path, keys)
-        return keys
-
-    def _cache_keys(self, path: Path, keys: pa.Array) -> None:
-        old = self._file_keys.pop(path, None)
-        if old is not None:
-            self._file_keys_bytes -= old.nbytes
-        self._file_keys[path] = keys
-        self._file_keys_bytes += keys.nbytes
-        while self._file_keys_bytes > _KEY_CACHE_BYTES and len(self._file_keys) > 1:
-            _, old = self._file_keys.popitem(last=False)
-            self._file_keys_bytes -= old.nbytes
+        return keys_of(table.column("source"), table.column("id"))
 
     def expire(self) -> None:
         if self.deduper is not None:

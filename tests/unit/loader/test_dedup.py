@@ -1,18 +1,19 @@
-"""The Deduper against a Python set model; ``keys_of`` and ``hashes`` stability."""
+"""The Deduper against a Python set model; ``keys_of``, ``hash64`` and the hash index."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hourglass.loader import dedup
-from hourglass.loader.dedup import Deduper, hashes, keys_of
+from hourglass.loader.dedup import Deduper, hash64, keys_of
+from hourglass.loader.hashindex import HashIndex, nonzero
 
 HOUR = 3600
-_M64 = (1 << 64) - 1
 
 
 class Store:
@@ -27,10 +28,12 @@ class Store:
         return pa.array(self.by_hour.get(hour, []), pa.large_binary())
 
 
-def _run_model(batches: list[list[tuple[bytes, int]]], window_s: int = 10 * HOUR) -> Store:
+def _run_model(
+    batches: list[list[tuple[bytes, int]]], window_s: int = 10 * HOUR, memory_bytes: int = 1 << 20
+) -> Store:
     """Feed batches of (key, hour index); check every keep mask against a set model."""
     store = Store()
-    deduper = Deduper(store, window_s=window_s)
+    deduper = Deduper(store, window_s=window_s, memory_bytes=memory_bytes)
     seen: dict[bytes, int] = {}  # key -> hour stored
     for batch in batches:
         keys = pa.array([k for k, _ in batch], pa.large_binary())
@@ -60,21 +63,35 @@ def test_fresh_matches_a_set_model(batches: list[list[tuple[bytes, int]]]) -> No
     _run_model(batches)
 
 
+def _weak_hash(keys: pa.Array) -> np.ndarray:
+    """A terrible hash (the key's length, 1..3): nearly every key collides."""
+    lengths = pc.binary_length(keys).to_numpy(zero_copy_only=False).astype(np.uint64)
+    return lengths % np.uint64(3) + np.uint64(1)
+
+
 @settings(max_examples=100, deadline=None)
 @given(_batches)
-def test_a_saturated_bloom_never_drops_a_new_key(
+def test_hash_collisions_never_drop_a_new_key(
     batches: list[list[tuple[bytes, int]]],
 ) -> None:
-    """Bloom filters of 1024 bits for 65536 keys: nearly every probe is a false positive."""
+    """With a hash that collides for most keys, only byte comparisons decide."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dedup, "_BITS_PER_KEY", 0)
+        mp.setattr(dedup, "hash64", _weak_hash)
         _run_model(batches)
 
 
-def test_false_positives_are_resolved_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many keys through a tiny filter: false positives happen, and none drops a key."""
-    monkeypatch.setattr(dedup, "_BITS_PER_KEY", 0)
-    monkeypatch.setattr(dedup, "_FIRST_CAPACITY", 64)  # and the chain of filters grows
+@settings(max_examples=100, deadline=None)
+@given(_batches)
+def test_keys_out_of_memory_are_checked_in_the_store(
+    batches: list[list[tuple[bytes, int]]],
+) -> None:
+    """No chunk kept in memory: every suspect is settled by the KeySource."""
+    _run_model(batches, memory_bytes=0)
+
+
+def test_collisions_and_evictions_are_resolved_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Many keys, a weak hash and a small memory: the slow path runs, no key is lost."""
+    monkeypatch.setattr(dedup, "hash64", _weak_hash)
     rng = np.random.default_rng(7)
     batches = [
         [
@@ -83,10 +100,37 @@ def test_false_positives_are_resolved_exactly(monkeypatch: pytest.MonkeyPatch) -
         ]
         for n in range(0, 5000, 500)
     ]
-    store = _run_model(batches)
-    assert store.queries > 5, "the filters never said maybe: the exact check was not exercised"
+    store = _run_model(batches, memory_bytes=20_000)
+    assert store.queries > 5, "the exact check against the store was not exercised"
     # And every key of the last batches is then correctly a duplicate.
-    _run_model(batches + batches[-2:])
+    _run_model(batches + batches[-2:], memory_bytes=20_000)
+
+
+def test_recent_duplicates_need_no_store_lookup() -> None:
+    """The common case: a re-send of keys still in memory is settled in memory."""
+    store = Store()
+    deduper = Deduper(store, window_s=2 * HOUR)
+    keys = pa.array([b"%d:src:%d" % (i, i) for i in range(10_000)], pa.large_binary())
+    hours = np.zeros(len(keys), dtype=np.int64)
+    assert deduper.fresh(keys).all()
+    deduper.add(keys, hours)
+    again = pa.concat_arrays([keys.slice(100, 50), pa.array([b"new"], pa.large_binary())])
+    assert deduper.fresh(again).tolist() == [False] * 50 + [True]
+    assert store.queries == 0 and deduper.slow_checks == 0
+
+
+def test_the_index_grows_and_finds_every_key() -> None:
+    index = HashIndex()
+    rng = np.random.default_rng(3)
+    hashes = nonzero(rng.integers(0, 2**63, 100_000, dtype=np.uint64))
+    for part in np.array_split(np.arange(len(hashes)), 7):
+        index.insert(hashes[part], part.astype(np.uint64))
+    slots = index.find(hashes)
+    assert (slots >= 0).all()
+    assert (index.refs(slots) == np.arange(len(hashes), dtype=np.uint64)).all()
+    others = nonzero(rng.integers(2**63, 2**64 - 1, 1000, dtype=np.uint64))
+    assert (index.find(others) == -1).all()
+    assert index.count == len(hashes) and index.nbytes <= 16 * 4 * len(hashes)
 
 
 def test_expired_hours_are_forgotten() -> None:
@@ -105,45 +149,25 @@ def test_expired_hours_are_forgotten() -> None:
 # ----------------------------------------------------------------- keys, hashes
 
 
-def _reference(key: bytes) -> tuple[int, int]:
-    """The documented hash, in plain Python: polynomial per key, splitmix64 finaliser."""
-    p1, p2 = 0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F
-    h1 = sum(b * pow(p1, i, 1 << 64) for i, b in enumerate(key)) & _M64
-    h2 = sum(b * pow(p2, i, 1 << 64) for i, b in enumerate(key)) & _M64
-
-    def mix(z: int) -> int:
-        z ^= z >> 30
-        z = (z * 0xBF58476D1CE4E5B9) & _M64
-        z ^= z >> 27
-        z = (z * 0x94D049BB133111EB) & _M64
-        return z ^ (z >> 31)
-
-    n = len(key)
-    return mix(h1 ^ n), mix((h2 + n) & _M64) | 1
-
-
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.lists(st.binary(min_size=1, max_size=40), min_size=1, max_size=30), st.data())
-def test_hashes_are_a_function_of_the_key_bytes_only(
-    keys: list[bytes], data: st.DataObject
-) -> None:
+def test_hash64_is_a_function_of_the_key_bytes_only(keys: list[bytes], data: st.DataObject) -> None:
     array = pa.array(keys, pa.large_binary())
-    h1, h2 = hashes(array)
-    assert [(int(a), int(b)) for a, b in zip(h1, h2, strict=True)] == [_reference(k) for k in keys]
+    h = hash64(array)
+    assert h.dtype == np.uint64 and (h != 0).all()
+    by_key: dict[bytes, int] = {}
+    for k, v in zip(keys, h.tolist(), strict=True):
+        assert by_key.setdefault(k, v) == v
     # Wherever the key sits: a slice (non-zero offset), another batch, a concatenation.
     start = data.draw(st.integers(0, len(keys) - 1))
     stop = data.draw(st.integers(start + 1, len(keys)))
-    s1, s2 = hashes(array.slice(start, stop - start))
-    assert s1.tolist() == h1[start:stop].tolist() and s2.tolist() == h2[start:stop].tolist()
+    assert hash64(array.slice(start, stop - start)).tolist() == h[start:stop].tolist()
     joined = pa.concat_arrays([pa.array([b"prefix"], pa.large_binary()), array])
-    j1, _ = hashes(joined)
-    assert j1[1:].tolist() == h1.tolist()
-    assert h2.tolist() == [x | 1 for x in h2.tolist()]  # the step is odd: probes differ
+    assert hash64(joined)[1:].tolist() == h.tolist()
 
 
-def test_hashes_of_no_keys() -> None:
-    h1, h2 = hashes(pa.array([], pa.large_binary()))
-    assert len(h1) == len(h2) == 0
+def test_hash64_of_no_keys() -> None:
+    assert len(hash64(pa.array([], pa.large_binary()))) == 0
 
 
 def test_keys_of_prefixes_the_source_length() -> None:
@@ -156,10 +180,7 @@ def test_keys_of_prefixes_the_source_length() -> None:
     empty = keys_of(pa.chunked_array([], pa.string()), pa.chunked_array([], pa.string()))
     assert len(empty) == 0 and empty.type == pa.large_binary()
     # Same (source, id), same key and hashes, however the batch is chunked.
-    assert (
-        hashes(keys)[0].tolist()
-        == hashes(pa.array(keys.to_pylist(), pa.large_binary()))[0].tolist()
-    )
+    assert hash64(keys).tolist() == hash64(pa.array(keys.to_pylist(), pa.large_binary())).tolist()
 
 
 # The key must be injective for any strings the gateway accepts, control
