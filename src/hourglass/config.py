@@ -62,6 +62,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     flush_interval_s: float = 2.0  # events are queryable in the lake within about this
     dedup_window_s: int = 24 * 3600
     loader_metrics_port: int = 0  # 0: no metrics endpoint
+    # The loader is a batch job that may lag by seconds; a gateway's answer is
+    # what producers wait for.  On a shared machine the loader yields the CPU.
+    loader_nice: int = 5
 
     failed_body_cap: int = 1 * MiB  # unparseable bodies are kept up to this size
 
@@ -84,6 +87,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
+        if not 0 <= self.loader_nice <= 19:
+            raise ConfigError(f"loader_nice {self.loader_nice} must be 0..19")
         bucket_seconds(self.bucket)
         return self
 

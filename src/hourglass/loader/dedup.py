@@ -21,8 +21,9 @@ How, without a Python loop per event:
    lake's files and unflushed rows), so no hash ever decides alone.
 
 Cost per key: ~0.1 µs to hash, a few numpy passes to probe, and 16 bytes of
-index at most half full (32–64 bytes per key in memory for the window) plus the
-chunk bytes within ``memory_bytes``.
+index at most half full (32–64 bytes per key) for the current and previous
+hour, 8 bytes per key for older hours of the window (sealed: hashes only, so a
+hit there takes the slow path), plus the chunk bytes within ``memory_bytes``.
 
 Nothing here is persisted: after a restart the loader rebuilds the indexes
 from the lake's files within the window (``add`` with the stored keys), so
@@ -41,9 +42,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hourglass.loader.hashindex import HashIndex, nonzero
+from hourglass.loader.hashindex import HashIndex, SealedIndex, nonzero
 
 MEMORY_BYTES = 256 * 1024 * 1024
+SEAL_AFTER_S = 3600  # an hour that ended this long ago takes no more keys, normally
 _ROW_BITS = np.uint64(32)
 _ROW_MASK = np.uint64((1 << 32) - 1)
 
@@ -93,7 +95,7 @@ class Deduper:
         self._source = source
         self.window_s = window_s
         self.memory_bytes = memory_bytes
-        self._hours: dict[int, HashIndex] = {}
+        self._hours: dict[int, HashIndex | SealedIndex] = {}
         self._chunks: OrderedDict[int, tuple[int, pa.Array]] = OrderedDict()  # id: hour, keys
         self._chunk_bytes = 0
         self._next_chunk = 0
@@ -106,7 +108,13 @@ class Deduper:
             rows = hours == hour
             chunk = self._keep_chunk(int(hour), keys.filter(pa.array(rows)))
             refs = (np.uint64(chunk) << _ROW_BITS) | np.arange(int(rows.sum()), dtype=np.uint64)
-            self._hours.setdefault(int(hour), HashIndex()).insert(hashes[rows], refs)
+            index = self._hours.get(int(hour))
+            if isinstance(index, SealedIndex):  # a restart, or skew into an old hour
+                index = index.unseal()
+            elif index is None:
+                index = HashIndex()
+            index.insert(hashes[rows], refs)
+            self._hours[int(hour)] = index
 
     def _keep_chunk(self, hour: int, keys: pa.Array) -> int:
         chunk = self._next_chunk
@@ -165,12 +173,16 @@ class Deduper:
         return same, unsure
 
     def expire(self, now_s: int) -> list[int]:
-        """Forget hours that ended before the window; returns them."""
+        """Forget hours that ended before the window, seal those that ended an hour
+        ago (their key bytes are dropped too); returns the hours forgotten."""
         old = [h for h in self._hours if h + 3600 <= now_s - self.window_s]
         for hour in old:
             del self._hours[hour]
-        gone = set(old)
-        for chunk in [c for c, (hour, _) in self._chunks.items() if hour in gone]:
+        for hour, index in self._hours.items():
+            if isinstance(index, HashIndex) and hour + 3600 + SEAL_AFTER_S <= now_s:
+                self._hours[hour] = SealedIndex(index)
+        live = {h for h, index in self._hours.items() if isinstance(index, HashIndex)}
+        for chunk in [c for c, (hour, _) in self._chunks.items() if hour not in live]:
             self._chunk_bytes -= self._chunks.pop(chunk)[1].nbytes
         return old
 

@@ -15,6 +15,7 @@ is 1 meanwhile.  See docs/disk-full.md.
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from collections.abc import Callable
@@ -248,7 +249,7 @@ async def _loop(
             if last is not None:
                 await _ack(s, last)
                 last = None
-            s.loader.expire()
+            await asyncio.to_thread(s.loader.expire)
         # Not retried in place: after a pause the loop fetches and flushes again
         # first, so leases and ``caught_up`` are current when it closes.
         close = partial(_close_ready, s.loader, leases, drained_as_of)
@@ -346,6 +347,8 @@ def check_layout(settings: Settings) -> None:
 
 
 async def run_loader(settings: Settings) -> None:
+    if settings.loader_nice:
+        os.nice(settings.loader_nice)  # see Settings.loader_nice
     metrics = LoaderMetrics()
     space = LakeSpace(settings.data_path / "lake", metrics)
     if settings.loader_metrics_port:

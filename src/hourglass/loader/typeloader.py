@@ -475,8 +475,10 @@ class TypeLoader:
         return keys_of(table.column("source"), table.column("id"))
 
     def expire(self) -> None:
-        if self.deduper is not None:
-            self.deduper.expire(int(self.clock()))
+        """Forget and seal dedup hours (may sort millions of hashes: call it in a thread)."""
+        with self.lock:
+            if self.deduper is not None:
+                self.deduper.expire(int(self.clock()))
 
 
 def _copy(state: LoaderState) -> LoaderState:

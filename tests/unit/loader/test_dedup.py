@@ -29,7 +29,10 @@ class Store:
 
 
 def _run_model(
-    batches: list[list[tuple[bytes, int]]], window_s: int = 10 * HOUR, memory_bytes: int = 1 << 20
+    batches: list[list[tuple[bytes, int]]],
+    window_s: int = 10 * HOUR,
+    memory_bytes: int = 1 << 20,
+    now: int | None = None,
 ) -> Store:
     """Feed batches of (key, hour index); check every keep mask against a set model."""
     store = Store()
@@ -50,6 +53,8 @@ def _run_model(
             if kept_one:
                 seen[k] = h * HOUR
                 store.by_hour.setdefault(h * HOUR, []).append(k)
+        if now is not None:
+            assert deduper.expire(now) == []
     return store
 
 
@@ -87,6 +92,32 @@ def test_keys_out_of_memory_are_checked_in_the_store(
 ) -> None:
     """No chunk kept in memory: every suspect is settled by the KeySource."""
     _run_model(batches, memory_bytes=0)
+
+
+@settings(max_examples=100, deadline=None)
+@given(_batches, st.integers(2, 6))
+def test_sealed_hours_still_find_every_key(
+    batches: list[list[tuple[bytes, int]]], now_h: int
+) -> None:
+    """Hours sealed (hashes only) between batches, and keys added to them after."""
+    _run_model(batches, now=now_h * HOUR)
+
+
+def test_sealing_keeps_hashes_only() -> None:
+    store = Store()
+    deduper = Deduper(store, window_s=10 * HOUR)
+    keys = pa.array([b"%d:k" % i for i in range(1000)], pa.large_binary())
+    deduper.add(keys, np.zeros(len(keys), dtype=np.int64))
+    store.by_hour[0] = keys.to_pylist()
+    before = deduper.nbytes
+    deduper.expire(2 * HOUR)
+    assert deduper.nbytes <= 8 * len(keys) < before
+    assert not deduper.fresh(keys.slice(0, 10)).any()
+    assert store.queries == 1  # settled from the store: the bytes are gone
+    deduper.add(pa.array([b"new"], pa.large_binary()), np.zeros(1, dtype=np.int64))
+    store.by_hour[0].append(b"new")
+    assert not deduper.fresh(keys.slice(990, 10)).any()
+    assert deduper.fresh(pa.array([b"other"], pa.large_binary())).tolist() == [True]
 
 
 def test_collisions_and_evictions_are_resolved_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
