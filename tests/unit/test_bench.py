@@ -169,3 +169,18 @@ def test_profile_summary_leaves_out_the_plumbing() -> None:
         "_ingest (hourglass/gateway/app.py)",
         "_check (hourglass/gateway/validate.py)",
     ]
+
+
+def test_rss_and_lag_trends_are_least_squares_slopes() -> None:
+    from hourglass.bench.pipeline import lag_trend, rss_trend
+
+    samples = [
+        {"t": 100.0 + i, "lag_events": 50.0, "rss_mib": {"loader": 200.0 + 2 * i, "gateway": 90.0}}
+        for i in range(30)
+    ]
+    trend = rss_trend(samples)
+    assert trend["loader"]["slope_mib_per_min"] == pytest.approx(120.0)
+    assert trend["loader"]["first_mib"] == 200.0 and trend["loader"]["last_mib"] == 258.0
+    assert trend["gateway"]["slope_mib_per_min"] == pytest.approx(0.0)
+    assert lag_trend(samples)["slope_eps"] == pytest.approx(0.0)
+    assert rss_trend(samples[:2])["loader"]["slope_mib_per_min"] == 0.0  # too few points

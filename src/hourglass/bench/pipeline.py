@@ -187,15 +187,39 @@ class Sampler:
         return [s for s in self.samples if start <= s["t"] <= end and "loader_rows" in s]
 
 
+def _slope(points: list[tuple[float, float]]) -> float:
+    """Least-squares slope of ``(t, value)`` points (0 with fewer than 3)."""
+    if len(points) < 3:
+        return 0.0
+    n = len(points)
+    mt = sum(t for t, _ in points) / n
+    mv = sum(v for _, v in points) / n
+    var = sum((t - mt) ** 2 for t, _ in points)
+    return sum((t - mt) * (v - mv) for t, v in points) / var if var else 0.0
+
+
 def lag_trend(samples: list[dict[str, Any]]) -> dict[str, float]:
     """Least-squares slope of the loader lag (events/s) over ``samples``, its
     maximum and last value: a flat lag has a slope near 0."""
     points = [(s["t"], float(s["lag_events"])) for s in samples if "lag_events" in s]
     if len(points) < 3:
         return {"slope_eps": 0.0, "max": max((v for _, v in points), default=0.0), "last": 0.0}
-    n = len(points)
-    mt = sum(t for t, _ in points) / n
-    mv = sum(v for _, v in points) / n
-    var = sum((t - mt) ** 2 for t, _ in points)
-    slope = sum((t - mt) * (v - mv) for t, v in points) / var if var else 0.0
-    return {"slope_eps": slope, "max": max(v for _, v in points), "last": points[-1][1]}
+    return {"slope_eps": _slope(points), "max": max(v for _, v in points), "last": points[-1][1]}
+
+
+def rss_trend(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per process: RSS at the first and last sample of the window (MiB) and its
+    least-squares slope in MiB per minute; flat memory has a slope near 0."""
+    series: dict[str, list[tuple[float, float]]] = {}
+    for s in samples:
+        for name, mib in (s.get("rss_mib") or {}).items():
+            if mib is not None:
+                series.setdefault(name, []).append((s["t"], float(mib)))
+    return {
+        name: {
+            "first_mib": points[0][1],
+            "last_mib": points[-1][1],
+            "slope_mib_per_min": _slope(points) * 60.0,
+        }
+        for name, points in series.items()
+    }

@@ -219,6 +219,9 @@ def targets(result: dict[str, Any]) -> list[dict[str, Any]]:
         flat = abs(slope) <= 0.01 * max(eps, 1)
         goal = f">= {E2E_EPS:,}/s for {E2E_SECONDS} s, lag flat"
         value = f"{eps:,}/s for {seconds:.0f} s, lag {slope:+,.0f}/s"
+        loader_rss = (pipe.get("rss_trend") or {}).get("loader")
+        if loader_rss:
+            value += f", loader RSS {loader_rss['slope_mib_per_min']:+.0f} MiB/min"
         met = eps >= E2E_EPS and flat and seconds >= E2E_SECONDS
         out.append(_target("end-to-end sustained", goal, value, met, _times(eps, E2E_EPS)))
     p99 = pipe["ack_latency_ms"]["p99"]
@@ -320,6 +323,13 @@ def render(result: dict[str, Any]) -> str:
     rss = "  ".join(f"{k} {v:.0f}" for k, v in pipe.get("peak_rss_mib", {}).items() if v)
     cores = "  ".join(f"{k} {v:.2f}" for k, v in pipe.get("cores", {}).items() if v is not None)
     lines.append(f"peak RSS MiB    {rss}")
+    trend = pipe.get("rss_trend") or {}
+    if trend:
+        growth = "  ".join(
+            f"{k} {v['first_mib']:.0f}→{v['last_mib']:.0f} ({v['slope_mib_per_min']:+.0f}/min)"
+            for k, v in trend.items()
+        )
+        lines.append(f"RSS in window   {growth}")
     lines.append(f"CPU cores       {cores}")
     lines += _profile_lines(pipe.get("profile") or {})
     lines.append("")

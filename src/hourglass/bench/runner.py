@@ -30,7 +30,7 @@ import httpx
 
 from hourglass.bench import ceilings, lake, procs, profile, report
 from hourglass.bench.loadgen import LoadResult, Plan, drive, http_factory
-from hourglass.bench.pipeline import Pipeline, Sampler, lag_trend
+from hourglass.bench.pipeline import Pipeline, Sampler, lag_trend, rss_trend
 from hourglass.bench.workload import Workload, type_names
 from hourglass.config import GiB, bucket_seconds
 
@@ -188,7 +188,12 @@ async def _measure(config: BenchConfig, pipe: Pipeline) -> dict[str, Any]:
     out["load"] = load
     out["samples"] = sampler.samples
     out["lag"] = lag_trend(sampler.between(*load.window))
+    out["rss_trend"] = rss_trend([s for s in sampler.samples if _within(s, load.window)])
     return out
+
+
+def _within(sample: dict[str, Any], window: tuple[float, float]) -> bool:
+    return bool(window[0] <= sample["t"] <= window[1])
 
 
 async def run(config: BenchConfig) -> dict[str, Any]:
