@@ -21,7 +21,7 @@ from hourglass import log
 from hourglass.bus.embedded import EmbeddedBus, free_port
 from hourglass.config import Settings, settings_env
 from hourglass.exceptions import ConfigError
-from hourglass.gateway.server import LISTEN_FD, listening_socket
+from hourglass.gateway.server import LISTEN_FD, worker_sockets
 from hourglass.loader.service import check_layout
 from hourglass.process import Supervised
 
@@ -61,18 +61,25 @@ def loader_child(settings: Settings) -> Supervised:
     )
 
 
-def gateway_children(settings: Settings, sock: socket.socket) -> list[Supervised]:
-    """``settings.workers`` gateway processes sharing one listening socket."""
+def gateway_children(settings: Settings, socks: list[socket.socket]) -> list[Supervised]:
+    """``settings.workers`` gateway processes; worker ``i`` listens on ``socks[i]``.
+
+    With one socket for all (no ``SO_REUSEPORT``), every worker shares it.  A
+    restarted worker gets the same socket again: this process keeps them open.
+    """
     one = msgspec.structs.replace(settings, workers=1)
-    return [
-        Supervised(
-            f"gateway-{i}" if settings.workers > 1 else "gateway",
-            [sys.executable, "-m", "hourglass", "gateway"],
-            env={**settings_env(one), LISTEN_FD: str(sock.fileno())},
-            pass_fds=[sock.fileno()],
+    children = []
+    for i in range(settings.workers):
+        fd = socks[i % len(socks)].fileno()
+        children.append(
+            Supervised(
+                f"gateway-{i}" if settings.workers > 1 else "gateway",
+                [sys.executable, "-m", "hourglass", "gateway"],
+                env={**settings_env(one), LISTEN_FD: str(fd)},
+                pass_fds=[fd],
+            )
         )
-        for i in range(settings.workers)
-    ]
+    return children
 
 
 async def wait_ready(base_url: str, timeout: float, *, verify: bool = True) -> None:
@@ -91,14 +98,16 @@ async def wait_ready(base_url: str, timeout: float, *, verify: bool = True) -> N
 
 
 async def run_gateways(settings: Settings) -> None:
-    sock = listening_socket(settings.host, settings.port)
-    children = gateway_children(settings, sock)
+    socks = worker_sockets(settings.host, settings.port, settings.workers)
+    children = gateway_children(settings, socks)
     for child in children:
         child.start()
     try:
         await _until_signalled()
     finally:
         await asyncio.gather(*(c.stop() for c in children))
+        for sock in socks:
+            sock.close()
 
 
 async def run_bus(settings: Settings) -> None:
@@ -113,7 +122,8 @@ async def run_bus(settings: Settings) -> None:
 
 async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0) -> None:
     stop = _stop_event()  # first: a signal during start-up still stops everything in order
-    sock = listening_socket(settings.host, settings.port)  # a busy port fails before anything runs
+    # A busy port fails before anything runs.
+    socks = worker_sockets(settings.host, settings.port, settings.workers)
     check_layout(settings)  # so does a lake written with another bucket width
     bus: EmbeddedBus | None = None
     children: list[Supervised] = []
@@ -131,7 +141,7 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
         child_settings = msgspec.structs.replace(
             settings, bus=url, stream_replicas=replicas, loader_metrics_port=metrics_port
         )
-        children = [*gateway_children(child_settings, sock), loader_child(child_settings)]
+        children = [*gateway_children(child_settings, socks), loader_child(child_settings)]
         for child in children:
             child.start()
         scheme = "https" if settings.tls_cert else "http"
@@ -160,4 +170,6 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
         await asyncio.gather(*(c.stop() for c in children))
         if bus is not None:
             await bus.stop()
+        for sock in socks:
+            sock.close()
         print("Hourglass stopped.", flush=True)

@@ -1,9 +1,9 @@
 """Run one gateway process: bus link, group committer, ASGI app under uvicorn.
 
 uvicorn (with uvloop and httptools) was picked over granian by measurement;
-see docs/gateway.md.  Several gateway processes share one listening socket
-opened by their parent (``hourglass up`` or ``hourglass gateway --workers N``)
-and handed down as ``HOURGLASS__LISTEN_FD``; a port already in use is then an
+see docs/gateway.md.  With several gateway processes their parent (``hourglass
+up`` or ``hourglass gateway --workers N``) opens the listening sockets and hands
+each worker its own as ``HOURGLASS__LISTEN_FD``; a port already in use is then an
 error at once, never a silent second listener.
 """
 
@@ -14,6 +14,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 from pathlib import Path
 
 import uvicorn
@@ -138,15 +139,74 @@ def listening_socket(host: str, port: int) -> socket.socket:
     inherited = os.environ.get(LISTEN_FD)
     if inherited:
         return socket.socket(fileno=int(inherited))
+    return _listen(host, port)
+
+
+def worker_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
+    """One listening socket per worker, all on ``host:port``, for a parent to hand down.
+
+    Why not one shared socket: every worker then waits on it, and the first to
+    wake accepts every connection queued at that moment, so keep-alive
+    connections opened together all land on one worker while the others idle.
+    With ``SO_REUSEPORT`` each worker listens on its own socket and the kernel
+    spreads new connections over them by a hash of the address pair.  The
+    parent keeps the sockets open, so a restarted worker gets its socket back
+    (connections that arrive meanwhile wait in its queue).  Elsewhere than on
+    Linux, where ``SO_REUSEPORT`` does not balance, the workers share one socket.
+
+    ``SO_REUSEPORT`` also lets any other socket of the same user join the
+    port, another Hourglass gateway's included: a plain bind first makes sure
+    that nobody is listening there (the gap between that check and the real
+    binds is a few system calls wide).
+    """
+    if workers == 1 or not _can_reuse_port():
+        return [_listen(host, port)]
+    probe = _bind(host, port, reuse_port=False)
+    port = probe.getsockname()[1]  # port 0: the free port just found
+    probe.close()
+    socks: list[socket.socket] = []
+    try:
+        for _ in range(workers):
+            socks.append(_listen(host, port, reuse_port=True))
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def _can_reuse_port() -> bool:
+    if not sys.platform.startswith("linux") or not hasattr(socket, "SO_REUSEPORT"):
+        return False
+    with socket.socket() as sock:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        except OSError:
+            return False
+    return True
+
+
+def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.listen(2048)
+    return sock
+
+
+def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    sock = _bind(host, port, reuse_port=reuse_port)
+    try:
+        sock.listen(2048)
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
     sock.set_inheritable(True)
     return sock
 
