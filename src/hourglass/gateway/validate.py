@@ -1,10 +1,12 @@
 """Per-event validation of a CloudEvents payload against the schema registry.
 
-The common case — every event valid — is two ``msgspec`` calls in C: one that
-splits the array into raw events (for the size and count limits), one that
-decodes the whole array into the tagged union of envelope types.  Only when
-that fails does a per-event loop run, to name every bad event with its index
-and a reason, so valid neighbours still go through.
+The common case — every event valid — is one ``msgspec`` call in C that decodes
+the whole array into the tagged union of envelope types; the count limit is
+checked on its result.  Only a body larger than ``max_event_bytes`` (else no
+event in it can be) is also split into raw events to check each one's size.
+When the decode fails, the body is split (naming a body that is not JSON of the
+right shape) and a per-event loop names every bad event with its index and a
+reason, so valid neighbours still go through.
 """
 
 from __future__ import annotations
@@ -72,21 +74,23 @@ class Validator:
             raise Unparseable(f"body is not valid JSON: invalid UTF-8 at byte {exc.start}") from exc
 
     def _check(self, payload: Payload) -> Checked:
-        raws = self._split(payload)
-        sizes = list(map(len, raws))
-        limit = self._limits.max_event_bytes
-        if max(sizes) > limit:
-            index = next(i for i, n in enumerate(sizes) if n > limit)
-            raise BodyTooLarge(
-                f"event at index {index} is {sizes[index]} bytes, over max_event_bytes ({limit})"
-            )
         try:
             if payload.mode is Mode.BATCH:
                 envelopes = self._types.batch_decoder.decode(payload.body)
             else:
                 envelopes = [self._types.single_decoder.decode(payload.body)]
-        except _DECODE_ERRORS:
+        except (*_DECODE_ERRORS, UnicodeDecodeError) as exc:
+            # Errors in the order they had when the split ran first: the split
+            # does not check UTF-8 inside strings, so a malformed body or a
+            # limit it finds wins over invalid UTF-8 found by the decode.
+            raws = self._split(payload)
+            self._check_sizes(raws)
+            if isinstance(exc, UnicodeDecodeError):
+                raise
             return self._one_by_one(raws)
+        self._check_count(len(envelopes))
+        if len(payload.body) > self._limits.max_event_bytes:
+            self._check_sizes(self._split(payload))
         checked = Checked(count=len(envelopes))
         self._group(envelopes, checked)
         return checked
@@ -103,16 +107,35 @@ class Validator:
             raise Unparseable(f"body is not valid JSON: {exc}") from exc
         except RecursionError as exc:
             raise Unparseable("body is nested too deeply to parse") from exc
-        if not raws:
-            raise EmptyBatch("empty batch: send a JSON array with at least one event")
-        limit = self._limits.max_events_per_request
-        if len(raws) > limit:
-            raise BodyTooLarge(
-                f"{len(raws)} events in one request, over max_events_per_request ({limit})"
-            )
+        self._check_count(len(raws))
         return raws
 
+    def _check_count(self, count: int) -> None:
+        if not count:
+            raise EmptyBatch("empty batch: send a JSON array with at least one event")
+        limit = self._limits.max_events_per_request
+        if count > limit:
+            raise BodyTooLarge(
+                f"{count} events in one request, over max_events_per_request ({limit})"
+            )
+
+    def _check_sizes(self, raws: list[msgspec.Raw]) -> None:
+        sizes = list(map(len, raws))
+        limit = self._limits.max_event_bytes
+        if max(sizes) > limit:
+            index = next(i for i, n in enumerate(sizes) if n > limit)
+            raise BodyTooLarge(
+                f"event at index {index} is {sizes[index]} bytes, over max_event_bytes ({limit})"
+            )
+
     def _group(self, envelopes: list[Any], checked: Checked) -> None:
+        """Stamp ``received_at`` on each envelope and sort them by type.
+
+        The stamp loop costs ~20 ns per event (about 1 % of validate + encode).
+        Splicing the stamp into the encoded NDJSON instead (``bytes.replace``
+        of each line's closing brace) measured 10-20 times that, and would
+        still have to overwrite a ``received_at`` sent by the client.
+        """
         now = checked.received_at = utcnow()
         for envelope in envelopes:
             envelope.received_at = now

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from hourglass.events import EventTypes
 from hourglass.exceptions import BodyTooLarge
-from hourglass.gateway.validate import Limits, Validator
+from hourglass.gateway.validate import EmptyBatch, Limits, Validator
 from hourglass.gateway.wire import Mode, Payload, Unparseable, decompress, to_payload
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 from tests.strategies import valid_data
@@ -90,6 +90,57 @@ def test_count_limit() -> None:
     small = Validator(TYPES, Limits(max_event_bytes=300, max_events_per_request=3))
     with pytest.raises(BodyTooLarge, match="max_events_per_request"):
         small.check(Payload(Mode.BATCH, b"[{},{},{},{}]"))
+
+
+def _skipped(index: int, track_id: str = "t-1") -> dict[str, Any]:
+    data = {
+        "user_id": "0e0f5ba1-7d52-4a8c-9d2e-0d4a3f1b6c11",
+        "track_id": track_id,
+        "skipped_at": "2026-11-26T12:00:00Z",
+        "position_ms": 1,
+    }
+    return _events([("music.SongSkipped", data)])[0] | {"id": f"e{index}"}
+
+
+def test_limits_hold_for_valid_events_too() -> None:
+    """Valid events are decoded before the limits are checked: same answers."""
+    small = Validator(TYPES, Limits(max_event_bytes=300, max_events_per_request=3))
+    four = msgspec.json.encode([_skipped(i) for i in range(4)])
+    with pytest.raises(BodyTooLarge, match=r"^4 events in one request, .*\(3\)$"):
+        small.check(Payload(Mode.BATCH, four))
+    big = msgspec.json.encode([_skipped(0), _skipped(1, "t" * 400)])
+    with pytest.raises(BodyTooLarge, match=r"^event at index 1 is \d+ bytes, .*\(300\)$"):
+        small.check(Payload(Mode.BATCH, big))
+    one = msgspec.json.encode(_skipped(0, "t" * 400))
+    with pytest.raises(BodyTooLarge, match=r"^event at index 0 is \d+ bytes"):
+        small.check(Payload(Mode.SINGLE, one))
+    with pytest.raises(EmptyBatch, match="empty batch"):
+        small.check(Payload(Mode.BATCH, b"[]"))
+
+
+def test_a_body_no_larger_than_one_event_is_not_split(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No event can exceed the limit then: one parse of the body is enough."""
+    validator = Validator(TYPES, Limits(max_event_bytes=4096, max_events_per_request=10))
+    body = msgspec.json.encode([_skipped(i) for i in range(3)])
+
+    def split(payload: Payload) -> None:
+        raise AssertionError("split")
+
+    monkeypatch.setattr(validator, "_split", split)
+    assert validator.check(Payload(Mode.BATCH, body)).count == 3
+
+
+def test_invalid_utf8_comes_after_the_limits_and_the_shape() -> None:
+    """The order of errors of a parse that splits first, whichever parse runs first."""
+    small = Validator(TYPES, Limits(max_event_bytes=300, max_events_per_request=10))
+    big = msgspec.json.encode([_skipped(0, "t\u00e9" + "t" * 400)]).replace(b"\xc3\xa9", b"\xff")
+    with pytest.raises(BodyTooLarge, match="index 0"):
+        small.check(Payload(Mode.BATCH, big))
+    broken = msgspec.json.encode([_skipped(0, "t\u00e9")]).replace(b"\xc3\xa9", b"\xff")
+    with pytest.raises(Unparseable, match="invalid UTF-8"):
+        small.check(Payload(Mode.BATCH, broken))
+    with pytest.raises(Unparseable, match="malformed"):
+        small.check(Payload(Mode.BATCH, broken[:-1] + b"}"))
 
 
 @pytest.mark.parametrize("body", [b"{", b"[1,", b"\xff\xfe", b'"text"', b"[" * 50_000])
