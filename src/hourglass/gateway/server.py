@@ -152,8 +152,9 @@ def worker_sockets(host: str, port: int, workers: int) -> list[socket.socket]:
     With ``SO_REUSEPORT`` each worker listens on its own socket and the kernel
     spreads new connections over them by a hash of the address pair.  The
     parent keeps the sockets open, so a restarted worker gets its socket back
-    (connections that arrive meanwhile wait in its queue).  Elsewhere than on
-    Linux, where ``SO_REUSEPORT`` does not balance, the workers share one socket.
+    (connections that arrive meanwhile wait in its queue).  On systems other
+    than Linux, where ``SO_REUSEPORT`` does not balance connections, the
+    workers share one socket.
 
     ``SO_REUSEPORT`` also lets any other socket of the same user join the
     port, another Hourglass gateway's included: a plain bind first makes sure
