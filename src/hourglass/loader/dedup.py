@@ -101,19 +101,25 @@ class Deduper:
         self._next_chunk = 0
         self.slow_checks = 0  # lookups that needed the KeySource (for tests and metrics)
 
-    def add(self, keys: pa.Array, hours: np.ndarray) -> None:
-        """Remember ``keys`` as stored in ``hours`` (epoch seconds of each row's hour)."""
-        hashes = hash64(keys)
-        for hour in np.unique(hours):
+    def add(self, keys: pa.Array, hours: np.ndarray, hashes: np.ndarray | None = None) -> None:
+        """Remember ``keys`` as stored in ``hours`` (epoch seconds of each row's hour);
+        ``hashes``: their :func:`hash64`, if the caller has it already."""
+        if hashes is None:
+            hashes = hash64(keys)
+        distinct = np.unique(hours)
+        for hour in distinct:
             rows = hours == hour
-            chunk = self._keep_chunk(int(hour), keys.filter(pa.array(rows)))
-            refs = (np.uint64(chunk) << _ROW_BITS) | np.arange(int(rows.sum()), dtype=np.uint64)
+            some = keys if len(distinct) == 1 else keys.filter(pa.array(rows))
+            chunk = self._keep_chunk(int(hour), some)
+            refs = (np.uint64(chunk) << _ROW_BITS) | np.arange(len(some), dtype=np.uint64)
             index = self._hours.get(int(hour))
             if isinstance(index, SealedIndex):  # a restart, or skew into an old hour
                 index = index.unseal()
             elif index is None:
-                index = HashIndex()
-            index.insert(hashes[rows], refs)
+                # Sized like the newest hour so far: at a steady rate it never grows.
+                newest = max(self._hours, default=None)
+                index = HashIndex(self._hours[newest].count if newest is not None else 0)
+            index.insert(hashes if len(distinct) == 1 else hashes[rows], refs)
             self._hours[int(hour)] = index
 
     def _keep_chunk(self, hour: int, keys: pa.Array) -> int:
@@ -126,12 +132,13 @@ class Deduper:
             self._chunk_bytes -= old.nbytes
         return chunk
 
-    def fresh(self, keys: pa.Array) -> np.ndarray:
+    def fresh(self, keys: pa.Array, hashes: np.ndarray | None = None) -> np.ndarray:
         """Mask of rows to keep: first in the batch and not stored within the window."""
         n = len(keys)
         if n == 0:
             return np.zeros(0, dtype=bool)
-        hashes = hash64(keys)
+        if hashes is None:
+            hashes = hash64(keys)
         keep = _first_in_batch(keys, hashes)
         for hour in sorted(self._hours):
             candidates = np.flatnonzero(keep)

@@ -34,8 +34,9 @@ class HashIndex:
     """hash → ref (a caller's 64-bit locator, unique per entry); a hash may occur
     more than once, for different keys that collide."""
 
-    def __init__(self) -> None:
-        self._alloc(_MIN_BITS)
+    def __init__(self, expected: int = 0) -> None:
+        """``expected``: keys it will likely hold (sized for them, so it need not grow)."""
+        self._alloc(max(_MIN_BITS, (expected * 2).bit_length()))
         self.count = 0
 
     def _alloc(self, bits: int) -> None:

@@ -51,7 +51,7 @@ from hourglass.lake.layout import (
 )
 from hourglass.lake.manifest import Manifest, files_of, write_manifest
 from hourglass.lake.parquet import read_columns, write_part
-from hourglass.loader.dedup import Deduper, keys_of
+from hourglass.loader.dedup import Deduper, hash64, keys_of
 from hourglass.loader.state import BucketCounts, LoaderState, load_state, save_state
 
 logger = log.get("hourglass.loader")
@@ -254,7 +254,8 @@ class TypeLoader:
             buckets[late] = self.state.next_close
         if self.deduper is not None:
             keys = keys_of(table.column("source"), table.column("id"))
-            keep = self.deduper.fresh(keys)
+            hashes = hash64(keys)
+            keep = self.deduper.fresh(keys, hashes)
             dropped = ~keep
             if dropped.any():
                 for bucket, n in zip(*np.unique(buckets[dropped], return_counts=True), strict=True):
@@ -262,8 +263,8 @@ class TypeLoader:
                 self.stats.duplicates += int(dropped.sum())
                 table = table.filter(pa.array(keep))
                 keys = keys.filter(pa.array(keep))
-                buckets, late = buckets[keep], late[keep]
-            self._remember(keys, buckets)
+                buckets, late, hashes = buckets[keep], late[keep], hashes[keep]
+            self._remember(keys, buckets, hashes)
         if late.any():  # counted after dedup: a late duplicate is only a duplicate
             assert self.state.next_close is not None
             self._counts(self.state.next_close).skewed += int(late.sum())
@@ -272,15 +273,17 @@ class TypeLoader:
             rows = table.filter(pa.array(buckets == bucket))
             self._pending.setdefault(int(bucket), []).append(rows)
 
-    def _remember(self, keys: pa.Array, buckets: np.ndarray) -> None:
+    def _remember(
+        self, keys: pa.Array, buckets: np.ndarray, hashes: np.ndarray | None = None
+    ) -> None:
         """Keys now stored (or pending) in ``buckets``, for later dedup checks."""
         assert self.deduper is not None
         hours = buckets - buckets % 3600
-        self.deduper.add(keys, hours)
-        for hour in np.unique(hours):
-            self._pending_keys.setdefault(int(hour), []).append(
-                keys.filter(pa.array(hours == hour))
-            )
+        self.deduper.add(keys, hours, hashes)
+        distinct = np.unique(hours)
+        for hour in distinct:
+            some = keys if len(distinct) == 1 else keys.filter(pa.array(hours == hour))
+            self._pending_keys.setdefault(int(hour), []).append(some)
 
     def _bucket_of(self, seconds: float) -> int:
         return int(seconds) - int(seconds) % self.width
