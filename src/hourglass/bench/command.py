@@ -43,6 +43,9 @@ def add_parser(sub: Any) -> None:
         "--no-loader", action="store_true", help="ingest only: gateway and bus, no lake"
     )
     bench.add_argument("--bucket", default="1m", help="lake bucket width (1m)")
+    bench.add_argument(
+        "--loader-nice", type=int, default=None, help="the loader's nice value (loader_nice: 5)"
+    )
     bench.add_argument("--close-timeout", default="60s", help="wait for the last bucket (60s)")
     bench.add_argument(
         "--profile", default="0", help="py-spy the gateway and loader this long, e.g. 20s (off)"
@@ -75,6 +78,7 @@ def config_from(args: argparse.Namespace) -> Any:
         ceilings=not args.no_ceilings,
         workers=args.workers,
         loader=not args.no_loader,
+        loader_nice=args.loader_nice,
         bucket=args.bucket,
         close_timeout_s=parse_duration(args.close_timeout),
         profile_s=parse_duration(args.profile) if args.profile not in ("0", "0s") else 0.0,

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgspec
 
 from hourglass.bench import procs
 from hourglass.bench.workload import write_schemas
@@ -30,6 +31,7 @@ class Pipeline:
     bucket: str = "1m"
     stream_max_bytes: int = 1 << 30
     loader: bool = True  # False: ingest only, gateway and bus
+    loader_nice: int | None = None  # None: the Settings default
     children: dict[str, procs.Child] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -49,7 +51,10 @@ class Pipeline:
             stream_max_bytes=self.stream_max_bytes,
             loader_metrics_port=self.metrics_port,
             log_level="warning",
-        ).validate()
+        )
+        if self.loader_nice is not None:
+            self.settings = msgspec.structs.replace(self.settings, loader_nice=self.loader_nice)
+        self.settings.validate()
 
     @property
     def lake(self) -> Path:

@@ -48,6 +48,7 @@ class BenchConfig:
     ceilings: bool = True
     workers: int = 1
     loader: bool = True  # False: ingest only (gateway + bus), no lake
+    loader_nice: int | None = None  # None: the Settings default
     bucket: str = "1m"
     close_timeout_s: float = 60.0  # after the end of the last event's bucket
     profile_s: float = 0.0  # py-spy the gateway and the loader for this long
@@ -221,7 +222,15 @@ async def _run_in(config: BenchConfig, root: Path, result: dict[str, Any]) -> No
     stream_bytes = _stream_bytes(root, config.workload.types)
     if config.ceilings:
         result["ceilings"] = await _ceilings(config, root, stream_bytes)
-    pipe = Pipeline(root, types, config.workers, config.bucket, stream_bytes, config.loader)
+    pipe = Pipeline(
+        root,
+        types,
+        config.workers,
+        config.bucket,
+        stream_bytes,
+        config.loader,
+        loader_nice=config.loader_nice,
+    )
     try:
         parts = "nats-server, gateway" + (", loader" if config.loader else " (no loader)")
         _say(config, f"pipeline: starting {parts} ...")

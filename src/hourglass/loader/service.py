@@ -15,6 +15,7 @@ is 1 meanwhile.  See docs/disk-full.md.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import time
@@ -346,9 +347,22 @@ def check_layout(settings: Settings) -> None:
     durable_write_bytes(marker, msgspec.json.encode({"bucket": settings.bucket}))
 
 
+def yield_cpu(nice: int) -> None:
+    """Lower this process's CPU priority (see ``Settings.loader_nice``).
+
+    Threads started later (Arrow's pool, ``asyncio.to_thread`` workers) inherit
+    both: the nice value, and ``SCHED_BATCH``, which tells Linux the loader is a
+    batch job whose wake-ups must not preempt a gateway mid-request.
+    """
+    os.nice(nice)
+    if hasattr(os, "SCHED_BATCH"):
+        with contextlib.suppress(OSError):
+            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
+
+
 async def run_loader(settings: Settings) -> None:
     if settings.loader_nice:
-        os.nice(settings.loader_nice)  # see Settings.loader_nice
+        yield_cpu(settings.loader_nice)
     metrics = LoaderMetrics()
     space = LakeSpace(settings.data_path / "lake", metrics)
     if settings.loader_metrics_port:
