@@ -222,3 +222,19 @@ def events_of(url: str, type_name: str) -> list[dict[str, Any]]:
 
 def failed(url: str) -> list[dict[str, Any]]:
     return read_stream(url, FAILED_STREAM)
+
+
+def gateway_refuses(settings: Settings, *, timeout: float = 60) -> str:
+    """Run ``hourglass gateway`` with settings that must stop it at start-up:
+    it exits non-zero without a traceback; returns its stderr."""
+    done = subprocess.run(
+        [sys.executable, "-m", "hourglass", "gateway"],
+        env={**os.environ, **settings_env(settings)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode != 0, done
+    assert "Traceback" not in done.stderr, done.stderr
+    return done.stderr

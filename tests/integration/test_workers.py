@@ -11,8 +11,6 @@ import http.client
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -21,9 +19,15 @@ import nats
 
 from hourglass.bus.embedded import free_port
 from hourglass.bus.jetstream import MSG_ID, stream_name
-from hourglass.config import settings_env
 from tests.integration.conftest import StartGateway, base_settings
-from tests.integration.support import BATCH, GatewayProcess, NatsServer, events_of, skipped
+from tests.integration.support import (
+    BATCH,
+    GatewayProcess,
+    NatsServer,
+    events_of,
+    gateway_refuses,
+    skipped,
+)
 from tests.integration.test_up import children_of, wait_for
 
 SKIPPED = "music.SongSkipped"
@@ -120,18 +124,7 @@ def test_a_restarted_worker_serves_its_share_again(
 
 
 def _gateway_exits(port: int, nats_server: NatsServer, tmp_path: Path) -> str:
-    settings = base_settings(nats_server, tmp_path, port=port, workers=2)
-    done = subprocess.run(
-        [sys.executable, "-m", "hourglass", "gateway"],
-        env={**os.environ, **settings_env(settings)},
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
-    assert done.returncode != 0, done
-    assert "Traceback" not in done.stderr, done.stderr
-    return done.stderr
+    return gateway_refuses(base_settings(nats_server, tmp_path, port=port, workers=2), timeout=30)
 
 
 def test_a_port_held_by_another_program_is_refused_at_once(
