@@ -1,17 +1,32 @@
 # Two commands for a fresh machine: `make run` and `make test`.
+#
+# Both install exactly what uv.lock pins (uv itself is pinned below and comes
+# from PyPI), so a fresh machine runs the versions the suite last passed with.
+# Upgrading is deliberate: `make test-latest` runs the suite on the newest
+# releases the ranges in pyproject.toml allow, `make lock-upgrade` moves the lock.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+TOOLS := .tools
+UV := $(TOOLS)/bin/uv
+UV_VERSION := 0.13.9
+LATEST := .venv-latest
 
-.PHONY: run test lint typecheck unit integration clean
+# uv installs into .venv with the machine's Python; it never downloads one.
+export UV_PROJECT_ENVIRONMENT := $(VENV)
+export UV_PYTHON_DOWNLOADS := never
 
-$(BIN)/python:
-	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
+.PHONY: run test test-latest lock lock-upgrade lint typecheck unit integration clean
 
-$(STAMP): pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[dev]'
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/pip install --quiet uv==$(UV_VERSION)
+
+# --locked: fail, rather than quietly re-resolve, when pyproject.toml and
+# uv.lock disagree (run `make lock` after changing a dependency).
+$(STAMP): pyproject.toml uv.lock | $(UV)
+	$(UV) sync --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
 run: $(STAMP)
@@ -33,5 +48,18 @@ unit: $(STAMP)
 integration: $(STAMP)
 	$(BIN)/pytest -q tests/integration
 
+# The suite against the newest releases, in a venv of its own; the lock is untouched.
+test-latest: | $(UV)
+	$(UV) venv --quiet --clear --python $(PYTHON) $(LATEST)
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade -e '.[dev]'
+	$(LATEST)/bin/mypy
+	$(LATEST)/bin/pytest -q
+
+lock: | $(UV)
+	$(UV) lock --python $(PYTHON)
+
+lock-upgrade: | $(UV)
+	$(UV) lock --upgrade --python $(PYTHON)
+
 clean:
-	rm -rf $(VENV) hourglass-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(TOOLS) hourglass-data .pytest_cache .mypy_cache .ruff_cache
