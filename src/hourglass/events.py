@@ -4,7 +4,10 @@ A CloudEvent is decoded straight into a per-type ``msgspec.Struct`` (an
 *envelope*) whose ``data`` field is the type's compiled Avro record, and whose
 tag is the CloudEvents ``type`` attribute.  A whole batch is therefore one
 ``msgspec`` call against a tagged union of every known type: validation of
-attributes and data runs in C.
+attributes and data runs in C.  Types with timestamps or dates have a second,
+lenient envelope that also reads Avro's JSON encoding of them (epoch integers);
+the gateway falls back to it when a batch fails the canonical one, then makes
+the decoded data canonical (``schemas/avro.py``).
 
 On the bus, a message is NDJSON: one envelope per line, ``received_at`` set,
 ``None`` attributes omitted.  The loader reads that format; the failed-events
@@ -38,10 +41,12 @@ ENVELOPE_FIELDS: list[tuple[str, Any] | tuple[str, Any, Any]] = [
 ]
 
 
-def envelope_type(schema: CompiledSchema) -> type[msgspec.Struct]:
+def envelope_type(
+    schema: CompiledSchema, data_type: type[msgspec.Struct] | None = None
+) -> type[msgspec.Struct]:
     """The Struct that validates one CloudEvent of ``schema``'s type."""
     fields = list(ENVELOPE_FIELDS)
-    fields.insert(3, ("data", schema.data_type))
+    fields.insert(3, ("data", data_type or schema.data_type))
     return msgspec.defstruct(
         "Event_" + schema.type_name.replace(".", "_"),
         fields,
@@ -63,9 +68,11 @@ class EventHead(msgspec.Struct):
 class FailedEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
     """One record of the failed-events stream: what was rejected, and why.
 
-    ``event`` holds a rejected event verbatim (it was valid JSON); ``body`` holds a
-    request body that could not be parsed at all, capped at ``failed_body_cap``
-    bytes (``body_truncated`` says so).
+    ``event`` holds a rejected event verbatim when it is JSON text; ``body`` holds
+    bytes that are not: a request body that could not be parsed at all (``index``
+    is None), capped at ``failed_body_cap`` bytes (``body_truncated`` says so), or
+    one event of a batch that is not UTF-8 (``index`` set).  msgspec writes
+    ``body`` as base64, so a record is always valid JSON.
     """
 
     received_at: dt.datetime
@@ -84,27 +91,51 @@ class FailedEvent(msgspec.Struct, kw_only=True, omit_defaults=True):
 
 
 class EventTypes:
-    """Envelope types for a registry, built once per process."""
+    """Envelope types for a registry, built once per process.
+
+    ``batch_decoder``/``single_decoder`` read the canonical form of every type;
+    ``avro_json_batch_decoder`` (None when no type has a timestamp or date) and the
+    per-type ``decoders`` also read Avro JSON, and :meth:`canonical` must then be
+    applied to what they return.
+    """
 
     def __init__(self, registry: SchemaRegistry) -> None:
         self.registry = registry
         self.by_name: dict[str, type[msgspec.Struct]] = {
             s.type_name: envelope_type(s) for s in registry
         }
-        self.name_of: dict[type[msgspec.Struct], str] = {
-            cls: name for name, cls in self.by_name.items()
+        lenient = {
+            s.type_name: envelope_type(s, s.avro_json_type)
+            for s in registry
+            if s.to_canonical is not None
         }
-        classes = tuple(self.by_name.values())
-        union: Any = classes[0] if len(classes) == 1 else _union(classes)
+        self._fixes = {lenient[s.type_name]: s.to_canonical for s in registry if s.to_canonical}
+        self.name_of: dict[type[msgspec.Struct], str] = {
+            cls: name for name, cls in [*self.by_name.items(), *lenient.items()]
+        }
+        union: Any = _union(tuple(self.by_name.values()))
         self.batch_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[union])
         self.single_decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(union)
+        either = {**self.by_name, **lenient}  # one class per tag: the lenient one if any
+        either_union: Any = _union(tuple(either.values()))
+        self.avro_json_batch_decoder: msgspec.json.Decoder[Any] | None = (
+            msgspec.json.Decoder(list[either_union]) if lenient else None
+        )
         self.decoders: dict[str, msgspec.json.Decoder[Any]] = {
-            name: msgspec.json.Decoder(cls) for name, cls in self.by_name.items()
+            name: msgspec.json.Decoder(cls) for name, cls in either.items()
         }
+
+    def canonical(self, envelopes: list[Any]) -> None:
+        """Make the data of envelopes decoded as Avro JSON canonical, in place."""
+        fixes = self._fixes
+        for envelope in envelopes:
+            fix = fixes.get(type(envelope))
+            if fix is not None:
+                fix(envelope.data)
 
 
 def _union(classes: tuple[type[msgspec.Struct], ...]) -> Any:
-    result: Any = classes[0]
+    result: Any = classes[0]  # one class alone is its own "union"
     for cls in classes[1:]:
         result = result | cls
     return result

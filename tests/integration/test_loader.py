@@ -20,6 +20,7 @@ from typing import Any
 
 import duckdb
 import httpx
+import msgspec
 import pyarrow.parquet as pq
 import pytest
 
@@ -208,6 +209,42 @@ def test_failed_events_land_under_failed_with_their_reason(
     assert (id2, st2) == (unknown["id"], 200) and "music.NoSuchType" in why2
     assert (st3, ev3, body3) == (400, None, b"[{not json") and why3
     wait_until(lambda: (good["source"], good["id"]) in lake_keys(stack.lake, SKIPPED), 10, "good")
+
+
+@pytest.mark.parametrize("where", ["id", "source", "type", "data"])
+def test_invalid_utf8_lands_under_failed_as_bytes_never_quarantined(
+    shared: tuple[Stack, GatewayProcess], where: str
+) -> None:
+    """An event that is not UTF-8 is rejected alone, kept as bytes beside its reason,
+    and the loader lands that record in ``lake/_failed`` like any other."""
+    stack, gw = shared
+    good = skipped(source=f"/utf8-good-{where}")
+    bad = skipped(id=f"utf8-{where}", source=f"/utf8-{where}")
+    bad["data"]["track_id"] = "t-utf8"
+    value = {"id": bad["id"], "source": bad["source"], "type": SKIPPED, "data": "t-utf8"}[where]
+    quoted = msgspec.json.encode(value)
+    bad_bytes = msgspec.json.encode(bad).replace(quoted, quoted[:2] + b"\xc3(\xff" + quoted[2:])
+    body = b"[" + msgspec.json.encode(good) + b"," + bad_bytes + b"]"
+    response = httpx.post(gw.base + "/v1/events", content=body, headers=BATCH, timeout=30)
+    assert response.status_code == 200, response.text
+    reply = response.json()
+    assert reply["accepted"] == 1 and [r["index"] for r in reply["rejected"]] == [1], reply
+    reason = reply["rejected"][0]["reason"]
+    assert "invalid UTF-8" in reason, reason
+
+    def rows() -> list[tuple[Any, ...]]:
+        with duckdb.connect() as con:
+            query = (
+                "select index, status, reason, event, body from "  # noqa: S608 - a test path
+                f"{duck_glob(stack.lake, FAILED_DIR)} where body = ?"
+            )
+            return con.execute(query, [bad_bytes]).fetchall()
+
+    [(index, status, why, event_text, kept)] = wait_until(rows, 15, "the record in _failed")
+    assert (index, status, why, event_text, kept) == (1, 200, reason, None, bad_bytes)
+    wait_until(lambda: (good["source"], good["id"]) in lake_keys(stack.lake, SKIPPED), 10, "good")
+    quarantine = stack.data / "loader" / "quarantine"
+    assert not quarantine.exists() or not any(quarantine.rglob("*.ndjson")), "quarantined"
 
 
 def test_events_differing_only_in_where_a_nul_sits_are_not_duplicates(

@@ -226,6 +226,8 @@ class Gateway:
         await asyncio.gather(*waits)
 
     def _failed_record(self, r: Rejection) -> FailedEvent:
+        """The event verbatim, or as bytes when it is not Unicode text: the record
+        itself must always be valid JSON text, or the loader could not read it."""
         return FailedEvent(
             received_at=utcnow(),
             reason=r.reason,
@@ -235,7 +237,8 @@ class Gateway:
             id=r.id,
             source=r.source,
             type=r.type,
-            event=r.raw,
+            event=r.raw if r.text else None,
+            body=None if r.text else bytes(r.raw),
         )
 
     async def _keep_unparseable(

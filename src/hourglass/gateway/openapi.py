@@ -4,8 +4,9 @@
 structured, binary) and every answer the gateway gives; each event type's ``data``
 is a JSON Schema derived from its Avro schema (the parsed tree of
 ``hourglass.schemas.parse``, so name resolution is not done twice), in the JSON
-form producers send: timestamps as RFC 3339 strings with an offset, dates as
-``YYYY-MM-DD``, UUIDs as strings, ``bytes``/``fixed`` as base64.
+form producers send: timestamps as RFC 3339 strings with an offset or Avro
+JSON's epoch integers, dates as ``YYYY-MM-DD`` or a day count, UUIDs as strings,
+``bytes``/``fixed`` as base64.
 
 The document is built once per process (it only depends on the registry) and is
 plain JSON-able data: ``msgspec.json.encode(openapi_document(registry))``.
@@ -19,6 +20,7 @@ import msgspec
 
 from hourglass import __version__
 from hourglass.schemas import CompiledSchema, SchemaRegistry
+from hourglass.schemas.avro import AVRO_JSON_BOUNDS
 from hourglass.schemas.parse import (
     INT32_RANGE,
     INT64_RANGE,
@@ -84,17 +86,31 @@ _SCALARS: dict[tuple[str, str | None], JsonSchema] = {
         "description": "base64 (standard alphabet, padded)",
     },
     ("long", "timestamp-millis"): {
-        "type": "string",
+        "type": ["string", "integer"],
         "format": "date-time",
-        "description": "RFC 3339 with an offset; stored with millisecond precision",
+        "minimum": AVRO_JSON_BOUNDS["timestamp-millis"][0],
+        "maximum": AVRO_JSON_BOUNDS["timestamp-millis"][1],
+        "description": "RFC 3339 with an offset, or milliseconds since the epoch (Avro JSON, "
+        + _INTEGER
+        + "); stored with millisecond precision",
     },
     ("long", "timestamp-micros"): {
-        "type": "string",
+        "type": ["string", "integer"],
         "format": "date-time",
-        "description": "RFC 3339 with an offset; stored with microsecond precision",
+        "minimum": AVRO_JSON_BOUNDS["timestamp-micros"][0],
+        "maximum": AVRO_JSON_BOUNDS["timestamp-micros"][1],
+        "description": "RFC 3339 with an offset, or microseconds since the epoch (Avro JSON, "
+        + _INTEGER
+        + "); stored with microsecond precision",
     },
     ("string", "uuid"): {"type": "string", "format": "uuid"},
-    ("int", "date"): {"type": "string", "format": "date"},
+    ("int", "date"): {
+        "type": ["string", "integer"],
+        "format": "date",
+        "minimum": AVRO_JSON_BOUNDS["date"][0],
+        "maximum": AVRO_JSON_BOUNDS["date"][1],
+        "description": "YYYY-MM-DD, or days since 1970-01-01 (Avro JSON, " + _INTEGER + ")",
+    },
 }
 
 # The attributes of a CloudEvent the gateway reads (hourglass.events.ENVELOPE_FIELDS).

@@ -5,13 +5,23 @@ the whole array into the tagged union of envelope types; the count limit is
 checked on its result.  Only a body larger than ``max_event_bytes`` (else no
 event in it can be) is also split into raw events to check each one's size.
 When the decode fails, the body is split (naming a body that is not JSON of the
-right shape) and a per-event loop names every bad event with its index and a
-reason, so valid neighbours still go through.
+right shape); if some type reads Avro's JSON encoding of timestamps and dates
+(epoch integers), the whole batch is tried once more that way, in C.  Failing
+that, a per-event loop names every bad event with its index and a reason, so
+valid neighbours still go through.
+
+Invalid UTF-8 inside a string does not make the body unparseable (the split
+reads strings as bytes): only the events that hold it are rejected, with the
+field and byte offset named.  Their bytes cannot be stored as JSON text, so
+``Rejection.text`` tells the failed-events record to keep them as bytes.  (A
+``\\u`` escape of a lone UTF-16 surrogate is malformed JSON to msgspec, even
+split: the whole body is refused and kept.)
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +33,7 @@ from hourglass.exceptions import BodyTooLarge, InvalidInput
 from hourglass.gateway.wire import Mode, Payload, Unparseable
 
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+INVALID_UTF8 = "invalid_utf8"
 
 
 class EmptyBatch(InvalidInput):
@@ -38,6 +49,11 @@ class Rejection:
     reason: str
     code: str  # low-cardinality label for metrics
     raw: msgspec.Raw
+
+    @property
+    def text(self) -> bool:
+        """Whether ``raw`` is UTF-8 text (every event is checked for it first)."""
+        return self.code != INVALID_UTF8
 
 
 @dataclass
@@ -67,30 +83,27 @@ class Validator:
 
     def check(self, payload: Payload) -> Checked:
         try:
-            return self._check(payload)
-        except UnicodeDecodeError as exc:
-            # JSON must be UTF-8 (RFC 8259); such a body cannot even be stored
-            # as JSON, so it is kept whole, as bytes.
-            raise Unparseable(f"body is not valid JSON: invalid UTF-8 at byte {exc.start}") from exc
-
-    def _check(self, payload: Payload) -> Checked:
-        try:
             if payload.mode is Mode.BATCH:
                 envelopes = self._types.batch_decoder.decode(payload.body)
             else:
                 envelopes = [self._types.single_decoder.decode(payload.body)]
-        except (*_DECODE_ERRORS, UnicodeDecodeError) as exc:
-            # Errors in the order they had when the split ran first: the split
-            # does not check UTF-8 inside strings, so a malformed body or a
-            # limit it finds wins over invalid UTF-8 found by the decode.
+        except _DECODE_ERRORS:
+            # Errors in the order they had when the split ran first: a malformed
+            # body or a limit it finds wins over what the typed decode found.
             raws = self._split(payload)
             self._check_sizes(raws)
-            if isinstance(exc, UnicodeDecodeError):
-                raise
-            return self._one_by_one(raws)
-        self._check_count(len(envelopes))
-        if len(payload.body) > self._limits.max_event_bytes:
-            self._check_sizes(self._split(payload))
+            avro_json = self._types.avro_json_batch_decoder
+            if avro_json is None or payload.mode is not Mode.BATCH:
+                return self._one_by_one(raws)
+            try:
+                envelopes = avro_json.decode(payload.body)
+            except _DECODE_ERRORS:
+                return self._one_by_one(raws)
+            self._types.canonical(envelopes)
+        else:
+            self._check_count(len(envelopes))
+            if len(payload.body) > self._limits.max_event_bytes:
+                self._check_sizes(self._split(payload))
         checked = Checked(count=len(envelopes))
         self._group(envelopes, checked)
         return checked
@@ -159,6 +172,10 @@ class Validator:
         return checked
 
     def _check_one(self, index: int, raw: msgspec.Raw, rejected: list[Rejection]) -> Any:
+        not_text = _not_text(index, bytes(raw))
+        if not_text is not None:
+            rejected.append(not_text)
+            return None
         try:
             head = self._head.decode(raw)
         except _DECODE_ERRORS as exc:
@@ -187,7 +204,7 @@ class Validator:
             reject(f"unknown event type {type_name!r} ({self._known_text})", "unknown_type")
             return None
         try:
-            return decoder.decode(raw)
+            envelope = decoder.decode(raw)
         except _DECODE_ERRORS as exc:
             if isinstance(exc, RecursionError):
                 reject("event is nested too deeply to parse", "invalid_data")
@@ -195,6 +212,70 @@ class Validator:
                 reason = _plain(exc)
                 reject(reason, "invalid_data" if "data" in reason else "invalid_attribute")
             return None
+        self._types.canonical([envelope])
+        return envelope
+
+
+_UNDECODED = re.compile("[\udc80-\udcff]")  # surrogateescape's stand-ins for bad bytes
+
+
+def _not_text(index: int, raw: bytes) -> Rejection | None:
+    """The rejection of an event with bytes that are not UTF-8 in a string, else None.
+
+    The event is read again by the standard library with each bad byte kept as a
+    lone surrogate, so the string that holds one can be named; its other
+    attributes are reported when they are themselves valid.
+    """
+    try:
+        raw.decode()
+    except UnicodeDecodeError as exc:
+        start = exc.start
+    else:
+        return None
+    event = _lenient_json(raw.decode("utf-8", "surrogateescape"))
+    where = _where_bad(event, "")
+    head = event if isinstance(event, dict) else {}
+
+    def valid(name: str) -> str | None:
+        value = head.get(name)
+        return value if isinstance(value, str) and not _UNDECODED.search(value) else None
+
+    reason = f"invalid UTF-8 {_place(where)} (byte {start} of the event); JSON text must be UTF-8"
+    return Rejection(
+        index, valid("id"), valid("source"), valid("type"), reason, INVALID_UTF8, msgspec.Raw(raw)
+    )
+
+
+def _lenient_json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+
+
+def _place(where: str | None) -> str:
+    if not where:
+        return "in a string"
+    if where.isidentifier() and where != "data":
+        return f"in attribute '{where}'"
+    return f"in {where}"
+
+
+def _where_bad(value: Any, path: str) -> str | None:
+    """The path (``data.tags[2]``) of the first string holding an undecodable byte."""
+    if isinstance(value, str):
+        return path if _UNDECODED.search(value) else None
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            if (found := _where_bad(item, f"{path}[{i}]")) is not None:
+                return found
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if _UNDECODED.search(key):
+                return f"a field name in {path or 'the event'}"
+            if (found := _where_bad(item, f"{path}.{key}" if path else key)) is not None:
+                return found
+    return None
 
 
 _AT = re.compile(r" - at `\$\.?(.*)`$")

@@ -2,7 +2,8 @@
 
 Failed events are the exception, not the hot path, so rows are built from the
 decoded records directly.  ``event`` holds the rejected event's JSON verbatim;
-``body`` the raw bytes of a body that could not be parsed.
+``body`` the raw bytes of what is not JSON text: a body that could not be parsed
+(``index`` null), or one event of a batch that is not valid UTF-8 (``index`` set).
 """
 
 from __future__ import annotations

@@ -7,6 +7,17 @@ is then the whole validation and runs in C, and its error names the JSON path
 (`` - at `$.device.platform` ``). Records forbid unknown fields, ints carry their
 int32/int64 range, enums become ``Literal`` types, timestamps must carry an offset.
 
+Each schema is compiled twice. ``data_type`` is the canonical JSON form (timestamps
+as RFC 3339 strings, dates as ``YYYY-MM-DD``): the fast path, and what the bus
+carries. ``avro_json_type`` also accepts Avro's own JSON encoding of the logical
+types (``timestamp-millis``/``-micros`` as epoch integers, ``date`` as a day count),
+as ``int | datetime`` unions that msgspec still checks in C; ``to_canonical`` then
+turns the integers of one decoded record into ``datetime``/``date`` in place, so
+what goes on the bus is the canonical form either way. Integer bounds are those
+of Python's ``datetime``/``date`` (years 1-9999), so that conversion cannot fail.
+The gateway uses the second form only when a batch fails the first, so producers
+of RFC 3339 strings pay nothing for it.
+
 The schema is first checked and resolved by ``parse``; this module only maps the
 resulting nodes. Field names that are Python keywords get a trailing ``_`` as
 attribute name and keep their JSON name. Mutable defaults (lists, maps, records)
@@ -19,7 +30,7 @@ import datetime
 import functools
 import keyword
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any, Literal, Optional
@@ -45,6 +56,7 @@ from hourglass.schemas.parse import (
 )
 
 __all__ = [
+    "AVRO_JSON_BOUNDS",
     "DEMO_SCHEMAS_DIR",
     "CompiledSchema",
     "SchemaRegistry",
@@ -69,18 +81,66 @@ _SCALARS: dict[tuple[str, str | None], Any] = {
     ("int", "date"): datetime.date,
 }
 
+# Avro's JSON encoding of the logical types: epoch integers, within what Python's
+# datetime/date can hold (0001-01-01 to 9999-12-31), so the conversion never fails.
+_EPOCH = datetime.datetime(1970, 1, 1, tzinfo=datetime.UTC)
+_EPOCH_DAY = datetime.date(1970, 1, 1)
+_MIN_US = (datetime.datetime(1, 1, 1, tzinfo=datetime.UTC) - _EPOCH) // datetime.timedelta(
+    microseconds=1
+)
+_MAX_US = (
+    datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC) - _EPOCH
+) // datetime.timedelta(microseconds=1)
+_UNITS = {
+    "timestamp-millis": datetime.timedelta(milliseconds=1),
+    "timestamp-micros": datetime.timedelta(microseconds=1),
+}
+# The epoch integers each logical type accepts in Avro JSON (also in the OpenAPI document).
+AVRO_JSON_BOUNDS: dict[str, tuple[int, int]] = {
+    "timestamp-millis": (-(-_MIN_US // 1000), _MAX_US // 1000),
+    "timestamp-micros": (_MIN_US, _MAX_US),
+    "date": ((datetime.date.min - _EPOCH_DAY).days, (datetime.date.max - _EPOCH_DAY).days),
+}
+
+
+def _epoch_int(logical: str) -> Any:
+    low, high = AVRO_JSON_BOUNDS[logical]
+    return Annotated[int, Meta(ge=low, le=high)]
+
+
+_AVRO_JSON: dict[tuple[str, str | None], Any] = {
+    **_SCALARS,
+    ("long", "timestamp-millis"): _AWARE_DATETIME | _epoch_int("timestamp-millis"),
+    ("long", "timestamp-micros"): _AWARE_DATETIME | _epoch_int("timestamp-micros"),
+    ("int", "date"): datetime.date | _epoch_int("date"),
+}
+
+Fix = Callable[[Any], Any]
+
+
+def _from_epoch(unit: datetime.timedelta) -> Fix:
+    def fix(value: Any) -> Any:
+        return _EPOCH + value * unit if type(value) is int else value
+
+    return fix
+
+
+def _from_day(value: Any) -> Any:
+    return _EPOCH_DAY + datetime.timedelta(days=value) if type(value) is int else value
+
 
 class _Compiler:
     """Maps parsed nodes to msgspec annotations; one Struct per named record."""
 
-    def __init__(self, location: str) -> None:
+    def __init__(self, location: str, scalars: dict[tuple[str, str | None], Any]) -> None:
         self.location = location
+        self.scalars = scalars
         self.structs: dict[str, type[msgspec.Struct]] = {}
 
     def annotation(self, node: Node) -> Any:
         match node:
             case Primitive(type=kind, logical=logical):
-                return _SCALARS[kind, logical]
+                return self.scalars[kind, logical]
             case Fixed(size=size):
                 return Annotated[bytes, Meta(min_length=size, max_length=size)]
             case Enum(symbols=symbols):
@@ -98,14 +158,8 @@ class _Compiler:
     def struct(self, record: Record) -> type[msgspec.Struct]:
         if record.name in self.structs:
             return self.structs[record.name]
-        taken = {f.name for f in record.fields}
         fields: list[tuple[str, Any, Any]] = []
-        for f in record.fields:
-            attr = f.name
-            if keyword.iskeyword(attr):
-                while attr in taken:
-                    attr += "_"
-                taken.add(attr)
+        for f, attr in zip(record.fields, _attributes(record), strict=True):
             ann = self.annotation(f.type)
             fields.append((attr, ann, self.field_spec(f, ann)))
         struct = msgspec.defstruct(
@@ -134,22 +188,96 @@ class _Compiler:
         return msgspec.field(name=f.name, default=value)
 
 
+def _attributes(record: Record) -> list[str]:
+    """Each field's Python attribute name: its own, or with ``_`` added for a keyword."""
+    taken = {f.name for f in record.fields}
+    names = []
+    for f in record.fields:
+        attr = f.name
+        if keyword.iskeyword(attr):
+            while attr in taken:
+                attr += "_"
+            taken.add(attr)
+        names.append(attr)
+    return names
+
+
+def _fixer(node: Node) -> Fix | None:
+    """A function that turns a decoded ``avro_json_type`` value canonical, or None
+    when ``node`` holds no logical type that Avro JSON encodes as a number."""
+    match node:
+        case Primitive(logical=logical) if logical in _UNITS:
+            return _from_epoch(_UNITS[logical])
+        case Primitive(logical="date"):
+            return _from_day
+        case Nullable(inner=inner):
+            return _lifted(_fixer(inner), lambda f, v: None if v is None else f(v))
+        case Array(items=items):
+            return _lifted(_fixer(items), lambda f, v: [f(x) for x in v])
+        case Map(values=values):
+            return _lifted(_fixer(values), lambda f, v: {k: f(x) for k, x in v.items()})
+        case Record():
+            return _record_fixer(node)
+    return None
+
+
+def _lifted(inner: Fix | None, apply: Callable[[Fix, Any], Any]) -> Fix | None:
+    """``inner`` applied through a container (``apply``), or None if nothing to fix."""
+    if inner is None:
+        return None
+    return lambda value: apply(inner, value)
+
+
+def _record_fixer(record: Record) -> Fix | None:
+    steps = [
+        (attr, fix)
+        for f, attr in zip(record.fields, _attributes(record), strict=True)
+        if (fix := _fixer(f.type)) is not None
+    ]
+    if not steps:
+        return None
+
+    def fix_record(value: Any) -> Any:
+        for attr, step in steps:
+            setattr(value, attr, step(getattr(value, attr)))
+        return value
+
+    return fix_record
+
+
 @dataclass(frozen=True, slots=True, eq=False)
 class CompiledSchema:
-    """One event type: its Avro source and the Struct type that validates ``data``."""
+    """One event type: its Avro source and the Struct types that validate ``data``.
+
+    ``avro_json_type`` is ``data_type`` itself when the schema has no timestamp or
+    date; otherwise ``to_canonical`` makes a decoded value of it canonical in place.
+    """
 
     type_name: str
     path: Path | None
     avro: dict[str, Any] = field(repr=False)
     data_type: type[msgspec.Struct] = field(repr=False)
+    avro_json_type: type[msgspec.Struct] = field(repr=False)
+    to_canonical: Fix | None = field(default=None, repr=False)
 
 
 def compile_schema(avsc: dict[str, Any], *, path: Path | None = None) -> CompiledSchema:
     """Compile one ``.avsc`` document; SchemaError names the file and field on failure."""
     location = str(path) if path is not None else "<schema>"
     record = parse_schema(avsc, location=location)
-    data_type = _Compiler(location).struct(record)
-    return CompiledSchema(type_name=record.name, path=path, avro=avsc, data_type=data_type)
+    data_type = _Compiler(location, _SCALARS).struct(record)
+    to_canonical = _record_fixer(record)
+    avro_json_type = (
+        data_type if to_canonical is None else _Compiler(location, _AVRO_JSON).struct(record)
+    )
+    return CompiledSchema(
+        type_name=record.name,
+        path=path,
+        avro=avsc,
+        data_type=data_type,
+        avro_json_type=avro_json_type,
+        to_canonical=to_canonical,
+    )
 
 
 def _load_file(path: Path) -> CompiledSchema:

@@ -137,10 +137,70 @@ def test_invalid_utf8_comes_after_the_limits_and_the_shape() -> None:
     with pytest.raises(BodyTooLarge, match="index 0"):
         small.check(Payload(Mode.BATCH, big))
     broken = msgspec.json.encode([_skipped(0, "t\u00e9")]).replace(b"\xc3\xa9", b"\xff")
-    with pytest.raises(Unparseable, match="invalid UTF-8"):
-        small.check(Payload(Mode.BATCH, broken))
     with pytest.raises(Unparseable, match="malformed"):
         small.check(Payload(Mode.BATCH, broken[:-1] + b"}"))
+    checked = small.check(Payload(Mode.BATCH, broken))
+    assert [r.code for r in checked.rejected] == ["invalid_utf8"]
+
+
+def _with_bad_byte(event: dict[str, Any], value: str) -> bytes:
+    """``event`` as JSON with the one occurrence of the string ``value`` broken by 0xff."""
+    body = msgspec.json.encode(event)
+    quoted = msgspec.json.encode(value)
+    assert body.count(quoted) == 1
+    return body.replace(quoted, quoted[:2] + b"\xff" + quoted[2:])
+
+
+@pytest.mark.parametrize(
+    ("field", "where"),
+    [
+        ("id", "attribute 'id'"),
+        ("source", "attribute 'source'"),
+        ("type", "attribute 'type'"),
+        ("track", "data.track_id"),
+        ("subject", "attribute 'subject'"),
+        ("key", "a field name in data"),
+    ],
+)
+@pytest.mark.parametrize("mode", [Mode.BATCH, Mode.SINGLE])
+def test_invalid_utf8_rejects_only_its_event(field: str, where: str, mode: Mode) -> None:
+    """The reason names invalid UTF-8 and where it is; a valid neighbour still passes;
+    the attributes that are valid are reported."""
+    event = _skipped(1, track_id="track-one") | {"id": "the-id", "subject": "the-subject"}
+    value = {
+        "id": "the-id",
+        "source": "/t",
+        "type": "music.SongSkipped",
+        "track": "track-one",
+        "subject": "the-subject",
+        "key": "track_id",
+    }[field]
+    bad = _with_bad_byte(event, value)
+    body = (
+        bad if mode is Mode.SINGLE else b"[" + msgspec.json.encode(_skipped(0)) + b"," + bad + b"]"
+    )
+    checked = VALIDATOR.check(Payload(mode, body))
+    index = 0 if mode is Mode.SINGLE else 1
+    assert [len(v) for v in checked.by_type.values()] == ([] if mode is Mode.SINGLE else [1])
+    [rejection] = checked.rejected
+    assert rejection.index == index
+    assert rejection.code == "invalid_utf8" and not rejection.text
+    assert "invalid UTF-8" in rejection.reason and where in rejection.reason, rejection.reason
+    offset = bad.index(b"\xff")
+    assert f"byte {offset} of the event" in rejection.reason
+    assert bytes(rejection.raw) == bad
+    assert rejection.id == (None if field == "id" else "the-id")
+    assert rejection.source == (None if field == "source" else "/t")
+    assert rejection.type == (None if field == "type" else "music.SongSkipped")
+
+
+def test_invalid_utf8_wins_over_other_reasons() -> None:
+    """An event that is not UTF-8 cannot be stored as JSON text, so that is its reason,
+    even with an unknown type (whose reason would otherwise keep it as JSON)."""
+    event = _skipped(0, track_id="track-one") | {"type": "music.Nope"}
+    checked = VALIDATOR.check(Payload(Mode.BATCH, b"[" + _with_bad_byte(event, "track-one") + b"]"))
+    assert [r.code for r in checked.rejected] == ["invalid_utf8"]
+    assert checked.rejected[0].type == "music.Nope"
 
 
 @pytest.mark.parametrize("body", [b"{", b"[1,", b"\xff\xfe", b'"text"', b"[" * 50_000])
