@@ -4,30 +4,44 @@ Children run in their own session, so a terminal's Ctrl-C reaches only the
 supervisor, which stops them in order (gateway before bus).  They get
 ``PR_SET_PDEATHSIG`` (Linux) so that a supervisor killed with ``kill -9`` does not
 leave them running on their own: the kernel sends them SIGTERM and they shut
-down cleanly.
+down cleanly, all at once and in no order, each finishing its work first (a
+gateway its requests in flight, the loader its flush), which can take seconds.
+A supervisor started meanwhile on the same folder must not run beside them:
+:class:`RunLock` makes it wait until the last one is gone.
+
+A child inherits exactly ``pass_fds``: uvloop (the loop ``hourglass`` runs on)
+ignores ``close_fds`` and hands every *inheritable* descriptor to every child,
+so the supervisor opens nothing inheritable; ``pass_fds`` marks a descriptor
+inheritable only while that one child is spawned.
 """
 
 from __future__ import annotations
 
 import asyncio
 import ctypes
+import fcntl
+import functools
 import os
 import signal
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from hourglass import log
+from hourglass.exceptions import ConfigError
 
 logger = log.get("hourglass.process")
 
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec
+def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before prctl: no signal will come
+            os._exit(1)
 
 
 class Supervised:
@@ -65,11 +79,12 @@ class Supervised:
     async def _spawn(self) -> None:
         if self.before_start is not None:
             self.before_start()
+        die_with_parent = functools.partial(_die_with_parent, os.getpid())
         self.proc = await asyncio.create_subprocess_exec(
             *self.argv,
             env=self.env,
             pass_fds=self.pass_fds,
-            preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads hold locks here
+            preexec_fn=die_with_parent,  # noqa: PLW1509 - no threads hold locks here
             stdin=asyncio.subprocess.DEVNULL,
             # Own session: a Ctrl-C in the terminal reaches only the supervisor,
             # which then stops the children in order.
@@ -117,3 +132,87 @@ class Supervised:
                 await self._task
             except asyncio.CancelledError:
                 pass
+
+
+class RunLock:
+    """Whether processes of a run of ``hourglass up`` live on a data folder.
+
+    Two ``flock`` s, which the kernel drops when the last descriptor of each
+    closes, so a crash never leaves a stale lock and no pid is ever trusted::
+
+        <data-dir>/up.lock    held by the supervisor alone
+        <data-dir>/run.lock   held by the supervisor and every child (in pass_fds)
+
+    ``up.lock`` taken: another supervisor runs there, refused at once.  Only
+    ``run.lock`` taken: the supervisor of the previous run is gone (``kill -9``)
+    but some of its children are still finishing.  They hold the gateway port
+    (a new gateway could not bind it, or a client would be answered by a
+    dying one), the bus store and the lake, so :meth:`acquire` waits for them,
+    with a bound and a log line: they got SIGTERM and stop on their own.
+    """
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder.resolve()
+        self._up: int | None = None
+        self._run: int | None = None
+
+    @property
+    def fd(self) -> int:
+        """The descriptor every child of this run is to hold: put it in ``pass_fds``."""
+        assert self._run is not None, "acquire() first"
+        return self._run
+
+    async def acquire(self, timeout: float) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        try:
+            self._up = self._open("up.lock")
+            if not _try_lock(self._up):
+                holder = (self.folder / "up.lock").read_text().strip() or "unknown"
+                raise ConfigError(
+                    f"the data folder {self.folder} is in use by a running `hourglass up` "
+                    f"({holder}); stop it first or use another --data-dir"
+                )
+            os.ftruncate(self._up, 0)
+            os.write(self._up, f"pid {os.getpid()}".encode())
+            self._run = self._open("run.lock")
+            if not _try_lock(self._run):
+                await self._wait_for_previous_run(self._run, timeout)
+        except BaseException:
+            self.release()
+            raise
+
+    async def _wait_for_previous_run(self, fd: int, timeout: float) -> None:
+        path = self.folder / "run.lock"
+        logger.warning(
+            "processes of the previous run of this data folder are still stopping; "
+            "waiting for them to exit",
+            extra={"lock": str(path), "timeout_s": timeout},
+        )
+        started = time.monotonic()
+        while not _try_lock(fd):
+            if time.monotonic() - started > timeout:
+                raise ConfigError(
+                    f"processes of a previous `hourglass up` on {self.folder} still run "
+                    f"after {timeout:g}s (`fuser -v {path}` lists them); stop them first"
+                )
+            await asyncio.sleep(0.05)
+        logger.info(
+            "the previous run has exited", extra={"waited_s": round(time.monotonic() - started, 2)}
+        )
+
+    def _open(self, name: str) -> int:
+        return os.open(self.folder / name, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+
+    def release(self) -> None:
+        for fd in (self._run, self._up):
+            if fd is not None:
+                os.close(fd)
+        self._up = self._run = None
+
+
+def _try_lock(fd: int) -> bool:
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True

@@ -4,15 +4,25 @@ The supervisor (this process) owns the embedded bus and starts every other
 component as a child process, restarting any that dies: a crash of one part is
 a restart, not an outage.  Children inherit the resolved settings, so they agree
 on ports, folders and limits.
+
+``kill -9`` of the supervisor: the kernel sends every child SIGTERM (see
+:mod:`hourglass.process`) and each stops cleanly on its own; nothing
+acknowledged is lost, as the bus fsyncs before any acknowledgement.  A new
+``up`` on the same folder first waits (bounded, logged) for the last of them
+to exit, holding off even the port: only then can no answer come from a
+process of the old run, and the port, the bus store and the lake are free.
+Each gateway holds only its own listening socket, so a dying gateway's
+socket closes with it, not later with another process.
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import socket
 import sys
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 
 import httpx
 import msgspec
@@ -21,11 +31,16 @@ from hourglass import log
 from hourglass.bus.embedded import EmbeddedBus, free_port
 from hourglass.config import Settings, settings_env
 from hourglass.exceptions import ConfigError
-from hourglass.gateway.server import LISTEN_FD, worker_sockets
+from hourglass.gateway.server import LISTEN_FD, READY_FD, worker_sockets
 from hourglass.loader.service import check_layout
-from hourglass.process import Supervised
+from hourglass.process import RunLock, Supervised
 
 logger = log.get("hourglass.up")
+
+# How long a new run waits for the children of a killed one: a gateway may be
+# finishing requests in flight (each within the publish timeout, 5 s), the
+# loader its flush.
+PREVIOUS_RUN_TIMEOUT = 30.0
 
 
 def _stop_event() -> asyncio.Event:
@@ -55,41 +70,92 @@ async def _unless_stopped(stop: asyncio.Event, work: Awaitable[None]) -> bool:
     return False
 
 
-def loader_child(settings: Settings) -> Supervised:
+def loader_child(settings: Settings, *, inherit: Sequence[int] = ()) -> Supervised:
     return Supervised(
-        "loader", [sys.executable, "-m", "hourglass", "loader"], env=settings_env(settings)
+        "loader",
+        [sys.executable, "-m", "hourglass", "loader"],
+        env=settings_env(settings),
+        pass_fds=inherit,
     )
 
 
-def gateway_children(settings: Settings, socks: list[socket.socket]) -> list[Supervised]:
+class ReadyReports:
+    """A pipe per gateway worker, on which the worker reports that it is ready.
+
+    Why not ``/readyz`` alone: the kernel picks the worker of every connection,
+    so a 200 says that *some* worker is ready, and a request to another one
+    would still be told to retry.  The write ends stay open here, so that a
+    restarted worker gets its own again; they are non-blocking, so a worker
+    never waits on a parent that has stopped reading.
+    """
+
+    def __init__(self, workers: int) -> None:
+        self.pipes = [os.pipe() for _ in range(workers)]
+        for pipe in self.pipes:
+            for fd in pipe:
+                os.set_blocking(fd, False)
+        self._waiting = {read for read, _ in self.pipes}
+
+    def all_ready(self) -> bool:
+        for fd in list(self._waiting):
+            try:
+                if os.read(fd, 64):
+                    self._waiting.discard(fd)
+            except BlockingIOError:
+                pass
+        return not self._waiting
+
+    def close(self) -> None:
+        for pipe in self.pipes:
+            for fd in pipe:
+                os.close(fd)
+
+
+def gateway_children(
+    settings: Settings,
+    socks: list[socket.socket],
+    *,
+    inherit: Sequence[int] = (),
+    ready: ReadyReports | None = None,
+) -> list[Supervised]:
     """``settings.workers`` gateway processes; worker ``i`` listens on ``socks[i]``.
 
     With one socket for all (no ``SO_REUSEPORT``), every worker shares it.  A
     restarted worker gets the same socket again: this process keeps them open.
+    ``inherit``: more descriptors for every worker to hold (the run lock).
     """
     one = msgspec.structs.replace(settings, workers=1)
     children = []
     for i in range(settings.workers):
         fd = socks[i % len(socks)].fileno()
+        env = {**settings_env(one), LISTEN_FD: str(fd)}
+        fds = [fd, *inherit]
+        if ready is not None:
+            env[READY_FD] = str(ready.pipes[i][1])
+            fds.append(ready.pipes[i][1])
         children.append(
             Supervised(
                 f"gateway-{i}" if settings.workers > 1 else "gateway",
                 [sys.executable, "-m", "hourglass", "gateway"],
-                env={**settings_env(one), LISTEN_FD: str(fd)},
-                pass_fds=[fd],
+                env=env,
+                pass_fds=fds,
             )
         )
     return children
 
 
-async def wait_ready(base_url: str, timeout: float, *, verify: bool = True) -> None:
+async def wait_ready(
+    base_url: str, timeout: float, *, verify: bool = True, workers: ReadyReports | None = None
+) -> None:
+    """Until ``/readyz`` is 200 and, given ``workers``, every worker has said it is ready."""
     deadline = asyncio.get_running_loop().time() + timeout
     async with httpx.AsyncClient(verify=verify) as client:
         while True:
             try:
-                response = await client.get(base_url + "/readyz", timeout=1.0)
-                if response.status_code == 200:
-                    return
+                if workers is None or workers.all_ready():
+                    response = await client.get(base_url + "/readyz", timeout=1.0)
+                    if response.status_code == 200:
+                        return
             except httpx.HTTPError:
                 pass
             if asyncio.get_running_loop().time() > deadline:
@@ -122,9 +188,22 @@ async def run_bus(settings: Settings) -> None:
 
 async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0) -> None:
     stop = _stop_event()  # first: a signal during start-up still stops everything in order
+    run = RunLock(settings.data_path)  # before the port: a killed run's gateway may be on it
+    try:
+        if await _unless_stopped(stop, run.acquire(PREVIOUS_RUN_TIMEOUT)):
+            await _up(settings, stop, run.fd, demo=demo, demo_rate=demo_rate)
+    finally:
+        run.release()
+
+
+async def _up(
+    settings: Settings, stop: asyncio.Event, run_fd: int, *, demo: bool, demo_rate: float
+) -> None:
+    """Everything after the run lock; every child holds ``run_fd`` while it lives."""
     # A busy port fails before anything runs.
     socks = worker_sockets(settings.host, settings.port, settings.workers)
     check_layout(settings)  # so does a lake written with another bucket width
+    ready = ReadyReports(settings.workers)
     bus: EmbeddedBus | None = None
     children: list[Supervised] = []
     tasks: list[asyncio.Task[None]] = []
@@ -132,7 +211,7 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
         if settings.bus:
             replicas = settings.stream_replicas or 3
         else:
-            bus = EmbeddedBus(settings.data_path, port=settings.bus_port)
+            bus = EmbeddedBus(settings.data_path, port=settings.bus_port, pass_fds=[run_fd])
             if not await _unless_stopped(stop, bus.start()):
                 return
             replicas = settings.stream_replicas or 1
@@ -141,12 +220,15 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
         child_settings = msgspec.structs.replace(
             settings, bus=url, stream_replicas=replicas, loader_metrics_port=metrics_port
         )
-        children = [*gateway_children(child_settings, socks), loader_child(child_settings)]
+        children = [
+            *gateway_children(child_settings, socks, inherit=[run_fd], ready=ready),
+            loader_child(child_settings, inherit=[run_fd]),
+        ]
         for child in children:
             child.start()
         scheme = "https" if settings.tls_cert else "http"
         base = f"{scheme}://{settings.host}:{settings.port}"
-        if not await _unless_stopped(stop, wait_ready(base, 60.0, verify=False)):
+        if not await _unless_stopped(stop, wait_ready(base, 60.0, verify=False, workers=ready)):
             return
         print(
             f"\nHourglass is up.\n"
@@ -172,4 +254,5 @@ async def up(settings: Settings, *, demo: bool = False, demo_rate: float = 20.0)
             await bus.stop()
         for sock in socks:
             sock.close()
+        ready.close()
         print("Hourglass stopped.", flush=True)

@@ -152,7 +152,11 @@ StartUp = Callable[..., Up]
 
 @pytest.fixture
 def start_up(tmp_path: Path) -> Iterator[StartUp]:
-    """Start ``hourglass up`` processes; every one (and its children) is gone at the end."""
+    """Start ``hourglass up`` processes; every one (and its children) is gone at the end.
+
+    Each runs in its own process group, as a shell starts a job, so a test can
+    ``kill -9`` the whole group the way a user would.
+    """
     started: list[tuple[Up, set[int]]] = []
 
     def start(data_dir: Path, *extra: str, port: int | None = None, ready: bool = True) -> Up:
@@ -175,6 +179,7 @@ def start_up(tmp_path: Path) -> Iterator[StartUp]:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 cwd=tmp_path,
+                process_group=0,
             )
         up = Up(data_dir, port, log_path, proc)
         started.append((up, set()))

@@ -46,6 +46,7 @@ import shutil
 import signal
 import socket
 import sysconfig
+from collections.abc import Sequence
 from pathlib import Path
 
 from hourglass import log
@@ -165,7 +166,8 @@ class EmbeddedBus:
 
     Besides restarting nats-server when it dies, it restarts it when its log
     says a store write failed (a full disk), once the disk has space again:
-    nats-server keeps such a stream unwritable until it restarts.
+    nats-server keeps such a stream unwritable until it restarts.  ``pass_fds``:
+    more descriptors for nats-server to hold, e.g. the run lock of ``hourglass up``.
     """
 
     def __init__(
@@ -175,6 +177,7 @@ class EmbeddedBus:
         port: int = 0,
         min_free_bytes: int = MIN_FREE_BYTES,
         watch_interval: float = 0.5,
+        pass_fds: Sequence[int] = (),
     ) -> None:
         self.root = (data_dir / "bus").resolve()
         self.root.mkdir(parents=True, exist_ok=True)
@@ -189,7 +192,7 @@ class EmbeddedBus:
         self.child = Supervised(
             "nats-server",
             [nats_server_binary(), "-c", str(self.root / "nats.conf")],
-            pass_fds=[self._lock_fd],
+            pass_fds=[self._lock_fd, *pass_fds],
             before_start=self._write_config,
         )
 

@@ -112,8 +112,15 @@ class BusLink:
         self._setup = asyncio.create_task(self._ensure_streams())
 
     async def close(self) -> None:
+        """Close, not drain: every publish has been awaited by now (committer, heartbeat).
+
+        Draining a connection whose server is gone raises (while reconnecting)
+        or waits out its timeout, and after ``kill -9`` of ``hourglass up`` the
+        gateway and nats-server get SIGTERM together: the dying gateway would
+        linger for nothing, and a new ``up`` waits for it.
+        """
         if self.nc is not None and not self.nc.is_closed:
-            await self.nc.drain()
+            await self.nc.close()
 
 
 def resolve_bus_url(settings: Settings) -> str:
@@ -133,6 +140,17 @@ def load_registry(settings: Settings) -> SchemaRegistry:
 
 
 LISTEN_FD = "HOURGLASS__LISTEN_FD"
+READY_FD = "HOURGLASS__READY_FD"
+
+
+def report_ready() -> None:
+    """Tell the parent that this worker is ready, if it asked (``up``'s ``ReadyReports``)."""
+    fd = os.environ.get(READY_FD)
+    if fd:
+        try:
+            os.write(int(fd), b"1")
+        except OSError:  # full: the parent has long stopped reading
+            pass
 
 
 def listening_socket(host: str, port: int) -> socket.socket:
@@ -203,13 +221,20 @@ def _bind(host: str, port: int, *, reuse_port: bool) -> socket.socket:
 
 
 def _listen(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
+    """A listening socket, not inheritable: a parent hands it down with ``pass_fds``.
+
+    Why not inheritable: uvloop ignores ``close_fds``, so every child (nats-server,
+    the loader, the other workers) would hold a copy.  A copy keeps the socket
+    listening after its gateway has stopped accepting: connections queue where
+    nobody takes them and are reset when the last copy closes, and a restarted
+    ``up`` cannot bind the port meanwhile.
+    """
     sock = _bind(host, port, reuse_port=reuse_port)
     try:
         sock.listen(2048)
     except OSError as exc:
         sock.close()
         raise ConfigError(f"cannot listen on {host}:{port}: {exc.strerror}") from exc
-    sock.set_inheritable(True)
     return sock
 
 
@@ -286,6 +311,7 @@ async def serve(settings: Settings) -> None:
     async def connect_and_beat() -> None:
         nonlocal heartbeat
         await bus.connect(url, name=gateway_id)
+        report_ready()
         assert bus.nc is not None
         heartbeat = Heartbeat(
             bus.nc.jetstream(timeout=5),
@@ -319,7 +345,7 @@ async def serve(settings: Settings) -> None:
     finally:
         connecting.cancel()
         await committer.close()
-        if heartbeat is not None:
+        if heartbeat is not None and bus.ready:  # without a bus the lease expires on its own
             await heartbeat.retire()
         await bus.close()
         logger.info("gateway stopped", extra={"gateway": gateway_id})

@@ -67,7 +67,7 @@ async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[],
     file, and its in-memory checkpoint changes only once the new one is saved.
     """
     try:
-        result = await asyncio.to_thread(work)
+        result = await _whole(work)
     except OSError as exc:
         if not is_disk_full(exc):
             raise
@@ -75,6 +75,29 @@ async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[],
         return []
     space.wrote(s.name, what)
     return [result]
+
+
+async def _whole(work: Callable[[], T]) -> T:
+    """``work`` in a worker thread; cancelled, it still waits for the thread to end.
+
+    A thread cannot be stopped, so a plain ``await asyncio.to_thread`` that is
+    cancelled (SIGTERM) returns while the write goes on, and the stream's
+    stop-time flush would then run the same loader's flush beside it.  The
+    cancellation is raised once the thread is done: writes are short.
+    """
+    future = asyncio.ensure_future(asyncio.to_thread(work))
+    cancelled = False
+    while True:
+        try:
+            result = await asyncio.shield(future)
+        except asyncio.CancelledError:
+            if future.done():
+                raise
+            cancelled = True
+            continue
+        if cancelled:
+            raise asyncio.CancelledError
+        return result
 
 
 async def until_stored(s: Stream, space: LakeSpace, what: str, work: Callable[[], T]) -> T:
@@ -401,11 +424,33 @@ async def run_loader(settings: Settings) -> None:
     except asyncio.CancelledError:
         logger.info("loader stopped")
     finally:
-        for task in tasks:
-            task.cancel()
-        # Let every stream finish its stop-time flush before the connection goes.
-        await asyncio.gather(*tasks, return_exceptions=True)
+        await _stop_all(tasks)
         await nc.close()
+
+
+async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel every task and wait until each has finished (its stop-time flush).
+
+    A task still running a second after its cancellation is cancelled again:
+    a cancellation can be lost on the way.  Python 3.11's ``wait_for`` returns
+    a result that arrives together with the cancellation, and nats-py waits
+    through inner tasks, so a stream loop can go on, unaware, retrying a bus
+    that is gone, which after ``kill -9`` of ``hourglass up`` it is (seen:
+    a loader alive for good, cancelled twice, cycling fetch and consumer_info).
+    """
+    pending = set(tasks)
+    while pending:
+        for task in pending:
+            task.cancel()
+        done, pending = await asyncio.wait(pending, timeout=1.0)
+        for task in done:
+            if not task.cancelled():
+                task.exception()  # retrieved, as gather(return_exceptions=True) did
+        if pending:
+            logger.warning(
+                "streams still running after cancellation; cancelling again",
+                extra={"streams": ",".join(sorted(t.get_name() for t in pending))},
+            )
 
 
 async def _supervised(
