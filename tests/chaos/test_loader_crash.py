@@ -193,12 +193,16 @@ def test_kill_in_failed_stream_checkpoint_leaves_no_tmp(
     temp file is left."""
     settings: dict[str, Any] = {**FAST, "schemas": one_type_schemas}
     data = tmp_path / "data"
+    # The gateway's markers open a bucket of the type stream; it must not close
+    # during the crashing run, so everything up to the crash happens in its minute
+    # (the crashing loader would close it once the minute ended: its checkpoint
+    # would be durable write 2, not _failed's).
+    away_from_minute_edge(20)
     gw = start_gateway(**settings)  # creates the streams
     gw.stop()  # and no more markers from now on
     first = start_loader(**settings)
     wait_until(lambda: _state(data) is not None, 10, "the type stream's first checkpoint")
     first.stop()
-    away_from_minute_edge(4)  # no bucket of the type stream closes meanwhile
     ids = publish_failed(nats_server.url, "position_ms: expected int")
     # Only _failed has new messages: durable write 1 is its part, 2 its checkpoint.
     crashing = start_loader(env={"HOURGLASS_CRASHPOINT": "lake.before_rename:2"}, **settings)
