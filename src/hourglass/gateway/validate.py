@@ -233,7 +233,10 @@ def _not_text(index: int, raw: bytes) -> Rejection | None:
     else:
         return None
     event = _lenient_json(raw.decode("utf-8", "surrogateescape"))
-    where = _where_bad(event, "")
+    try:
+        where = _where_bad(event, "")
+    except RecursionError:  # nesting msgspec allows may still be too deep here
+        where = None
     head = event if isinstance(event, dict) else {}
 
     def valid(name: str) -> str | None:
@@ -253,9 +256,14 @@ def _lenient_json(text: str) -> Any:
         return None
 
 
+_MAX_PATH = 120  # characters of a path in a reason; deep nesting makes long ones
+
+
 def _place(where: str | None) -> str:
     if not where:
         return "in a string"
+    if len(where) > _MAX_PATH:
+        where = where[:_MAX_PATH] + "..."
     if where.isidentifier() and where != "data":
         return f"in attribute '{where}'"
     return f"in {where}"

@@ -194,6 +194,17 @@ def test_invalid_utf8_rejects_only_its_event(field: str, where: str, mode: Mode)
     assert rejection.type == (None if field == "type" else "music.SongSkipped")
 
 
+@pytest.mark.parametrize("depth", [1, 500, 850])
+def test_invalid_utf8_deep_inside_data_gets_a_short_reason(depth: int) -> None:
+    """As deep as the split allows: no RecursionError, and the path is cut short."""
+    data = b"[" * depth + b'"\xff"' + b"]" * depth
+    event = msgspec.json.encode(_skipped(0)).replace(b'"data":{', b'"data":{"deep":' + data + b",")
+    checked = VALIDATOR.check(Payload(Mode.BATCH, b"[" + event + b"]"))
+    [rejection] = checked.rejected
+    assert rejection.code == "invalid_utf8" and "in data.deep" in rejection.reason
+    assert len(rejection.reason) < 250, rejection.reason
+
+
 def test_invalid_utf8_wins_over_other_reasons() -> None:
     """An event that is not UTF-8 cannot be stored as JSON text, so that is its reason,
     even with an unknown type (whose reason would otherwise keep it as JSON)."""
