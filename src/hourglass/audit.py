@@ -29,11 +29,12 @@ from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hourglass.bus import jetstream
+from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
-from hourglass.gateway.server import load_registry, resolve_bus_url
 from hourglass.lake.layout import SUCCESS, bucket_dirs, bucket_of_dir, part_range
 from hourglass.lake.manifest import Manifest, read_manifest
 from hourglass.lake.parquet import row_count, sha256_of
+from hourglass.schemas import load_registry
 
 
 @dataclass

@@ -239,7 +239,7 @@ def cmd_schema(args: argparse.Namespace) -> int:
     from hourglass.schemas import check_compatibility, compile_schema
 
     if args.schema_command == "list":
-        from hourglass.gateway.server import load_registry
+        from hourglass.schemas import load_registry
 
         for schema in load_registry(_settings(args)):
             print(f"{schema.type_name}\t{schema.path}")

@@ -22,8 +22,7 @@ import httpx
 import msgspec
 
 from hourglass.config import Settings
-from hourglass.gateway.server import load_registry
-from hourglass.schemas import SchemaRegistry
+from hourglass.schemas import SchemaRegistry, load_registry
 
 _WORDS = ["aurora", "bossa", "cumbia", "dub", "ember", "fado", "grime", "house", "indie", "jazz"]
 

@@ -16,11 +16,12 @@ import nats.errors
 import nats.js.errors
 
 from hourglass.bus import jetstream
+from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
-from hourglass.gateway.server import load_registry, resolve_bus_url
 from hourglass.gateway.watermark import LEASE_BUCKET, Marker
 from hourglass.lake.failed import FAILED_DIR
 from hourglass.loader.state import load_state
+from hourglass.schemas import load_registry
 
 
 async def gather_status(settings: Settings) -> str:

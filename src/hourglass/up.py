@@ -32,7 +32,7 @@ from hourglass.bus.embedded import EmbeddedBus, free_port
 from hourglass.config import Settings, settings_env
 from hourglass.exceptions import ConfigError
 from hourglass.gateway.server import LISTEN_FD, READY_FD, worker_sockets
-from hourglass.loader.service import check_layout
+from hourglass.lake.layout import check_layout
 from hourglass.process import RunLock, Supervised
 
 logger = log.get("hourglass.up")

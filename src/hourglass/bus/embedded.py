@@ -50,6 +50,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hourglass import log
+from hourglass.config import Settings
 from hourglass.exceptions import ConfigError
 from hourglass.process import Supervised
 
@@ -346,3 +347,16 @@ def url_of(data_dir: Path) -> str | None:
     if not remembered.exists():
         return None
     return f"nats://127.0.0.1:{int(remembered.read_text())}"
+
+
+def resolve_bus_url(settings: Settings) -> str:
+    """``--bus`` if given, else the embedded bus that last ran in the data folder."""
+    if settings.bus:
+        return settings.bus
+    url = url_of(settings.data_path)
+    if url is None:
+        raise ConfigError(
+            f"no bus: {settings.data_path}/bus has never run; start `hourglass up` "
+            "or pass --bus nats://host:4222"
+        )
+    return url

@@ -30,7 +30,8 @@ from pathlib import Path
 
 import msgspec
 
-from hourglass.lake.layout import SUCCESS, TMP_PREFIX, bucket_dir, part_range
+from hourglass.durable import TMP_PREFIX
+from hourglass.lake.layout import SUCCESS, bucket_dir, part_range
 from hourglass.lake.manifest import Manifest
 
 Key = tuple[str, str]  # (source, id)

@@ -23,7 +23,7 @@ from nats.aio.client import Client
 
 from hourglass import log
 from hourglass.bus import jetstream
-from hourglass.bus.embedded import MAX_PAYLOAD, url_of
+from hourglass.bus.embedded import MAX_PAYLOAD, resolve_bus_url
 from hourglass.config import Settings
 from hourglass.events import EventTypes
 from hourglass.exceptions import BusUnavailable, ConfigError, HourglassError
@@ -32,7 +32,7 @@ from hourglass.gateway.auth import ApiKeys
 from hourglass.gateway.commit import GroupCommitter
 from hourglass.gateway.metrics import GatewayMetrics
 from hourglass.gateway.watermark import Heartbeat, InFlight
-from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
+from hourglass.schemas import load_registry
 
 logger = log.get("hourglass.gateway")
 
@@ -121,22 +121,6 @@ class BusLink:
         """
         if self.nc is not None and not self.nc.is_closed:
             await self.nc.close()
-
-
-def resolve_bus_url(settings: Settings) -> str:
-    if settings.bus:
-        return settings.bus
-    url = url_of(settings.data_path)
-    if url is None:
-        raise ConfigError(
-            f"no bus: {settings.data_path}/bus has never run; start `hourglass up` "
-            "or pass --bus nats://host:4222"
-        )
-    return url
-
-
-def load_registry(settings: Settings) -> SchemaRegistry:
-    return SchemaRegistry.load(Path(settings.schemas) if settings.schemas else DEMO_SCHEMAS_DIR)
 
 
 LISTEN_FD = "HOURGLASS__LISTEN_FD"

@@ -1,4 +1,4 @@
-"""Where things live in the lake, and how a file becomes durable there.
+"""Where things live in the lake: folder and file names, and the bucket width.
 
 Layout (a contract; see docs/lake.md)::
 
@@ -10,22 +10,37 @@ the file holds: every file of one loader flush carries the same range, so after
 a crash the loader can tell committed files (range at or below its checkpoint)
 from files of a flush that never committed (above it), and delete the latter.
 
-Durable write, in this order: write ``.tmp-<name>.partial`` → fsync it → rename to
-``<name>`` → fsync the directory.  A crash leaves either no file, a ``.tmp-``
-file (deleted at start-up), or the complete file.
+Files get there by ``hourglass.durable`` (temp name, fsync, rename, fsync the
+folder).  ``lake/_hourglass.json`` records the bucket width, so one lake never
+mixes ``hour=`` and ``minute=`` layouts (:func:`check_layout`).
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from hourglass.crashpoints import crashpoint
+import msgspec
 
-TMP_PREFIX = ".tmp-"
+from hourglass.config import Settings
+from hourglass.durable import TMP_PREFIX, durable_write_bytes
+from hourglass.exceptions import ConfigError
+
+__all__ = [
+    "SUCCESS",
+    "TMP_PREFIX",
+    "bucket_dir",
+    "bucket_dirs",
+    "bucket_of_dir",
+    "bucket_start",
+    "check_layout",
+    "hour_dir",
+    "part_name",
+    "part_range",
+]
+
 SUCCESS = "_SUCCESS.json"
 _PART = re.compile(r"^part-(\d{20})-(\d{20})\.parquet$")
 UTC = dt.UTC
@@ -41,6 +56,11 @@ def bucket_dir(lake: Path, type_name: str, start: dt.datetime, width_s: int) -> 
     if width_s < 3600:
         path = path / f"minute={start:%M}"
     return path
+
+
+def hour_dir(lake: Path, type_name: str, start: dt.datetime) -> Path:
+    """The folder of the hour that begins at ``start``, whatever the bucket width."""
+    return bucket_dir(lake, type_name, start, 3600)
 
 
 def bucket_of_dir(lake: Path, type_name: str, path: Path) -> dt.datetime:
@@ -71,46 +91,16 @@ def part_range(name: str) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def makedirs_durable(path: Path) -> None:
-    """Create missing folders, fsyncing each new entry's parent."""
-    missing: list[Path] = []
-    while not path.exists():
-        missing.append(path)
-        path = path.parent
-    for folder in reversed(missing):
-        folder.mkdir(exist_ok=True)
-        fsync_dir(folder.parent)
-
-
-def durable_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Write via ``write(tmp)``, fsync, rename into place, fsync the folder."""
-    makedirs_durable(path.parent)
-    tmp = path.with_name(TMP_PREFIX + path.name + ".partial")  # no reader globs *.partial
-    try:
-        write(tmp)
-        crashpoint("lake.before_rename")
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a failed write (a full disk) leaves nothing behind
-        raise
-    fsync_dir(path.parent)
-
-
-def durable_write_bytes(path: Path, data: bytes) -> None:
-    def write(tmp: Path) -> None:
-        tmp.write_bytes(data)
-
-    durable_write(path, write)
+def check_layout(settings: Settings) -> None:
+    """One lake, one bucket width: refuse to mix ``hour=`` and ``minute=`` layouts."""
+    lake = settings.data_path / "lake"
+    marker = lake / "_hourglass.json"
+    if marker.exists():
+        existing = msgspec.json.decode(marker.read_bytes()).get("bucket")
+        if existing != settings.bucket:
+            raise ConfigError(
+                f"the lake {lake} is written with --bucket {existing}; run with the same "
+                f"width or use another --data-dir (asked for --bucket {settings.bucket})"
+            )
+        return
+    durable_write_bytes(marker, msgspec.json.encode({"bucket": settings.bucket}))

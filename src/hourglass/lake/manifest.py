@@ -13,7 +13,8 @@ from pathlib import Path
 
 import msgspec
 
-from hourglass.lake.layout import SUCCESS, durable_write_bytes, part_range
+from hourglass.durable import durable_write_bytes
+from hourglass.lake.layout import SUCCESS, part_range
 from hourglass.lake.parquet import row_count, sha256_of
 
 

@@ -1,7 +1,7 @@
 """Parquet files of the lake: zstd-compressed, written durably, checked by sha256.
 
 This module knows the format, not the place: it is handed a path and writes or
-reads one file there through ``layout.durable_write``.
+reads one file there through ``hourglass.durable``.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from hourglass.lake.layout import durable_write
+from hourglass.durable import durable_write
 
 
 def write_part(table: pa.Table, path: Path) -> None:

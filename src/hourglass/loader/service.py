@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-import msgspec
 import nats.errors
 import nats.js.errors
 from nats.aio.msg import Msg
@@ -34,15 +33,16 @@ from prometheus_client import start_http_server
 
 from hourglass import log
 from hourglass.bus import jetstream
+from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
-from hourglass.exceptions import ConfigError, HourglassError
-from hourglass.gateway.server import load_registry, resolve_bus_url
+from hourglass.exceptions import HourglassError
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
-from hourglass.lake.layout import durable_write_bytes
+from hourglass.lake.layout import check_layout
 from hourglass.lake.manifest import Manifest
 from hourglass.loader.ops import LakeSpace, LeaseView, LoaderMetrics, is_disk_full
 from hourglass.loader.typeloader import RowFormat, TypeLoader, to_bus_message
+from hourglass.schemas import load_registry
 
 logger = log.get("hourglass.loader")
 
@@ -353,21 +353,6 @@ async def _wait_for_streams(js: JetStreamContext, names: list[str]) -> None:
             except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
                 logger.info("waiting for stream (the gateway creates it)", extra={"stream": name})
                 await asyncio.sleep(0.5)
-
-
-def check_layout(settings: Settings) -> None:
-    """One lake, one bucket width: refuse to mix ``hour=`` and ``minute=`` layouts."""
-    lake = settings.data_path / "lake"
-    marker = lake / "_hourglass.json"
-    if marker.exists():
-        existing = msgspec.json.decode(marker.read_bytes()).get("bucket")
-        if existing != settings.bucket:
-            raise ConfigError(
-                f"the lake {lake} is written with --bucket {existing}; run with the same "
-                f"width or use another --data-dir (asked for --bucket {settings.bucket})"
-            )
-        return
-    durable_write_bytes(marker, msgspec.json.encode({"bucket": settings.bucket}))
 
 
 def yield_cpu(nice: int) -> None:

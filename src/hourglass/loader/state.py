@@ -25,7 +25,7 @@ from pathlib import Path
 
 import msgspec
 
-from hourglass.lake.layout import durable_write_bytes
+from hourglass.durable import durable_write_bytes
 
 
 class BucketCounts(msgspec.Struct):

@@ -39,13 +39,13 @@ import pyarrow as pa
 
 from hourglass import log
 from hourglass.crashpoints import crashpoint
+from hourglass.durable import TMP_PREFIX, durable_write_bytes
 from hourglass.lake.layout import (
     SUCCESS,
-    TMP_PREFIX,
     bucket_dir,
     bucket_dirs,
     bucket_of_dir,
-    durable_write_bytes,
+    hour_dir,
     part_name,
     part_range,
 )
@@ -465,7 +465,7 @@ class TypeLoader:
         """
         parts: list[pa.Array] = list(self._pending_keys.get(hour, []))
         begin = dt.datetime.fromtimestamp(hour, dt.UTC)
-        folder = self.lake / self.name / f"date={begin:%Y-%m-%d}" / f"hour={begin:%H}"
+        folder = hour_dir(self.lake, self.name, begin)
         if folder.exists():
             for path in sorted(folder.rglob("part-*.parquet")):
                 parts.append(self._keys_of_file(path))

@@ -45,8 +45,8 @@ from pathlib import Path
 from typing import Literal
 
 from hourglass import log
+from hourglass.durable import fsync_dir
 from hourglass.exceptions import HourglassError
-from hourglass.lake.layout import fsync_dir
 
 logger = log.get("hourglass.producer")
 

@@ -57,7 +57,7 @@ import msgspec
 
 from hourglass import log
 from hourglass.crashpoints import crashpoint
-from hourglass.lake.layout import durable_write_bytes
+from hourglass.durable import durable_write_bytes
 from hourglass.producer.http import Backoff, Outcome, classify, post_batch
 
 logger = log.get("hourglass.tail")

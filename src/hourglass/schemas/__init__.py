@@ -10,6 +10,7 @@ from hourglass.schemas.avro import (
     CompiledSchema,
     SchemaRegistry,
     compile_schema,
+    load_registry,
 )
 from hourglass.schemas.compat import check_compatibility
 
@@ -19,4 +20,5 @@ __all__ = [
     "SchemaRegistry",
     "check_compatibility",
     "compile_schema",
+    "load_registry",
 ]

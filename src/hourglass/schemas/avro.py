@@ -38,6 +38,7 @@ from typing import Annotated, Any, Literal, Optional
 import msgspec
 from msgspec import Meta
 
+from hourglass.config import Settings
 from hourglass.exceptions import ConfigError, SchemaError
 from hourglass.schemas.parse import (
     INT32_RANGE,
@@ -61,6 +62,7 @@ __all__ = [
     "CompiledSchema",
     "SchemaRegistry",
     "compile_schema",
+    "load_registry",
 ]
 
 DEMO_SCHEMAS_DIR = Path(__file__).parent / "demo"
@@ -341,3 +343,8 @@ class SchemaRegistry:
     @property
     def type_names(self) -> list[str]:
         return sorted(self._schemas)
+
+
+def load_registry(settings: Settings) -> SchemaRegistry:
+    """The registry of ``--schemas``, or the bundled demo schemas."""
+    return SchemaRegistry.load(Path(settings.schemas) if settings.schemas else DEMO_SCHEMAS_DIR)

@@ -185,6 +185,6 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> CrashAt:
                     raise Crash(point)
 
         monkeypatch.setattr("hourglass.loader.typeloader.crashpoint", crashpoint)
-        monkeypatch.setattr("hourglass.lake.layout.crashpoint", crashpoint)
+        monkeypatch.setattr("hourglass.durable.crashpoint", crashpoint)
 
     return arm
