@@ -22,6 +22,7 @@ import httpx
 import msgspec
 
 from hourglass.config import Settings
+from hourglass.protocol import BATCH
 from hourglass.schemas import SchemaRegistry, load_registry
 
 _WORDS = ["aurora", "bossa", "cumbia", "dub", "ember", "fado", "grime", "house", "indie", "jazz"]
@@ -109,7 +110,7 @@ async def run_demo(base_url: str, settings: Settings, *, rate: float) -> None:
                 response = await client.post(
                     "/v1/events",
                     content=msgspec.json.encode(batch),
-                    headers={"content-type": "application/cloudevents-batch+json"},
+                    headers={"content-type": BATCH},
                 )
                 body = response.json()
                 if response.status_code == 200:

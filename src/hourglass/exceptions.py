@@ -10,10 +10,15 @@ from permanent ones (the input or the configuration is wrong)::
     │   └── SchemaError          an .avsc file cannot be compiled (file and field named)
     ├── InvalidInput             permanent: the request or event is wrong
     │   ├── BodyTooLarge         413: a size or count limit was exceeded
-    │   └── Unauthorized         401/403: missing key, or type not allowed for the key
+    │   ├── Unauthorized         401/403: missing key, or type not allowed for the key
+    │   ├── Unparseable          400: the body cannot be read as events (it is kept)
+    │   ├── EmptyBatch           400: an empty array (nothing to keep)
+    │   └── UnsupportedMediaType 415: a Content-Type or Content-Encoding not spoken
     ├── Retryable                transient: retry after ``retry_after`` seconds
     │   ├── Overloaded           429: too much work in flight
     │   └── BusUnavailable       503: the bus is unreachable, full or did not ack
+    ├── SpoolFull                back-pressure in the SDK: the spool is at its bound
+    ├── SequenceGap              the loader missed bus messages: it reads again
     └── BusError                 the bus refused a management call (stream set-up)
 """
 
@@ -52,6 +57,18 @@ class Unauthorized(InvalidInput):
         self.status = status
 
 
+class Unparseable(InvalidInput):
+    """The body cannot be read as events: it is kept whole in the failed stream."""
+
+
+class EmptyBatch(InvalidInput):
+    """An empty array: a client bug, but nothing to keep."""
+
+
+class UnsupportedMediaType(InvalidInput):
+    status = 415
+
+
 class Retryable(HourglassError):
     """Transient: nothing was acknowledged; the client retries after a while."""
 
@@ -72,6 +89,14 @@ class BusUnavailable(Retryable):
     """The bus is unreachable, a stream is full, or a publish was not acknowledged."""
 
     status = 503
+
+
+class SpoolFull(HourglassError):
+    """The spool holds ``max_bytes`` of unacknowledged events and did not drain in time."""
+
+
+class SequenceGap(HourglassError):
+    """Messages were skipped (e.g. a dropped connection): read again from the checkpoint."""
 
 
 class BusError(HourglassError):

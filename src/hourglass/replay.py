@@ -19,6 +19,7 @@ import pyarrow.dataset as ds
 
 from hourglass.exceptions import ConfigError
 from hourglass.lake.failed import FAILED_DIR
+from hourglass.protocol import BATCH
 
 
 @dataclass
@@ -59,7 +60,7 @@ def replay(
             response = client.post(
                 "/v1/events",
                 content=body,
-                headers={"content-type": "application/cloudevents-batch+json"},
+                headers={"content-type": BATCH},
             )
             if response.status_code != 200:
                 raise ConfigError(

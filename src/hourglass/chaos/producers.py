@@ -156,9 +156,11 @@ def _batch(name: str, first: int) -> tuple[bytes, list[int]]:
 def run_http(name: str, url: str, folder: Path, first: int, rate: float) -> int:
     import httpx
 
+    from hourglass.protocol import BATCH
+
     stop = _Stop()
     log, rejected_log = _AckLog(folder), _AckLog(folder, REJECTED_LOG)
-    headers = {"content-type": "application/cloudevents-batch+json"}
+    headers = {"content-type": BATCH}
     n, started = first, time.monotonic()
     with httpx.Client(base_url=url, timeout=3.0) as client:
         while not stop.asked:

@@ -37,6 +37,7 @@ from hourglass.exceptions import (
     Overloaded,
     Retryable,
     Unauthorized,
+    Unparseable,
 )
 from hourglass.gateway.auth import ApiKeys
 from hourglass.gateway.commit import GroupCommitter
@@ -44,7 +45,8 @@ from hourglass.gateway.metrics import GatewayMetrics
 from hourglass.gateway.openapi import openapi_document
 from hourglass.gateway.validate import Checked, Limits, Rejection, Validator
 from hourglass.gateway.watermark import InFlight
-from hourglass.gateway.wire import Unparseable, decompress, to_payload
+from hourglass.gateway.wire import decompress, to_payload
+from hourglass.protocol import ErrorResponse, IngestResponse, Rejected
 
 Scope = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
@@ -59,21 +61,6 @@ FAILED_BODY_SUBJECT = FAILED_SUBJECT + ".body"
 class Readiness(Protocol):
     @property
     def ready(self) -> bool: ...
-
-
-class RejectedOut(msgspec.Struct):
-    index: int
-    id: str | None
-    reason: str
-
-
-class IngestResponse(msgspec.Struct):
-    accepted: int
-    rejected: list[RejectedOut]
-
-
-class ErrorResponse(msgspec.Struct):
-    error: str
 
 
 _JSON = [(b"content-type", b"application/json")]
@@ -205,7 +192,7 @@ class Gateway:
             self.metrics.rejected.labels(rejection.type or "", rejection.code).inc()
         response = IngestResponse(
             accepted,
-            [RejectedOut(r.index, r.id, r.reason) for r in checked.rejected],
+            [Rejected(r.index, r.id, r.reason) for r in checked.rejected],
         )
         await self._reply(send, 200, self.encoder.encode(response))
         return 200

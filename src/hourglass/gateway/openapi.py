@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from hourglass import __version__
+from hourglass.protocol import BATCH, JSON, STRUCTURED
 from hourglass.schemas import CompiledSchema, SchemaRegistry
 from hourglass.schemas.avro import AVRO_JSON_BOUNDS
 from hourglass.schemas.parse import (
@@ -50,9 +51,6 @@ __all__ = [
 JsonSchema = dict[str, Any]
 
 OPENAPI_VERSION = "3.1.0"
-BATCH = "application/cloudevents-batch+json"
-STRUCTURED = "application/cloudevents+json"
-JSON = "application/json"
 
 _FLOAT32_MAX = 3.4028234663852886e38
 _B64 = "[A-Za-z0-9+/]"

@@ -29,15 +29,11 @@ from typing import Any
 import msgspec
 
 from hourglass.events import EventHead, EventTypes, utcnow
-from hourglass.exceptions import BodyTooLarge, InvalidInput
-from hourglass.gateway.wire import Mode, Payload, Unparseable
+from hourglass.exceptions import BodyTooLarge, EmptyBatch, Unparseable
+from hourglass.gateway.wire import Mode, Payload
 
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 INVALID_UTF8 = "invalid_utf8"
-
-
-class EmptyBatch(InvalidInput):
-    """An empty array: a client bug, but nothing to keep."""
 
 
 @dataclass(frozen=True)

@@ -23,11 +23,10 @@ from urllib.parse import unquote
 import msgspec
 import zstandard
 
-from hourglass.exceptions import BodyTooLarge, InvalidInput
+from hourglass.exceptions import BodyTooLarge, Unparseable, UnsupportedMediaType
+from hourglass.protocol import BATCH, JSON, STRUCTURED
 
-BATCH = "application/cloudevents-batch+json"
-STRUCTURED = "application/cloudevents+json"
-JSON = "application/json"
+__all__ = ["BATCH", "JSON", "STRUCTURED", "Mode", "Payload", "decompress", "to_payload"]
 
 CE_ATTRIBUTES = ("id", "source", "type", "specversion", "time", "subject", "dataschema")
 
@@ -41,14 +40,6 @@ class Mode(enum.Enum):
 class Payload:
     mode: Mode
     body: bytes  # JSON: an array (BATCH) or one event object (SINGLE)
-
-
-class UnsupportedMediaType(InvalidInput):
-    status = 415
-
-
-class Unparseable(InvalidInput):
-    """The body cannot be read as events: it is kept whole in the failed stream."""
 
 
 def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:

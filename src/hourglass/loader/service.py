@@ -35,7 +35,7 @@ from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
-from hourglass.exceptions import HourglassError
+from hourglass.exceptions import SequenceGap
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
@@ -50,10 +50,6 @@ DURABLE = "hg-loader"
 # At most 32 messages of up to commit_max_bytes (1 MiB) per fetch: a server drops a
 # client with more than its max_pending (64 MiB by default) in flight to it.
 FETCH_BATCH = 32
-
-
-class SequenceGap(HourglassError):
-    """Messages were skipped (e.g. a dropped connection): read again from the checkpoint."""
 
 
 T = TypeVar("T")

@@ -8,7 +8,7 @@ The SDK needs only the base install (msgspec, httpx, zstandard)::
         producer.emit("music.SongSkipped", {...})
 """
 
+from hourglass.exceptions import SpoolFull
 from hourglass.producer.client import AsyncProducer, Counters, Producer
-from hourglass.producer.spool import SpoolFull
 
 __all__ = ["AsyncProducer", "Counters", "Producer", "SpoolFull"]

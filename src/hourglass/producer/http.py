@@ -24,21 +24,11 @@ import httpx
 import msgspec
 import zstandard
 
-BATCH = "application/cloudevents-batch+json"
+from hourglass.protocol import BATCH, IngestResponse, Rejected
+
 Encoding = Literal["gzip", "zstd", "identity"]
 
 _ZSTD = zstandard.ZstdCompressor(level=3)
-
-
-class Rejected(msgspec.Struct):
-    index: int
-    id: str | None
-    reason: str
-
-
-class Answer(msgspec.Struct):
-    accepted: int
-    rejected: list[Rejected]
 
 
 @dataclass
@@ -53,7 +43,7 @@ class Outcome:
     retry_after: float | None = None
 
 
-_answer = msgspec.json.Decoder(Answer)
+_answer = msgspec.json.Decoder(IngestResponse)
 
 
 def encode_body(events: list[bytes], encoding: Encoding) -> bytes:

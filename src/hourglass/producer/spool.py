@@ -46,16 +46,12 @@ from typing import Literal
 
 from hourglass import log
 from hourglass.durable import fsync_dir
-from hourglass.exceptions import HourglassError
+from hourglass.exceptions import SpoolFull
 
 logger = log.get("hourglass.producer")
 
 _HEADER = struct.Struct("<II")
 FsyncPolicy = Literal["always", "interval"]
-
-
-class SpoolFull(HourglassError):
-    """The spool holds ``max_bytes`` of unacknowledged events and did not drain in time."""
 
 
 @dataclass
