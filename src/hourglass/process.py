@@ -23,6 +23,7 @@ import fcntl
 import functools
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,12 +37,56 @@ logger = log.get("hourglass.process")
 _PR_SET_PDEATHSIG = 1
 
 
-def _die_with_parent(parent: int) -> None:  # runs in the child between fork and exec
+def _die_with_parent(parent: int, sig: int = signal.SIGTERM) -> None:
+    """Runs in the child between fork and exec: ``sig`` when ``parent`` dies."""
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+        libc.prctl(_PR_SET_PDEATHSIG, sig)
         if os.getppid() != parent:  # it died before prctl: no signal will come
             os._exit(1)
+
+
+def clean_environ() -> dict[str, str]:
+    """This environment without Hourglass settings or crash points, for a child
+    that must see exactly the settings its starter hands it (bench, chaos)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("HOURGLASS_")}
+
+
+def spawn_logged(
+    argv: Sequence[str], env: dict[str, str], log_path: Path
+) -> subprocess.Popen[bytes]:
+    """A child of a bench or chaos run: its own session, killed (SIGKILL) with its
+    starter, stdout and stderr appended to ``log_path``."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as log:  # the child keeps its own copy of the fd
+        return subprocess.Popen(
+            list(argv),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid(), signal.SIGKILL),  # noqa: PLW1509 - the starters run no threads that hold locks
+            start_new_session=True,  # a Ctrl-C reaches only the starter, which stops it
+        )
+
+
+def terminate(proc: subprocess.Popen[bytes], timeout: float) -> int | None:
+    """SIGTERM, SIGKILL after ``timeout``; the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(30)
+    return proc.poll()
+
+
+def log_tail(path: Path, chars: int) -> str:
+    try:
+        return path.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""
 
 
 class Supervised:

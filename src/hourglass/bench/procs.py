@@ -8,28 +8,16 @@ stops them (SIGTERM, then SIGKILL).  Their output goes to ``logs/<name>.log``.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
-import signal
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
+from hourglass.process import clean_environ, log_tail, spawn_logged, terminate
+
 _TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def clean_environ() -> dict[str, str]:
-    """This environment without Hourglass settings: children get only the bench's."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("HOURGLASS_")}
 
 
 class Child:
@@ -38,17 +26,7 @@ class Child:
     ) -> None:
         self.name = name
         self.log_path = log_dir / f"{name}.log"
-        log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
-            self.proc = subprocess.Popen(
-                list(argv),
-                env={**clean_environ(), **(env or {})},
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - no threads hold locks here
-                start_new_session=True,
-            )
+        self.proc = spawn_logged(argv, {**clean_environ(), **(env or {})}, self.log_path)
 
     @property
     def pid(self) -> int:
@@ -58,20 +36,10 @@ class Child:
         return self.proc.poll() is None
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        if self.alive():
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        return self.proc.poll()
+        return terminate(self.proc, timeout)
 
     def log_tail(self, chars: int = 2000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, chars)
 
 
 def hourglass_argv(*args: str) -> list[str]:

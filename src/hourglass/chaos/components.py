@@ -18,26 +18,12 @@ without running another instruction.
 
 from __future__ import annotations
 
-import ctypes
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-_PR_SET_PDEATHSIG = 1
-
-
-def _die_with_parent() -> None:  # runs in the child between fork and exec
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-
-
-def clean_environ() -> dict[str, str]:
-    """This process's environment without Hourglass settings or crash points:
-    children must see exactly the settings the harness hands them."""
-    return {k: v for k, v in os.environ.items() if not k.startswith("HOURGLASS_")}
+from hourglass.process import clean_environ, log_tail, spawn_logged
 
 
 class Component:
@@ -66,17 +52,7 @@ class Component:
         self.expected_down = False  # killed on purpose, restart pending
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:  # the child keeps its own copy of the fd
-            self.proc = subprocess.Popen(
-                list(self.argv()),
-                env=self.env,
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=log,
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 - the harness starts no threads
-                start_new_session=True,  # a Ctrl-C reaches only the harness, which stops us
-            )
+        self.proc = spawn_logged(self.argv(), self.env, self.log_path)
         self.generation += 1
         self.paused = False
         self.expected_down = False
@@ -125,7 +101,4 @@ class Component:
         return self.proc.poll()
 
     def log_tail(self, chars: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-chars:]
-        except OSError:
-            return ""
+        return log_tail(self.log_path, chars)
