@@ -17,8 +17,8 @@ import nats.js.errors
 
 from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
+from hourglass.bus.marks import LEASE_BUCKET, Marker
 from hourglass.config import Settings, bucket_seconds
-from hourglass.gateway.watermark import LEASE_BUCKET, Marker
 from hourglass.lake.failed import FAILED_DIR
 from hourglass.loader.state import load_state
 from hourglass.schemas import load_registry

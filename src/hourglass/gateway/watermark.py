@@ -10,8 +10,8 @@ so no marker can slip in.
 
 The lease is a key per gateway in the NATS KV bucket ``hg_gateways`` whose
 entries expire after ``lease_ttl_s``; it is renewed with every round of markers.
-The loader waits for the markers of live gateways only: a gateway killed
-without deregistering holds buckets open until its lease expires, no longer.
+The marker and lease formats are the bus's (``bus/marks.py``); this module is
+the gateway's side of them.
 """
 
 from __future__ import annotations
@@ -23,20 +23,12 @@ import msgspec
 import nats.errors
 import nats.js.errors
 from nats.js import JetStreamContext
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from hourglass import log
-from hourglass.bus.jetstream import KIND
+from hourglass.bus.marks import KIND, WATERMARK_KIND, Marker, open_leases
 
 logger = log.get("hourglass.gateway")
-
-LEASE_BUCKET = "hg_gateways"
-
-
-class Marker(msgspec.Struct):
-    gateway: str
-    watermark: int  # µs since the epoch
 
 
 class InFlight:
@@ -57,16 +49,6 @@ class InFlight:
 
     def watermark(self, now_us: int) -> int:
         return min(self._stamps, default=now_us)
-
-
-async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> KeyValue:
-    try:
-        return await js.key_value(LEASE_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
-        config = KeyValueConfig(
-            bucket=LEASE_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
-        )
-        return await js.create_key_value(config)
 
 
 class Heartbeat:
@@ -101,7 +83,7 @@ class Heartbeat:
         await self._kv.put(self._id, marker)  # the lease first: a marker needs a live owner
         await asyncio.gather(
             *(
-                self._js.publish(s, marker, headers={KIND: "watermark"}, timeout=5)
+                self._js.publish(s, marker, headers={KIND: WATERMARK_KIND}, timeout=5)
                 for s in self._subjects
             )
         )

@@ -1,6 +1,6 @@
-"""What the loader tells operators: live gateways, metrics, and a full lake.
+"""What the loader tells operators: metrics, and a full lake.
 
-``LeaseView`` reads the gateways' leases, ``LoaderMetrics`` is the Prometheus
+``LoaderMetrics`` is the Prometheus
 registry of ``hourglass loader``, and ``LakeSpace`` turns a full lake filesystem
 into one "pausing" and one "resuming" log line per episode instead of a
 traceback per retry.
@@ -14,13 +14,9 @@ import shutil
 import time
 from pathlib import Path
 
-import nats.errors
-import nats.js.errors
-from nats.js import JetStreamContext
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hourglass import log
-from hourglass.gateway.watermark import LEASE_BUCKET
 
 logger = log.get("hourglass.loader")
 
@@ -31,33 +27,6 @@ FULL_RETRY_S = 3.0  # while the lake is full, each paused stream retries this of
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC or EDQUOT, from Python's own I/O or from pyarrow (an OSError with errno)."""
     return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
-
-
-class LeaseView:
-    """The set of live gateways, from the lease KV bucket; None until first read."""
-
-    def __init__(self, js: JetStreamContext) -> None:
-        self._js = js
-        self.live: set[str] | None = None
-        self.read_at = 0.0  # wall clock when the current view's read began
-
-    async def run(self, interval: float = 0.5) -> None:
-        while True:
-            started = time.time()
-            try:
-                kv = await self._js.key_value(LEASE_BUCKET)
-                try:
-                    self.live = set(await kv.keys())
-                except nats.js.errors.NoKeysError:
-                    self.live = set()
-            except nats.js.errors.BucketNotFoundError:
-                self.live = set()  # no gateway has ever run
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
-                self.live = None
-                logger.warning("leases unknown", extra={"error": repr(exc)})
-            else:
-                self.read_at = started
-            await asyncio.sleep(interval)
 
 
 class LoaderMetrics:

@@ -34,13 +34,14 @@ from prometheus_client import start_http_server
 from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
+from hourglass.bus.marks import LeaseView
 from hourglass.config import Settings, bucket_seconds
 from hourglass.exceptions import SequenceGap
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
 from hourglass.lake.manifest import Manifest
-from hourglass.loader.ops import LakeSpace, LeaseView, LoaderMetrics, is_disk_full
+from hourglass.loader.ops import LakeSpace, LoaderMetrics, is_disk_full
 from hourglass.loader.typeloader import RowFormat, TypeLoader, to_bus_message
 from hourglass.schemas import load_registry
 

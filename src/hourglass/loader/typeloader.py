@@ -38,6 +38,7 @@ import numpy as np
 import pyarrow as pa
 
 from hourglass import log
+from hourglass.bus.marks import WATERMARK_KIND, Marker
 from hourglass.crashpoints import crashpoint
 from hourglass.durable import TMP_PREFIX, durable_write_bytes
 from hourglass.lake.layout import (
@@ -76,14 +77,9 @@ class _Facts:
     drained_as_of: float | None  # when the bus was known to hold nothing more; None: not
 
 
-class MarkerBody(msgspec.Struct):
-    gateway: str
-    watermark: int
-
-
 def to_bus_message(seq: int, data: bytes, kind: str | None) -> BusMessage:
-    if kind == "watermark":
-        body = msgspec.json.decode(data, type=MarkerBody)
+    if kind == WATERMARK_KIND:
+        body = msgspec.json.decode(data, type=Marker)
         return BusMessage(seq, b"", (body.gateway, body.watermark))
     return BusMessage(seq, data)
 

@@ -1,0 +1,84 @@
+"""The gateway↔loader contract on the bus: watermark markers and gateway leases.
+
+A marker with watermark ``W`` published into a stream promises: *every event
+this gateway stamped with ``received_at < W`` is before this marker in the
+stream* (``gateway/watermark.py`` keeps that promise).  Markers travel on the
+type's subject with ``Hg-Kind: watermark``; event batches carry ``Hg-Kind:
+batch``.
+
+A lease is a key per gateway in the NATS KV bucket ``hg_gateways`` whose entries
+expire after ``lease_ttl_s``; gateways renew theirs with every round of
+markers.  The loader waits for the markers of live gateways only
+(:class:`LeaseView`): a gateway killed without deregistering holds buckets open
+until its lease expires, no longer.
+
+Both sides import this module, and it imports neither.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import msgspec
+import nats.errors
+import nats.js.errors
+from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.kv import KeyValue
+
+from hourglass import log
+from hourglass.bus.jetstream import KIND
+
+__all__ = ["BATCH_KIND", "KIND", "LEASE_BUCKET", "WATERMARK_KIND", "LeaseView", "Marker"]
+
+logger = log.get("hourglass.bus")
+
+LEASE_BUCKET = "hg_gateways"
+BATCH_KIND = "batch"
+WATERMARK_KIND = "watermark"
+
+
+class Marker(msgspec.Struct):
+    """The body of a watermark message, and the value of a gateway's lease."""
+
+    gateway: str
+    watermark: int  # µs since the epoch
+
+
+async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> KeyValue:
+    """The lease bucket, created on first use."""
+    try:
+        return await js.key_value(LEASE_BUCKET)
+    except nats.js.errors.BucketNotFoundError:
+        config = KeyValueConfig(
+            bucket=LEASE_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
+        )
+        return await js.create_key_value(config)
+
+
+class LeaseView:
+    """The set of live gateways, from the lease KV bucket; None until first read."""
+
+    def __init__(self, js: JetStreamContext) -> None:
+        self._js = js
+        self.live: set[str] | None = None
+        self.read_at = 0.0  # wall clock when the current view's read began
+
+    async def run(self, interval: float = 0.5) -> None:
+        while True:
+            started = time.time()
+            try:
+                kv = await self._js.key_value(LEASE_BUCKET)
+                try:
+                    self.live = set(await kv.keys())
+                except nats.js.errors.NoKeysError:
+                    self.live = set()
+            except nats.js.errors.BucketNotFoundError:
+                self.live = set()  # no gateway has ever run
+            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                self.live = None
+                logger.warning("leases unknown", extra={"error": repr(exc)})
+            else:
+                self.read_at = started
+            await asyncio.sleep(interval)
