@@ -154,7 +154,7 @@ async def run_audit(
     settings: Settings, *, type_name: str | None = None, since: dt.datetime | None = None
 ) -> list[BucketAudit]:
     width = bucket_seconds(settings.bucket)
-    lake = settings.data_path / "lake"
+    lake = settings.lake_path
     types = [s.type_name for s in load_registry(settings)]
     if type_name is not None:
         types = [t for t in types if t == type_name]

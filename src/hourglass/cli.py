@@ -125,36 +125,40 @@ def _run(coro: Coroutine[Any, Any, None]) -> None:
         asyncio.run(coro)
 
 
+Service = Callable[[Settings], Coroutine[Any, Any, None]]
+
+
+def _serve(args: argparse.Namespace, service: Service) -> int:
+    """The body of every long-running command: settings, logging, then its loop."""
+    settings = _settings(args)
+    log.setup(settings.log_level)
+    _run(service(settings))
+    return 0
+
+
 def cmd_up(args: argparse.Namespace) -> int:
     from hourglass.up import up
 
-    settings = _settings(args)
-    log.setup(settings.log_level)
-    _run(up(settings, demo=args.demo, demo_rate=args.demo_rate))
-    return 0
+    return _serve(args, lambda s: up(s, demo=args.demo, demo_rate=args.demo_rate))
 
 
 def cmd_gateway(args: argparse.Namespace) -> int:
-    from hourglass.up import run_gateways
+    def gateways(settings: Settings) -> Coroutine[Any, Any, None]:
+        if settings.workers > 1:
+            from hourglass.up import run_gateways
 
-    settings = _settings(args)
-    log.setup(settings.log_level)
-    if settings.workers > 1:
-        _run(run_gateways(settings))
-    else:
+            return run_gateways(settings)
         from hourglass.gateway.server import serve
 
-        _run(serve(settings))
-    return 0
+        return serve(settings)
+
+    return _serve(args, gateways)
 
 
 def cmd_loader(args: argparse.Namespace) -> int:
     from hourglass.loader.service import run_loader
 
-    settings = _settings(args)
-    log.setup(settings.log_level)
-    _run(run_loader(settings))
-    return 0
+    return _serve(args, run_loader)
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
@@ -165,7 +169,7 @@ def cmd_replay(args: argparse.Namespace) -> int:
     settings = _settings(args)
     since = dt.datetime.fromisoformat(args.since).replace(tzinfo=dt.UTC) if args.since else None
     url = args.url or f"http://127.0.0.1:{settings.port}"
-    result = replay(settings.data_path / "lake", args.event_type, url, since=since)
+    result = replay(settings.lake_path, args.event_type, url, since=since)
     print(
         f"{result.found} rejected {args.event_type} events found, {result.accepted} accepted "
         f"now, {len(result.rejected)} rejected again"

@@ -77,6 +77,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def data_path(self) -> Path:
         return Path(self.data_dir)
 
+    @property
+    def lake_path(self) -> Path:
+        """``<data-dir>/lake``: the lake, as every command finds it."""
+        return self.data_path / "lake"
+
+    def checkpoint_path(self, stream: str) -> Path:
+        """The loader's checkpoint of ``stream`` (a type name, or ``_failed``)."""
+        return self.data_path / "loader" / f"{stream}.json"
+
+    def quarantine_path(self, stream: str) -> Path:
+        """Where the loader sets aside bus messages of ``stream`` it cannot read."""
+        return self.data_path / "loader" / "quarantine" / stream
+
     def validate(self) -> Settings:
         if not 0 <= self.port < 65536:
             raise ConfigError(f"port {self.port} is not a TCP port")

@@ -122,7 +122,7 @@ async def run_demo(base_url: str, settings: Settings, *, rate: float) -> None:
                 print(f"demo: gateway unreachable ({exc!r}), retrying", flush=True)
             elapsed = int(time.monotonic() - started)
             if elapsed % 5 == 0:
-                closed, rows = lake_progress(settings.data_path / "lake")
+                closed, rows = lake_progress(settings.lake_path)
                 print(
                     f"demo: {elapsed:>4}s  accepted {accepted:,} events "
                     f"({len(registry)} types), rejected {rejected:,}; "

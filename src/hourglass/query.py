@@ -16,7 +16,7 @@ from hourglass.exceptions import ConfigError
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
-    lake = settings.data_path / "lake"
+    lake = settings.lake_path
     con = duckdb.connect()
     if lake.exists():
         for folder in sorted(p for p in lake.iterdir() if p.is_dir()):

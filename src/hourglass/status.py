@@ -47,7 +47,7 @@ async def gather_status(settings: Settings) -> str:
             except nats.js.errors.NotFoundError:
                 lines.append(f"{name:<28} (no stream yet)")
                 continue
-            state = load_state(settings.data_path / "loader" / f"{name}.json")
+            state = load_state(settings.checkpoint_path(name))
             lag = last_seq - state.committed_seq
             open_at = "-"
             overdue = ""

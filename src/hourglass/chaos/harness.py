@@ -271,7 +271,7 @@ class Run:
 
     def wait_closed(self, last_event: float) -> None:
         """Until every bucket up to ``last_event``'s of each producer type is closed."""
-        lake = self.settings.data_path / "lake"
+        lake = self.settings.lake_path
         last = int(last_event) - int(last_event) % self.width
         deadline = (
             time.monotonic() + (last + self.width - time.time()) + self.config.close_timeout_s
@@ -322,7 +322,7 @@ class Run:
             for n, at in acked:
                 promised.setdefault((prod.source_of(name), prod.event_id(name, n)), at)
             allowed[prod.source_of(name)] = max((n for n, _ in acked), default=-1) + prod.GROUP
-        lake = self.settings.data_path / "lake"
+        lake = self.settings.lake_path
         compare(promised, read_lake(lake), allowed, verdict)
         check_buckets(lake, self.width, verdict)
         verdict.temp_files = temp_files([self.settings.data_path])

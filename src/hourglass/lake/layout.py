@@ -93,7 +93,7 @@ def part_range(name: str) -> tuple[int, int] | None:
 
 def check_layout(settings: Settings) -> None:
     """One lake, one bucket width: refuse to mix ``hour=`` and ``minute=`` layouts."""
-    lake = settings.data_path / "lake"
+    lake = settings.lake_path
     marker = lake / "_hourglass.json"
     if marker.exists():
         existing = msgspec.json.decode(marker.read_bytes()).get("bucket")

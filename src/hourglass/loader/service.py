@@ -298,8 +298,7 @@ async def _loop(
 def build_streams(settings: Settings) -> list[Stream]:
     registry = load_registry(settings)
     width = bucket_seconds(settings.bucket)
-    root = settings.data_path
-    lake = root / "lake"
+    lake = settings.lake_path
     streams = []
     for schema in registry:
         fmt: RowFormat = LakeSchema(schema)
@@ -313,8 +312,8 @@ def build_streams(settings: Settings) -> list[Stream]:
                     name,
                     fmt,
                     lake=lake,
-                    state_path=root / "loader" / f"{name}.json",
-                    quarantine=root / "loader" / "quarantine" / name,
+                    state_path=settings.checkpoint_path(name),
+                    quarantine=settings.quarantine_path(name),
                     width_s=width,
                     window_s=settings.dedup_window_s,
                 ),
@@ -329,8 +328,8 @@ def build_streams(settings: Settings) -> list[Stream]:
                 FAILED_DIR,
                 FailedFormat(),
                 lake=lake,
-                state_path=root / "loader" / f"{FAILED_DIR}.json",
-                quarantine=root / "loader" / "quarantine" / FAILED_DIR,
+                state_path=settings.checkpoint_path(FAILED_DIR),
+                quarantine=settings.quarantine_path(FAILED_DIR),
                 width_s=width,
                 window_s=0,
                 closes=False,
@@ -369,7 +368,7 @@ async def run_loader(settings: Settings) -> None:
     if settings.loader_nice:
         yield_cpu(settings.loader_nice)
     metrics = LoaderMetrics()
-    space = LakeSpace(settings.data_path / "lake", metrics)
+    space = LakeSpace(settings.lake_path, metrics)
     if settings.loader_metrics_port:
         start_http_server(
             settings.loader_metrics_port, addr=settings.host, registry=metrics.registry
@@ -396,7 +395,7 @@ async def run_loader(settings: Settings) -> None:
     ]
     logger.info(
         "loader running",
-        extra={"streams": len(streams), "bus": url, "lake": str(settings.data_path / "lake")},
+        extra={"streams": len(streams), "bus": url, "lake": str(settings.lake_path)},
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
