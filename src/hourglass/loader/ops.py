@@ -1,9 +1,8 @@
 """What the loader tells operators: metrics, and a full lake.
 
-``LoaderMetrics`` is the Prometheus
-registry of ``hourglass loader``, and ``LakeSpace`` turns a full lake filesystem
-into one "pausing" and one "resuming" log line per episode instead of a
-traceback per retry.
+``LoaderMetrics`` is the Prometheus registry of ``hourglass loader``, and
+``LakeSpace`` turns a full lake filesystem into one "pausing" and one "resuming"
+log line per episode instead of a traceback per retry.
 """
 
 from __future__ import annotations

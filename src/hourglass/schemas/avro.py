@@ -41,6 +41,7 @@ from msgspec import Meta
 from hourglass.config import Settings
 from hourglass.exceptions import ConfigError, SchemaError
 from hourglass.schemas.parse import (
+    FROM_AVRO_JSON,
     INT32_RANGE,
     INT64_RANGE,
     NO_DEFAULT,
@@ -93,10 +94,6 @@ _MIN_US = (datetime.datetime(1, 1, 1, tzinfo=datetime.UTC) - _EPOCH) // datetime
 _MAX_US = (
     datetime.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=datetime.UTC) - _EPOCH
 ) // datetime.timedelta(microseconds=1)
-_UNITS = {
-    "timestamp-millis": datetime.timedelta(milliseconds=1),
-    "timestamp-micros": datetime.timedelta(microseconds=1),
-}
 # The epoch integers each logical type accepts in Avro JSON (also in the OpenAPI document).
 AVRO_JSON_BOUNDS: dict[str, tuple[int, int]] = {
     "timestamp-millis": (-(-_MIN_US // 1000), _MAX_US // 1000),
@@ -120,15 +117,9 @@ _AVRO_JSON: dict[tuple[str, str | None], Any] = {
 Fix = Callable[[Any], Any]
 
 
-def _from_epoch(unit: datetime.timedelta) -> Fix:
-    def fix(value: Any) -> Any:
-        return _EPOCH + value * unit if type(value) is int else value
-
-    return fix
-
-
-def _from_day(value: Any) -> Any:
-    return _EPOCH_DAY + datetime.timedelta(days=value) if type(value) is int else value
+def _from_int(convert: Callable[[int], Any]) -> Fix:
+    """``convert`` for the integers of an ``int | datetime`` (or ``date``) value."""
+    return lambda value: convert(value) if type(value) is int else value
 
 
 class _Compiler:
@@ -208,10 +199,8 @@ def _fixer(node: Node) -> Fix | None:
     """A function that turns a decoded ``avro_json_type`` value canonical, or None
     when ``node`` holds no logical type that Avro JSON encodes as a number."""
     match node:
-        case Primitive(logical=logical) if logical in _UNITS:
-            return _from_epoch(_UNITS[logical])
-        case Primitive(logical="date"):
-            return _from_day
+        case Primitive(logical=logical) if logical in FROM_AVRO_JSON:
+            return _from_int(FROM_AVRO_JSON[logical])
         case Nullable(inner=inner):
             return _lifted(_fixer(inner), lambda f, v: None if v is None else f(v))
         case Array(items=items):

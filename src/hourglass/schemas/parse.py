@@ -36,6 +36,7 @@ import msgspec
 from hourglass.exceptions import SchemaError
 
 __all__ = [
+    "FROM_AVRO_JSON",
     "INT32_RANGE",
     "INT64_RANGE",
     "NO_DEFAULT",
@@ -373,12 +374,17 @@ _SCALAR_CHECKS: dict[str, tuple[Callable[[Any], bool], str]] = {
     "string": (lambda v: isinstance(v, str), "expected a string"),
 }
 _SCALAR_CHECKS["double"] = _SCALAR_CHECKS["float"]
-_SCALAR_CONVERT: dict[str, Callable[[Any], Any]] = {
-    "float": float,
-    "double": float,
+# Avro JSON's integers for the logical types (in defaults, and in events the
+# gateway reads in that encoding), as the Python values msgspec decodes.
+FROM_AVRO_JSON: dict[str, Callable[[int], Any]] = {
     "date": lambda v: datetime.date(1970, 1, 1) + datetime.timedelta(days=v),
     "timestamp-millis": lambda v: _EPOCH + datetime.timedelta(milliseconds=v),
     "timestamp-micros": lambda v: _EPOCH + datetime.timedelta(microseconds=v),
+}
+_SCALAR_CONVERT: dict[str, Callable[[Any], Any]] = {
+    "float": float,
+    "double": float,
+    **FROM_AVRO_JSON,
     "uuid": uuid.UUID,
 }
 
