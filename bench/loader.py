@@ -1,9 +1,9 @@
-"""Loader cost per event as an hour fills: TypeLoader alone, no bus, no HTTP.
+"""Loader cost per event as an hour fills: StreamLoader alone, no bus, no HTTP.
 
     python bench/loader.py --events 4000000 [--duplicates 0.01]
 
 Feeds bus-shaped NDJSON messages (1,000 events each, as the gateway writes them)
-to one TypeLoader in fetches of 32 messages, flushing every 10 fetches, all in
+to one StreamLoader in fetches of 32 messages, flushing every 10 fetches, all in
 one hour bucket, and prints µs/event (wall and CPU of this process) per slice, so
 a cost that grows with the keys already in the hour shows.  Everything lives in
 a temporary folder.
@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from hourglass.bench.workload import write_schemas
+from hourglass.bus.consumer import BusMessage
 from hourglass.lake.arrow import LakeSchema
-from hourglass.loader.typeloader import BusMessage, TypeLoader
+from hourglass.loader.stream import StreamLoader
 from hourglass.schemas.avro import SchemaRegistry
 
 PER_MESSAGE = 1000
@@ -51,7 +52,7 @@ def main() -> None:
         registry = SchemaRegistry.load(write_schemas(root / "schemas", 1))
         fmt = LakeSchema(next(iter(registry)))
         hour = int(time.time()) // 3600 * 3600
-        loader = TypeLoader(
+        loader = StreamLoader(
             "bench.E0",
             fmt,
             lake=root / "lake",

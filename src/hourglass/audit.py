@@ -18,17 +18,15 @@ have aged out of the stream are checked for integrity only.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import duckdb
-import nats.errors
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from hourglass.bus import jetstream
+from hourglass.bus.consumer import tally_by_minute
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.layout import SUCCESS, bucket_dirs, bucket_of_dir, part_range
@@ -67,37 +65,7 @@ class BucketAudit:
 
 async def published_by_minute(js: JetStreamContext, type_name: str) -> tuple[dict[int, int], int]:
     """Events per receive minute from the stream's tally headers; and its first seq."""
-    stream = jetstream.stream_name(type_name)
-    info = await js.stream_info(stream)
-    counts: dict[int, int] = {}
-    if not info.state.messages:
-        return counts, int(info.state.first_seq)
-    sub = await js.pull_subscribe(
-        jetstream.subject(type_name),
-        stream=stream,
-        config=ConsumerConfig(
-            headers_only=True,
-            ack_policy=AckPolicy.NONE,
-            deliver_policy=DeliverPolicy.ALL,
-            inactive_threshold=30.0,
-        ),
-    )
-    try:
-        while True:
-            try:
-                msgs = await sub.fetch(1000, timeout=2)
-            except (nats.errors.TimeoutError, asyncio.TimeoutError):
-                break
-            for msg in msgs:
-                tally = (msg.headers or {}).get(jetstream.TALLY)
-                for part in tally.split(",") if tally else ():
-                    minute, n = part.split(":")
-                    counts[int(minute)] = counts.get(int(minute), 0) + int(n)
-            if msgs[-1].metadata.num_pending == 0:
-                break
-    finally:
-        await sub.unsubscribe()
-    return counts, int(info.state.first_seq)
+    return await tally_by_minute(js, jetstream.stream_name(type_name), jetstream.subject(type_name))
 
 
 _COUNT = (

@@ -19,7 +19,11 @@ from permanent ones (the input or the configuration is wrong)::
     │   └── BusUnavailable       503: the bus is unreachable, full or did not ack
     ├── SpoolFull                back-pressure in the SDK: the spool is at its bound
     ├── SequenceGap              the loader missed bus messages: it reads again
-    └── BusError                 the bus refused a management call (stream set-up)
+    └── BusError                 the bus refused a request (stream set-up, consumer)
+        └── BusNotFound          a stream, consumer, KV bucket or key is not there (yet)
+
+``bus/errors.py`` maps nats-py's errors onto ``BusUnavailable``, ``BusError``
+and ``BusNotFound``; nothing outside ``bus/`` catches a nats-py error itself.
 """
 
 from __future__ import annotations
@@ -100,4 +104,8 @@ class SequenceGap(HourglassError):
 
 
 class BusError(HourglassError):
-    """The bus refused a management request (creating or updating a stream)."""
+    """The bus refused a request (creating or updating a stream, a consumer)."""
+
+
+class BusNotFound(BusError):
+    """A stream, consumer, KV bucket or key does not exist, or a bucket has no keys."""

@@ -11,13 +11,12 @@ import asyncio
 import datetime as dt
 import time
 
-import msgspec
-import nats.errors
-import nats.js.errors
+from nats.js import JetStreamContext
 
 from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
-from hourglass.bus.marks import LEASE_BUCKET, Marker
+from hourglass.bus.errors import BusNotFound, map_nats_errors
+from hourglass.bus.marks import read_leases
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.failed import FAILED_DIR
 from hourglass.loader.state import load_state
@@ -42,9 +41,10 @@ async def gather_status(settings: Settings) -> str:
         now = time.time()
         for name, stream in names:
             try:
-                info = await js.stream_info(stream)
+                with map_nats_errors(f"stream info {stream}"):
+                    info = await js.stream_info(stream)
                 last_seq = int(info.state.last_seq)
-            except nats.js.errors.NotFoundError:
+            except BusNotFound:
                 lines.append(f"{name:<28} (no stream yet)")
                 continue
             state = load_state(settings.checkpoint_path(name))
@@ -67,16 +67,12 @@ async def gather_status(settings: Settings) -> str:
     return "\n".join(lines)
 
 
-async def _leases(js: nats.js.JetStreamContext, now: float) -> list[str]:
-    try:
-        kv = await js.key_value(LEASE_BUCKET)
-        keys = await kv.keys()
-    except (nats.js.errors.BucketNotFoundError, nats.js.errors.NoKeysError):
+async def _leases(js: JetStreamContext, now: float) -> list[str]:
+    leases = await read_leases(js)
+    if not leases:
         return ["gateways: none live"]
-    out = [f"gateways: {len(keys)} live"]
-    for key in sorted(keys):
-        entry = await kv.get(key)
-        marker = msgspec.json.decode(entry.value or b"{}", type=Marker)
+    out = [f"gateways: {len(leases)} live"]
+    for key, marker in sorted(leases.items()):
         behind = now - marker.watermark / 1_000_000
         out.append(f"  {key}  watermark {behind:.1f}s behind now")
     return out

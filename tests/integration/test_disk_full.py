@@ -32,19 +32,19 @@ from typing import Any
 
 import httpx
 import msgspec
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hourglass.bus.consumer import BusMessage
 from hourglass.bus.embedded import free_port
 from hourglass.config import Settings
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.layout import bucket_dir, part_name
 from hourglass.lake.parquet import write_part
-from hourglass.loader.ops import LakeSpace, LoaderMetrics
+from hourglass.loader.metrics import LakeSpace, LoaderMetrics
 from hourglass.loader.service import Stream, stored_once, until_stored
 from hourglass.loader.state import load_state
-from hourglass.loader.typeloader import BusMessage, TypeLoader
+from hourglass.loader.stream import StreamLoader
 from hourglass.schemas import DEMO_SCHEMAS_DIR
 from tests.chaos.conftest import (
     REGISTRY,
@@ -421,8 +421,8 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
     clock = Clock(start.timestamp() + 30)
     root = small_fs.path
 
-    def new_loader() -> TypeLoader:
-        return TypeLoader(
+    def new_loader() -> StreamLoader:
+        return StreamLoader(
             SKIPPED,
             LakeSchema(schema),
             lake=root / "lake",
@@ -452,7 +452,7 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
             _marker(3, start + dt.timedelta(seconds=70)),
         ]
     )
-    rows = pa.concat_tables(s.loader._pending[int(start.timestamp())])
+    rows = s.loader.open_buckets()[int(start.timestamp())]
     probe = small_fs.path.parent / "probe.parquet"
     write_part(rows, probe)
     small_fs.fill(leave=-(-probe.stat().st_size // 4096) * 4096)

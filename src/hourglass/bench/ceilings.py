@@ -80,19 +80,19 @@ class JetStreamChannel:
         self.events = 0
 
     async def send(self, body: bytes) -> tuple[int, int]:
-        import nats.errors
-
+        from hourglass.bus.errors import BusError, BusUnavailable, map_nats_errors
         from hourglass.bus.jetstream import KIND, MSG_ID
 
         n = next(self._numbers)
         try:
-            await self._js.publish(
-                self._subjects[n % len(self._subjects)],
-                body,
-                timeout=10.0,
-                headers={MSG_ID: f"bench-{n}", KIND: "batch"},
-            )
-        except (nats.errors.Error, asyncio.TimeoutError):
+            with map_nats_errors("publish"):
+                await self._js.publish(
+                    self._subjects[n % len(self._subjects)],
+                    body,
+                    timeout=10.0,
+                    headers={MSG_ID: f"bench-{n}", KIND: "batch"},
+                )
+        except (BusUnavailable, BusError):
             return 503, 0  # counted as an error, like the gateway's 503
         return 200, self.events
 

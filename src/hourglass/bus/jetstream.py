@@ -39,6 +39,23 @@ KIND = "Hg-Kind"
 TALLY = "Hg-Tally"
 
 
+def format_tally(minutes: dict[int, int]) -> str | None:
+    """``Hg-Tally``: events of a batch per receive minute, ``<minute>:<events>,...``.
+
+    The gateway writes it on every batch and ``hourglass audit`` adds it up: the
+    count of what was published, read from the bus without reading the events.
+    """
+    return ",".join(f"{m}:{n}" for m, n in sorted(minutes.items())) or None
+
+
+def parse_tally(header: str | None) -> dict[int, int]:
+    counts: dict[int, int] = {}
+    for part in header.split(",") if header else ():
+        minute, n = part.split(":")
+        counts[int(minute)] = counts.get(int(minute), 0) + int(n)
+    return counts
+
+
 def stream_name(type_name: str) -> str:
     return "HG_" + type_name.replace(".", "_")
 

@@ -28,9 +28,18 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from hourglass import log
+from hourglass.bus.errors import BusNotFound, map_nats_errors
 from hourglass.bus.jetstream import KIND
 
-__all__ = ["BATCH_KIND", "KIND", "LEASE_BUCKET", "WATERMARK_KIND", "LeaseView", "Marker"]
+__all__ = [
+    "BATCH_KIND",
+    "KIND",
+    "LEASE_BUCKET",
+    "WATERMARK_KIND",
+    "LeaseView",
+    "Marker",
+    "read_leases",
+]
 
 logger = log.get("hourglass.bus")
 
@@ -55,6 +64,28 @@ async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> K
             bucket=LEASE_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
         )
         return await js.create_key_value(config)
+
+
+async def read_leases(js: JetStreamContext) -> dict[str, Marker]:
+    """Every live gateway's lease (its last watermark); empty if none ever ran.
+
+    Raises :class:`~hourglass.exceptions.BusUnavailable` if the bus does not answer.
+    """
+    try:
+        with map_nats_errors("list the gateway leases"):
+            kv = await js.key_value(LEASE_BUCKET)
+            keys = await kv.keys()
+    except BusNotFound:  # no bucket (no gateway ever ran), or no keys
+        return {}
+    leases = {}
+    for key in keys:
+        try:
+            with map_nats_errors(f"read the lease of {key}"):
+                entry = await kv.get(key)
+        except BusNotFound:
+            continue  # expired since it was listed
+        leases[key] = msgspec.json.decode(entry.value or b"{}", type=Marker)
+    return leases
 
 
 class LeaseView:

@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Protocol
 
+from hourglass.bus.jetstream import format_tally
 from hourglass.exceptions import BusUnavailable
 
 
@@ -121,7 +122,7 @@ class GroupCommitter:
             return
         payload = b"".join(lane.chunks)
         count, waiters = lane.counts, lane.waiters
-        tally = ",".join(f"{m}:{n}" for m, n in sorted(lane.minutes.items())) or None
+        tally = format_tally(lane.minutes)
         lane.chunks, lane.counts, lane.nbytes, lane.waiters = [], 0, 0, []
         lane.minutes = {}
         lane.inflight += 1

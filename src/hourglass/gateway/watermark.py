@@ -20,12 +20,11 @@ import asyncio
 import time
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.kv import KeyValue
 
 from hourglass import log
+from hourglass.bus.errors import BusError, BusUnavailable, map_nats_errors
 from hourglass.bus.marks import KIND, WATERMARK_KIND, Marker, open_leases
 
 logger = log.get("hourglass.gateway")
@@ -75,25 +74,30 @@ class Heartbeat:
         self._kv: KeyValue | None = None
 
     async def beat(self) -> None:
-        if self._kv is None:
-            self._kv = await open_leases(self._js, ttl_s=self._ttl, replicas=self._replicas)
-        marker = msgspec.json.encode(
-            Marker(self._id, self._inflight.watermark(time.time_ns() // 1000))
-        )
-        await self._kv.put(self._id, marker)  # the lease first: a marker needs a live owner
-        await asyncio.gather(
-            *(
-                self._js.publish(s, marker, headers={KIND: WATERMARK_KIND}, timeout=5)
-                for s in self._subjects
+        """Renew the lease, then publish a marker into every stream.
+
+        Raises :class:`BusUnavailable` or :class:`BusError`; the next beat tries again.
+        """
+        with map_nats_errors("heartbeat"):
+            if self._kv is None:
+                self._kv = await open_leases(self._js, ttl_s=self._ttl, replicas=self._replicas)
+            marker = msgspec.json.encode(
+                Marker(self._id, self._inflight.watermark(time.time_ns() // 1000))
             )
-        )
+            await self._kv.put(self._id, marker)  # the lease first: a marker needs a live owner
+            await asyncio.gather(
+                *(
+                    self._js.publish(s, marker, headers={KIND: WATERMARK_KIND}, timeout=5)
+                    for s in self._subjects
+                )
+            )
 
     async def run(self) -> None:
         while True:
             try:
                 await self.beat()
-            except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
-                logger.warning("heartbeat failed", extra={"error": repr(exc)})
+            except (BusUnavailable, BusError) as exc:
+                logger.warning("heartbeat failed", extra={"error": repr(exc.__cause__ or exc)})
             await asyncio.sleep(self._interval)
 
     async def retire(self) -> None:
@@ -101,6 +105,9 @@ class Heartbeat:
         try:
             await self.beat()
             if self._kv is not None:
-                await self._kv.delete(self._id)
-        except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
-            logger.warning("could not retire the lease", extra={"error": repr(exc)})
+                with map_nats_errors("drop the lease"):
+                    await self._kv.delete(self._id)
+        except (BusUnavailable, BusError) as exc:
+            logger.warning(
+                "could not retire the lease", extra={"error": repr(exc.__cause__ or exc)}
+            )

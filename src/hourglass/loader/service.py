@@ -6,7 +6,7 @@ the event loop keeps the bus connection alive and the other streams moving.
 
 A full lake filesystem (ENOSPC, EDQUOT) pauses instead of crashing: the write
 that failed (process's quarantine, flush, close) left nothing behind (see
-``TypeLoader.flush``) and is tried again every few seconds with the same rows,
+``StreamLoader.flush``) and is tried again every few seconds with the same rows,
 which stay in memory and unacknowledged on the bus.  One log line says "lake
 filesystem full, pausing", one says when it resumes; ``hourglass_loader_lake_full``
 is 1 meanwhile.  See docs/disk-full.md.
@@ -24,36 +24,37 @@ from dataclasses import dataclass
 from functools import partial
 from typing import TypeVar
 
-import nats.errors
-import nats.js.errors
-from nats.aio.msg import Msg
 from nats.js import JetStreamContext
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from prometheus_client import start_http_server
 
 from hourglass import log
 from hourglass.bus import jetstream
+from hourglass.bus.consumer import StreamReader, wait_for_streams
 from hourglass.bus.embedded import resolve_bus_url
+from hourglass.bus.errors import BusUnavailable
 from hourglass.bus.marks import LeaseView
 from hourglass.config import Settings, bucket_seconds
-from hourglass.exceptions import SequenceGap
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
-from hourglass.lake.manifest import Manifest
-from hourglass.loader.ops import LakeSpace, LoaderMetrics, is_disk_full
-from hourglass.loader.typeloader import RowFormat, TypeLoader, to_bus_message
+from hourglass.loader.metrics import LakeSpace, LoaderMetrics, StreamMetrics, is_disk_full
+from hourglass.loader.stream import RowFormat, StreamLoader
 from hourglass.schemas import load_registry
 
 logger = log.get("hourglass.loader")
 
 DURABLE = "hg-loader"
-# At most 32 messages of up to commit_max_bytes (1 MiB) per fetch: a server drops a
-# client with more than its max_pending (64 MiB by default) in flight to it.
-FETCH_BATCH = 32
 
 
 T = TypeVar("T")
+
+
+@dataclass
+class Stream:
+    name: str  # the lake folder: the type name, or _failed
+    stream: str
+    subject: str
+    loader: StreamLoader
 
 
 async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[], T]) -> list[T]:
@@ -109,111 +110,85 @@ async def until_stored(s: Stream, space: LakeSpace, what: str, work: Callable[[]
             return done[0]
 
 
-def _close_ready(
-    loader: TypeLoader, leases: LeaseView, drained_as_of: float | None
-) -> list[Manifest]:
-    return loader.close_ready(
-        leases.live,
-        drained_as_of is not None,
-        live_as_of=leases.read_at,
-        drained_as_of=drained_as_of,
-    )
-
-
 @dataclass
-class Stream:
-    name: str  # the lake folder: the type name, or _failed
-    stream: str
-    subject: str
-    loader: TypeLoader
+class Runner:
+    """What every stream's loop shares: the bus, the leases, settings, metrics, the lake."""
 
+    js: JetStreamContext
+    leases: LeaseView
+    settings: Settings
+    metrics: LoaderMetrics
+    space: LakeSpace
 
-async def _check_contiguous(js: JetStreamContext, s: Stream, msgs: list[Msg]) -> None:
-    """Every stream message must pass through the loader, in order.
+    async def supervised(self, s: Stream) -> None:
+        """Restart one stream's loop after an error without touching the others.
 
-    A gap means messages were lost in flight (a slow-consumer disconnect drops
-    what was on the wire, and acknowledging a later message would acknowledge
-    them too): raise before processing, so the stream restarts from its
-    checkpoint.  Only messages that aged out of the stream (``max_age``) before
-    being read are let go, loudly.
-    """
-    expected = s.loader.processed_seq + 1
-    for msg in msgs:
-        seq = int(msg.metadata.sequence.stream)
-        if seq > expected:
-            first = int((await js.stream_info(s.stream)).state.first_seq)
-            if seq > max(expected, first):
-                raise SequenceGap(f"stream {s.stream}: got message {seq}, expected {expected}")
-            logger.error(
-                "messages expired from the bus before the loader read them",
-                extra={"stream": s.stream, "from_seq": expected, "to_seq": seq - 1},
+        A restart goes through ``recover`` again, so whatever was processed but
+        not flushed is redelivered and processed afresh.  A full disk is handled
+        where the lake is written (``until_stored``); one that surfaces anywhere
+        else pauses here without a traceback.
+        """
+        while True:
+            try:
+                await self.drive(s)
+            except asyncio.CancelledError:
+                raise
+            except BusUnavailable as exc:
+                logger.warning(
+                    "bus unavailable; restarting the stream",
+                    extra={"stream": s.name, "error": str(exc)},
+                )
+                await asyncio.sleep(1.0)
+            except OSError as exc:
+                if not is_disk_full(exc):
+                    logger.exception(
+                        "stream loader failed; restarting it", extra={"stream": s.name}
+                    )
+                    await asyncio.sleep(1.0)
+                else:
+                    await self.space.wait(s.name, "recover", exc)
+            except Exception:
+                logger.exception("stream loader failed; restarting it", extra={"stream": s.name})
+                await asyncio.sleep(1.0)
+            s.loader = s.loader.fresh()
+
+    async def drive(self, s: Stream) -> None:
+        await until_stored(s, self.space, "recover", s.loader.recover)
+        reader = StreamReader(self.js, s.stream, s.subject, DURABLE)
+        await reader.start(after_seq=s.loader.state.committed_seq)
+        try:
+            await self._loop(s, reader)
+        finally:
+            # A clean stop (SIGTERM) commits what was processed; a crash does not
+            # need to: the messages after the checkpoint come again.
+            if s.loader.processed_seq > s.loader.state.committed_seq:
+                _flush_on_stop(s)
+
+    async def _loop(self, s: Stream, reader: StreamReader) -> None:
+        lag = self.metrics.lag.labels(s.name)
+        open_buckets = self.metrics.open.labels(s.name)
+        while True:
+            batch = await reader.fetch(s.loader.processed_seq + 1)
+            lag.set(batch.pending)
+            if batch.messages:
+                work = partial(s.loader.process, batch.messages)
+                await until_stored(s, self.space, "process", work)
+            due = time.time() - s.loader.last_flush >= self.settings.flush_interval_s
+            if due or s.loader.pending_rows() > 1_000_000:
+                open_buckets.set(len(s.loader.open_buckets()))
+                await until_stored(s, self.space, "flush", s.loader.flush)
+                await reader.ack()
+                await asyncio.to_thread(s.loader.expire)
+            # Not retried in place: after a pause the loop fetches and flushes again
+            # first, so leases and ``caught_up`` are current when it closes.
+            close = partial(
+                s.loader.close_ready,
+                self.leases.live,
+                batch.drained_as_of is not None,
+                live_as_of=self.leases.read_at,
+                drained_as_of=batch.drained_as_of,
             )
-        expected = max(expected, seq + 1)
-
-
-async def _drained_as_of(
-    sub: JetStreamContext.PullSubscription, msgs: list[Msg], asked: float
-) -> float | None:
-    """When the bus was last known to hold nothing more for us, or None.
-
-    An empty fetch alone does not say so: a process paused (SIGSTOP) during the
-    fetch wakes to its timeout with messages waiting.  Then the server is asked.
-    """
-    if msgs:
-        return asked if msgs[-1].metadata.num_pending == 0 else None
-    asked = time.time()
-    try:
-        info = await sub.consumer_info()
-    except (nats.errors.Error, asyncio.TimeoutError):
-        return None
-    return asked if info.num_pending == 0 else None
-
-
-async def _ack(s: Stream, last: Msg) -> None:
-    """Acknowledge up to ``last``; a failure is harmless, the checkpoint rules."""
-    try:
-        await last.ack_sync()
-    except (nats.errors.Error, asyncio.TimeoutError) as exc:
-        logger.warning(
-            "ack failed; a later one covers it", extra={"stream": s.name, "error": repr(exc)}
-        )
-
-
-async def drive(
-    s: Stream,
-    js: JetStreamContext,
-    leases: LeaseView,
-    settings: Settings,
-    metrics: LoaderMetrics,
-    space: LakeSpace,
-) -> None:
-    await until_stored(s, space, "recover", s.loader.recover)
-    # The checkpoint, not the consumer's ack state, says where to resume: start a
-    # fresh consumer right after it, so nothing waits out an ack timeout.
-    try:
-        await js.delete_consumer(s.stream, DURABLE)
-    except nats.js.errors.NotFoundError:
-        pass
-    sub = await js.pull_subscribe(
-        s.subject,
-        durable=DURABLE,
-        stream=s.stream,
-        config=ConsumerConfig(
-            ack_policy=AckPolicy.ALL,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=s.loader.state.committed_seq + 1,
-            ack_wait=300,
-            max_deliver=-1,
-            max_ack_pending=100_000,
-        ),
-    )
-    try:
-        await _loop(s, js, sub, leases, settings, metrics, space)
-    finally:
-        # A clean stop (SIGTERM) commits what was processed; a crash does not
-        # need to: the messages after the checkpoint come again.
-        if s.loader.processed_seq > s.loader.state.committed_seq:
-            _flush_on_stop(s)
+            await stored_once(s, self.space, "close", close)
 
 
 def _flush_on_stop(s: Stream) -> None:
@@ -231,71 +206,8 @@ def _flush_on_stop(s: Stream) -> None:
         logger.info("flushed on stop", extra={"stream": s.name})
 
 
-async def _loop(
-    s: Stream,
-    js: JetStreamContext,
-    sub: JetStreamContext.PullSubscription,
-    leases: LeaseView,
-    settings: Settings,
-    metrics: LoaderMetrics,
-    space: LakeSpace,
-) -> None:
-    last: Msg | None = None
-    stats = s.loader.stats
-    seen = (0, 0, 0, 0, 0)
-    while True:
-        asked = time.time()
-        try:
-            msgs = await sub.fetch(FETCH_BATCH, timeout=0.5)
-        except (nats.errors.TimeoutError, asyncio.TimeoutError):
-            msgs = []
-        drained_as_of = await _drained_as_of(sub, msgs, asked)
-        if msgs:
-            await _check_contiguous(js, s, msgs)
-            metrics.lag.labels(s.name).set(msgs[-1].metadata.num_pending)
-            batch = [
-                to_bus_message(
-                    m.metadata.sequence.stream, m.data, (m.headers or {}).get(jetstream.KIND)
-                )
-                for m in msgs
-            ]
-            await until_stored(s, space, "process", partial(s.loader.process, batch))
-            last = msgs[-1]
-        else:
-            metrics.lag.labels(s.name).set(0)
-        due = time.time() - s.loader.last_flush >= settings.flush_interval_s
-        if due or s.loader.pending_rows() > 1_000_000:
-            metrics.open.labels(s.name).set(len(s.loader._pending))
-            await until_stored(s, space, "flush", s.loader.flush)
-            if last is not None:
-                await _ack(s, last)
-                last = None
-            await asyncio.to_thread(s.loader.expire)
-        # Not retried in place: after a pause the loop fetches and flushes again
-        # first, so leases and ``caught_up`` are current when it closes.
-        close = partial(_close_ready, s.loader, leases, drained_as_of)
-        closed = await stored_once(s, space, "close", close)
-        for manifest in closed[0] if closed else []:
-            metrics.close_delay.observe(max(0.0, manifest.close_delay_s))
-        now = (
-            stats.files_written,
-            stats.rows_written,
-            stats.duplicates,
-            stats.skewed,
-            stats.closed,
-        )
-        for counter, before, after in zip(
-            (metrics.files, metrics.rows, metrics.duplicates, metrics.skewed, metrics.closed),
-            seen,
-            now,
-            strict=True,
-        ):
-            if after > before:
-                counter.labels(s.name).inc(after - before)
-        seen = now
-
-
-def build_streams(settings: Settings) -> list[Stream]:
+def build_streams(settings: Settings, metrics: LoaderMetrics | None = None) -> list[Stream]:
+    """One :class:`Stream` per event type, and one for the failed-events stream."""
     registry = load_registry(settings)
     width = bucket_seconds(settings.bucket)
     lake = settings.lake_path
@@ -308,7 +220,7 @@ def build_streams(settings: Settings) -> list[Stream]:
                 name,
                 jetstream.stream_name(name),
                 jetstream.subject(name),
-                TypeLoader(
+                StreamLoader(
                     name,
                     fmt,
                     lake=lake,
@@ -316,6 +228,7 @@ def build_streams(settings: Settings) -> list[Stream]:
                     quarantine=settings.quarantine_path(name),
                     width_s=width,
                     window_s=settings.dedup_window_s,
+                    observer=StreamMetrics(metrics, name) if metrics else None,
                 ),
             )
         )
@@ -324,7 +237,7 @@ def build_streams(settings: Settings) -> list[Stream]:
             FAILED_DIR,
             jetstream.FAILED_STREAM,
             jetstream.FAILED_SUBJECT + ".>",
-            TypeLoader(
+            StreamLoader(
                 FAILED_DIR,
                 FailedFormat(),
                 lake=lake,
@@ -334,21 +247,11 @@ def build_streams(settings: Settings) -> list[Stream]:
                 window_s=0,
                 closes=False,
                 dedup=False,
+                observer=StreamMetrics(metrics, FAILED_DIR) if metrics else None,
             ),
         )
     )
     return streams
-
-
-async def _wait_for_streams(js: JetStreamContext, names: list[str]) -> None:
-    for name in names:
-        while True:
-            try:
-                await js.stream_info(name)
-                break
-            except (nats.js.errors.NotFoundError, nats.errors.TimeoutError):
-                logger.info("waiting for stream (the gateway creates it)", extra={"stream": name})
-                await asyncio.sleep(0.5)
 
 
 def yield_cpu(nice: int) -> None:
@@ -382,17 +285,14 @@ async def run_loader(settings: Settings) -> None:
                 raise
             await space.wait("_layout", "layout", exc)
     space.wrote("_layout", "layout")
-    streams = build_streams(settings)
+    streams = build_streams(settings, metrics)
     url = resolve_bus_url(settings)
     nc = await jetstream.connect(url, name="hourglass-loader")
     js = nc.jetstream(timeout=10)
-    await _wait_for_streams(js, [s.stream for s in streams])
-    leases = LeaseView(js)
-    tasks = [asyncio.create_task(leases.run(), name="leases")]
-    tasks += [
-        asyncio.create_task(_supervised(s, js, leases, settings, metrics, space), name=s.name)
-        for s in streams
-    ]
+    await wait_for_streams(js, [s.stream for s in streams])
+    runner = Runner(js, LeaseView(js), settings, metrics, space)
+    tasks = [asyncio.create_task(runner.leases.run(), name="leases")]
+    tasks += [asyncio.create_task(runner.supervised(s), name=s.name) for s in streams]
     logger.info(
         "loader running",
         extra={"streams": len(streams), "bus": url, "lake": str(settings.lake_path)},
@@ -432,51 +332,3 @@ async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:
                 "streams still running after cancellation; cancelling again",
                 extra={"streams": ",".join(sorted(t.get_name() for t in pending))},
             )
-
-
-async def _supervised(
-    s: Stream,
-    js: JetStreamContext,
-    leases: LeaseView,
-    settings: Settings,
-    metrics: LoaderMetrics,
-    space: LakeSpace,
-) -> None:
-    """Restart one stream's loop after an error without touching the others.
-
-    A restart goes through ``recover`` again, so whatever was processed but not
-    flushed is redelivered and processed afresh.  A full disk is handled where
-    the lake is written (``until_stored``); one that surfaces anywhere else
-    pauses here without a traceback.
-    """
-    while True:
-        try:
-            await drive(s, js, leases, settings, metrics, space)
-        except asyncio.CancelledError:
-            raise
-        except OSError as exc:
-            if not is_disk_full(exc):
-                logger.exception("stream loader failed; restarting it", extra={"stream": s.name})
-                await asyncio.sleep(1.0)
-            else:
-                await space.wait(s.name, "recover", exc)
-            s.loader = _fresh(s.loader)
-        except Exception:
-            logger.exception("stream loader failed; restarting it", extra={"stream": s.name})
-            s.loader = _fresh(s.loader)
-            await asyncio.sleep(1.0)
-
-
-def _fresh(old: TypeLoader) -> TypeLoader:
-    return TypeLoader(
-        old.name,
-        old.fmt,
-        lake=old.lake,
-        state_path=old.state_path,
-        quarantine=old.quarantine,
-        width_s=old.width,
-        window_s=old.deduper.window_s if old.deduper else 0,
-        closes=old.closes,
-        dedup=old.deduper is not None,
-        clock=old.clock,
-    )

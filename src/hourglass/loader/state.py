@@ -1,6 +1,6 @@
 """The loader's checkpoint for one stream: ``<data-dir>/loader/<stream>.json``.
 
-Invariants (the order of one flush is in ``typeloader.TypeLoader.flush``):
+Invariants (the order of one flush is in ``stream.StreamLoader.flush``):
 
 * ``committed_seq``: every event of stream messages ``<= committed_seq`` is in a
   renamed, fsynced Parquet file (or was dropped as a duplicate, or was a
@@ -48,3 +48,8 @@ def load_state(path: Path) -> LoaderState:
 
 def save_state(path: Path, state: LoaderState) -> None:
     durable_write_bytes(path, msgspec.json.encode(state))
+
+
+def copy_state(state: LoaderState) -> LoaderState:
+    """A deep copy: a change is made on a copy, saved, and only then kept in memory."""
+    return msgspec.json.decode(msgspec.json.encode(state), type=LoaderState)

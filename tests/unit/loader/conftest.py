@@ -1,4 +1,4 @@
-"""A TypeLoader on real temp files, fed bus messages by hand, with a fake clock.
+"""A StreamLoader on real temp files, fed bus messages by hand, with a fake clock.
 
 Messages are built exactly as the gateway builds them (envelopes of
 ``hourglass.events`` with ``received_at`` set, encoded as NDJSON lines), so the
@@ -18,11 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from hourglass.bus.consumer import BusMessage
 from hourglass.events import EventTypes
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.manifest import Manifest
 from hourglass.loader.state import LoaderState
-from hourglass.loader.typeloader import BusMessage, TypeLoader
+from hourglass.loader.stream import StreamLoader
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 
 REGISTRY = SchemaRegistry.load(DEMO_SCHEMAS_DIR)
@@ -93,8 +94,8 @@ class Harness:
     def state_path(self) -> Path:
         return self.root / "loader" / f"{self.type_name}.json"
 
-    def restart(self) -> TypeLoader:
-        self.loader = TypeLoader(
+    def restart(self) -> StreamLoader:
+        self.loader = StreamLoader(
             self.type_name,
             LakeSchema(SCHEMAS[self.type_name]),
             lake=self.lake,
@@ -184,7 +185,8 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> CrashAt:
                 if left[0] == 0:
                     raise Crash(point)
 
-        monkeypatch.setattr("hourglass.loader.typeloader.crashpoint", crashpoint)
+        monkeypatch.setattr("hourglass.loader.stream.crashpoint", crashpoint)
+        monkeypatch.setattr("hourglass.loader.close.crashpoint", crashpoint)
         monkeypatch.setattr("hourglass.durable.crashpoint", crashpoint)
 
     return arm

@@ -7,7 +7,8 @@ from typing import Any
 
 import pytest
 
-from hourglass.loader.service import SequenceGap, _check_contiguous
+from hourglass.bus.consumer import check_contiguous
+from hourglass.exceptions import SequenceGap
 
 
 class FakeJs:
@@ -18,10 +19,6 @@ class FakeJs:
         return SimpleNamespace(state=SimpleNamespace(first_seq=self.first_seq))
 
 
-def _stream(processed: int) -> Any:
-    return SimpleNamespace(stream="HG_x", loader=SimpleNamespace(processed_seq=processed))
-
-
 def _msgs(*seqs: int) -> list[Any]:
     return [
         SimpleNamespace(metadata=SimpleNamespace(sequence=SimpleNamespace(stream=n))) for n in seqs
@@ -29,15 +26,15 @@ def _msgs(*seqs: int) -> list[Any]:
 
 
 async def test_contiguous_and_redelivered_messages_pass() -> None:
-    await _check_contiguous(FakeJs(1), _stream(10), _msgs(9, 10, 11, 12))  # type: ignore[arg-type]
+    await check_contiguous(FakeJs(1), "HG_x", 11, _msgs(9, 10, 11, 12))  # type: ignore[arg-type]
 
 
 async def test_a_gap_raises() -> None:
     with pytest.raises(SequenceGap, match="got message 14, expected 12"):
-        await _check_contiguous(FakeJs(1), _stream(10), _msgs(11, 14))  # type: ignore[arg-type]
+        await check_contiguous(FakeJs(1), "HG_x", 11, _msgs(11, 14))  # type: ignore[arg-type]
 
 
 async def test_messages_that_aged_out_are_let_go() -> None:
-    await _check_contiguous(FakeJs(50), _stream(10), _msgs(50, 51))  # type: ignore[arg-type]
+    await check_contiguous(FakeJs(50), "HG_x", 11, _msgs(50, 51))  # type: ignore[arg-type]
     with pytest.raises(SequenceGap):
-        await _check_contiguous(FakeJs(50), _stream(10), _msgs(52))  # type: ignore[arg-type]
+        await check_contiguous(FakeJs(50), "HG_x", 11, _msgs(52))  # type: ignore[arg-type]

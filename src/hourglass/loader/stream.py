@@ -17,10 +17,15 @@ Delivery order, and what a crash at each step leaves behind:
 5. ``close_ready``: a bucket whose end every live gateway's *committed*
    watermark has passed gets ``_SUCCESS.json`` (temp, fsync, rename), then the
    checkpoint's ``next_close`` moves on.  A crash between the two is seen at the
-   next attempt (the manifest exists) and not repeated.
+   next attempt (the manifest exists) and not repeated.  The rule, and its
+   facts, are in ``close.py``.
 
 Rows for a bucket that is already closed (skew: a late gateway, a lease that
 expired) go to the oldest open bucket and are counted as skewed there.
+
+A ``StreamLoader`` loads one stream: an event type's, or ``HG_FAILED`` into
+``lake/_failed`` (no dedup, no closing).  It reports what it does to an
+``Observer`` (Prometheus in the service) besides its own ``Stats``.
 """
 
 from __future__ import annotations
@@ -28,8 +33,7 @@ from __future__ import annotations
 import datetime as dt
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -38,7 +42,7 @@ import numpy as np
 import pyarrow as pa
 
 from hourglass import log
-from hourglass.bus.marks import WATERMARK_KIND, Marker
+from hourglass.bus.consumer import BusMessage
 from hourglass.crashpoints import crashpoint
 from hourglass.durable import TMP_PREFIX, durable_write_bytes
 from hourglass.lake.layout import (
@@ -50,10 +54,12 @@ from hourglass.lake.layout import (
     part_name,
     part_range,
 )
-from hourglass.lake.manifest import Manifest, files_of, write_manifest
+from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import read_columns, write_part
+from hourglass.loader import close
 from hourglass.loader.dedup import Deduper, hash64, keys_of
-from hourglass.loader.state import BucketCounts, LoaderState, load_state, save_state
+from hourglass.loader.metrics import Observer, Stats
+from hourglass.loader.state import BucketCounts, LoaderState, copy_state, load_state, save_state
 
 logger = log.get("hourglass.loader")
 
@@ -64,38 +70,7 @@ class RowFormat(Protocol):
         ...
 
 
-@dataclass(frozen=True)
-class BusMessage:
-    seq: int
-    data: bytes
-    marker: tuple[str, int] | None = None  # (gateway, watermark µs) for a marker
-
-
-@dataclass(frozen=True)
-class _Facts:
-    live_as_of: float  # when the set of live gateways was read
-    drained_as_of: float | None  # when the bus was known to hold nothing more; None: not
-
-
-def to_bus_message(seq: int, data: bytes, kind: str | None) -> BusMessage:
-    if kind == WATERMARK_KIND:
-        body = msgspec.json.decode(data, type=Marker)
-        return BusMessage(seq, b"", (body.gateway, body.watermark))
-    return BusMessage(seq, data)
-
-
-@dataclass
-class Stats:
-    rows_written: int = 0
-    files_written: int = 0
-    duplicates: int = 0
-    skewed: int = 0
-    quarantined: int = 0
-    closed: int = 0
-    close_delays: list[float] = field(default_factory=list)
-
-
-class TypeLoader:
+class StreamLoader:
     def __init__(
         self,
         name: str,
@@ -109,6 +84,7 @@ class TypeLoader:
         closes: bool = True,
         dedup: bool = True,
         clock: Callable[[], float] = time.time,
+        observer: Observer | None = None,
     ) -> None:
         self.name = name
         self.fmt = fmt
@@ -120,7 +96,8 @@ class TypeLoader:
         self.clock = clock
         self.state = LoaderState()
         self.processed_seq = 0
-        self.stats = Stats()
+        self.observer = observer
+        self.stats = Stats(then=observer)
         self.deduper = Deduper(self, window_s=window_s) if dedup else None
         self._pending: dict[int, list[pa.Table]] = {}
         self._pending_keys: dict[int, list[pa.Array]] = {}
@@ -130,6 +107,22 @@ class TypeLoader:
         # Worker threads may outlive a cancelled task (asyncio.to_thread): one
         # call at a time, so a stop-time flush never interleaves with process.
         self.lock = threading.Lock()
+
+    def fresh(self) -> StreamLoader:
+        """A new loader of the same stream, to start again from the checkpoint."""
+        return StreamLoader(
+            self.name,
+            self.fmt,
+            lake=self.lake,
+            state_path=self.state_path,
+            quarantine=self.quarantine,
+            width_s=self.width,
+            window_s=self.deduper.window_s if self.deduper else 0,
+            closes=self.closes,
+            dedup=self.deduper is not None,
+            clock=self.clock,
+            observer=self.observer,
+        )
 
     # ---------------------------------------------------------------- recovery
 
@@ -161,16 +154,12 @@ class TypeLoader:
 
     def _skip_closed(self) -> None:
         """A crash after a manifest but before the checkpoint: that bucket is closed."""
-        moved = False
-        while self.closes and self.state.next_close is not None:
-            start = dt.datetime.fromtimestamp(self.state.next_close, dt.UTC)
-            if not (bucket_dir(self.lake, self.name, start, self.width) / SUCCESS).exists():
-                break
-            self.state.buckets.pop(self.state.next_close, None)
-            self.state.next_close += self.width
-            moved = True
-        if moved:
+        if self.closes and close.skip_closed(self.state, self.width, self._has_manifest):
             save_state(self.state_path, self.state)
+
+    def _has_manifest(self, start: int) -> bool:
+        begin = dt.datetime.fromtimestamp(start, dt.UTC)
+        return (bucket_dir(self.lake, self.name, begin, self.width) / SUCCESS).exists()
 
     def _rebuild_dedup(self) -> None:
         assert self.deduper is not None
@@ -224,7 +213,7 @@ class TypeLoader:
             except (pa.ArrowException, msgspec.MsgspecError, ValueError) as exc:
                 path = self.quarantine / f"{message.seq:020d}.ndjson"
                 durable_write_bytes(path, message.data)
-                self.stats.quarantined += 1
+                self.stats.on_quarantined(1)
                 logger.error(
                     "message quarantined",
                     extra={
@@ -256,7 +245,7 @@ class TypeLoader:
             if dropped.any():
                 for bucket, n in zip(*np.unique(buckets[dropped], return_counts=True), strict=True):
                     self._counts(int(bucket)).duplicates += int(n)
-                self.stats.duplicates += int(dropped.sum())
+                self.stats.on_duplicates(int(dropped.sum()))
                 table = table.filter(pa.array(keep))
                 keys = keys.filter(pa.array(keep))
                 buckets, late, hashes = buckets[keep], late[keep], hashes[keep]
@@ -264,7 +253,7 @@ class TypeLoader:
         if late.any():  # counted after dedup: a late duplicate is only a duplicate
             assert self.state.next_close is not None
             self._counts(self.state.next_close).skewed += int(late.sum())
-            self.stats.skewed += int(late.sum())
+            self.stats.on_skewed(int(late.sum()))
         for bucket in np.unique(buckets):
             rows = table.filter(pa.array(buckets == bucket))
             self._pending.setdefault(int(bucket), []).append(rows)
@@ -293,6 +282,11 @@ class TypeLoader:
     def pending_rows(self) -> int:
         return sum(t.num_rows for tables in self._pending.values() for t in tables)
 
+    def open_buckets(self) -> Mapping[int, pa.Table]:
+        """Rows processed and not yet flushed, by bucket start (epoch s)."""
+        with self.lock:
+            return {b: pa.concat_tables(tables) for b, tables in sorted(self._pending.items())}
+
     # ------------------------------------------------------------------ flush
 
     def flush(self) -> int:
@@ -318,7 +312,7 @@ class TypeLoader:
             write_part(table, path)
             crashpoint("loader.after_part")
             rows, files = rows + table.num_rows, files + 1
-        state = _copy(self.state)
+        state = copy_state(self.state)
         state.committed_seq = last
         state.markers.update(self._pending_markers)
         for bucket, counts in self._pending_counts.items():
@@ -329,8 +323,7 @@ class TypeLoader:
         save_state(self.state_path, state)
         crashpoint("loader.after_checkpoint")
         self.state = state
-        self.stats.rows_written += rows
-        self.stats.files_written += files
+        self.stats.on_written(files, rows)
         self._pending.clear()
         self._pending_keys.clear()
         self._pending_markers.clear()
@@ -344,7 +337,7 @@ class TypeLoader:
             moved = sum(t.num_rows for t in tables)
             self._pending.setdefault(target, []).extend(tables)
             self._counts(target).skewed += moved
-            self.stats.skewed += moved
+            self.stats.on_skewed(moved)
             counts = self._pending_counts.pop(bucket, None)
             if counts is not None:
                 self._counts(target).duplicates += counts.duplicates
@@ -364,7 +357,8 @@ class TypeLoader:
         live_as_of: float | None = None,
         drained_as_of: float | None = None,
     ) -> list[Manifest]:
-        """Close every bucket that is complete; ``live`` is None when leases are unknown.
+        """Close every bucket that is complete (``close.py``); ``live`` is None when
+        leases are unknown.
 
         ``live_as_of`` is when the lease view was read and ``drained_as_of`` when
         the bus was last known to hold nothing more for us (None: just now).  A
@@ -373,83 +367,33 @@ class TypeLoader:
         """
         with self.lock:
             now = self.clock()
-            facts = _Facts(
+            facts = close.Facts(
+                live,
                 live_as_of if live_as_of is not None else now,
                 (drained_as_of if drained_as_of is not None else now) if caught_up else None,
             )
-            return self._close_ready(live, facts)
+            return self._close_ready(facts, now)
 
-    def _close_ready(self, live: set[str] | None, facts: _Facts) -> list[Manifest]:
-        closed: list[Manifest] = []
-        if not self.closes or live is None:
-            return closed
-        now = self.clock()
-        caught_up = facts.drained_as_of is not None
-        if self.state.next_close is None:
-            if not caught_up or self._pending:
-                return closed
-            self.state.next_close = self._bucket_of(now)
-        while True:
-            start = self.state.next_close
-            end = start + self.width
-            if end > now or not self._complete(end, live, facts):
-                return closed
-            # Rows still pending for it came after every live gateway's marker:
-            # they are late, and the next flush moves them to an open bucket.
-            closed.append(self._close(start, end, now))
-
-    def _complete(self, end: int, live: set[str], facts: _Facts) -> bool:
-        if facts.live_as_of < end:
-            return False  # which gateways live is known only from before the end
-        end_us = end * 1_000_000
-        if live:
-            marks = self.state.markers
-            return all(marks.get(g, -1) >= end_us for g in live)
-        # No gateway is alive: nothing more can arrive once the bus is drained.
-        return (
-            facts.drained_as_of is not None
-            and facts.drained_as_of >= end
-            and self.processed_seq == self.state.committed_seq
+    def _close_ready(self, facts: close.Facts, now: float) -> list[Manifest]:
+        if not self.closes:
+            return []
+        first, starts = close.due(
+            self.state,
+            facts,
+            now,
+            self.width,
+            has_pending=bool(self._pending),
+            all_committed=self.processed_seq == self.state.committed_seq,
         )
-
-    def _close(self, start: int, end: int, now: float) -> Manifest:
-        begin = dt.datetime.fromtimestamp(start, dt.UTC)
-        folder = bucket_dir(self.lake, self.name, begin, self.width)
-        counts = self.state.buckets.get(start, BucketCounts())
-        if not (folder / SUCCESS).exists():
-            files = files_of(folder)
-            manifest = Manifest(
-                type=self.name,
-                bucket_start=begin,
-                bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
-                closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
-                count=sum(f.rows for f in files),
-                files=files,
-                duplicates_dropped=counts.duplicates,
-                skewed=counts.skewed,
-                close_delay_s=round(now - end, 3),
+        self.state.next_close = first
+        closed = []
+        for _ in starts:
+            manifest, self.state = close.close_bucket(
+                self.lake, self.name, self.width, self.state, self.state_path, now
             )
-            write_manifest(folder, manifest)
-            crashpoint("loader.after_manifest")
-            logger.info(
-                "bucket closed",
-                extra={
-                    "type": self.name,
-                    "bucket": begin.isoformat(),
-                    "count": manifest.count,
-                    "delay_s": manifest.close_delay_s,
-                },
-            )
-        else:
-            manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
-        state = _copy(self.state)  # as in _flush: memory follows the saved checkpoint
-        state.buckets.pop(start, None)
-        state.next_close = end
-        save_state(self.state_path, state)
-        self.state = state
-        self.stats.closed += 1
-        self.stats.close_delays.append(now - end)
-        return manifest
+            self.stats.on_closed(manifest)
+            closed.append(manifest)
+        return closed
 
     # ------------------------------------------------------------------ dedup
 
@@ -478,7 +422,3 @@ class TypeLoader:
         with self.lock:
             if self.deduper is not None:
                 self.deduper.expire(int(self.clock()))
-
-
-def _copy(state: LoaderState) -> LoaderState:
-    return msgspec.json.decode(msgspec.json.encode(state), type=LoaderState)

@@ -1,4 +1,4 @@
-"""TypeLoader without a bus: process → flush → close_ready on real files, fake clock."""
+"""StreamLoader without a bus: process → flush → close_ready on real files, fake clock."""
 
 from __future__ import annotations
 

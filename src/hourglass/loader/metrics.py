@@ -1,8 +1,11 @@
 """What the loader tells operators: metrics, and a full lake.
 
-``LoaderMetrics`` is the Prometheus registry of ``hourglass loader``, and
-``LakeSpace`` turns a full lake filesystem into one "pausing" and one "resuming"
-log line per episode instead of a traceback per retry.
+A stream's loader reports what it does to an :class:`Observer`: its own
+:class:`Stats` (tallies, for tests and the loader bench), which passes each
+report on to a :class:`StreamMetrics` (Prometheus, labelled with the stream) in
+``hourglass loader``.  ``LoaderMetrics`` is that process's registry, and
+``LakeSpace`` turns a full lake filesystem into one "pausing" and one
+"resuming" log line per episode instead of a traceback per retry.
 """
 
 from __future__ import annotations
@@ -11,11 +14,14 @@ import asyncio
 import errno
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hourglass import log
+from hourglass.lake.manifest import Manifest
 
 logger = log.get("hourglass.loader")
 
@@ -26,6 +32,56 @@ FULL_RETRY_S = 3.0  # while the lake is full, each paused stream retries this of
 def is_disk_full(exc: BaseException) -> bool:
     """ENOSPC or EDQUOT, from Python's own I/O or from pyarrow (an OSError with errno)."""
     return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
+
+
+class Observer(Protocol):
+    """What a stream's loader reports as it goes (``metrics.StreamMetrics`` for Prometheus)."""
+
+    def on_written(self, files: int, rows: int) -> None: ...
+    def on_duplicates(self, n: int) -> None: ...
+    def on_skewed(self, n: int) -> None: ...
+    def on_quarantined(self, n: int) -> None: ...
+    def on_closed(self, manifest: Manifest) -> None: ...
+
+
+@dataclass
+class Stats:
+    """The loader's own tallies since it was made; an :class:`Observer` that passes
+    everything on to ``then``."""
+
+    rows_written: int = 0
+    files_written: int = 0
+    duplicates: int = 0
+    skewed: int = 0
+    quarantined: int = 0
+    closed: int = 0
+    then: Observer | None = None
+
+    def on_written(self, files: int, rows: int) -> None:
+        self.files_written += files
+        self.rows_written += rows
+        if self.then is not None:
+            self.then.on_written(files, rows)
+
+    def on_duplicates(self, n: int) -> None:
+        self.duplicates += n
+        if self.then is not None:
+            self.then.on_duplicates(n)
+
+    def on_skewed(self, n: int) -> None:
+        self.skewed += n
+        if self.then is not None:
+            self.then.on_skewed(n)
+
+    def on_quarantined(self, n: int) -> None:
+        self.quarantined += n
+        if self.then is not None:
+            self.then.on_quarantined(n)
+
+    def on_closed(self, manifest: Manifest) -> None:
+        self.closed += 1
+        if self.then is not None:
+            self.then.on_closed(manifest)
 
 
 class LoaderMetrics:
@@ -53,6 +109,12 @@ class LoaderMetrics:
         self.closed = Counter(
             "hourglass_loader_buckets_closed", "Buckets closed.", ["stream"], registry=r
         )
+        self.quarantined = Counter(
+            "hourglass_loader_messages_quarantined",
+            "Bus messages that could not be converted, kept in the quarantine folder.",
+            ["stream"],
+            registry=r,
+        )
         self.open = Gauge(
             "hourglass_loader_buckets_open", "Buckets with pending rows.", ["stream"], registry=r
         )
@@ -73,6 +135,31 @@ class LoaderMetrics:
             ["stream"],
             registry=r,
         )
+
+
+class StreamMetrics:
+    """One stream's :class:`Observer` on the process's Prometheus counters."""
+
+    def __init__(self, metrics: LoaderMetrics, stream: str) -> None:
+        self._m = metrics
+        self._stream = stream
+
+    def on_written(self, files: int, rows: int) -> None:
+        self._m.files.labels(self._stream).inc(files)
+        self._m.rows.labels(self._stream).inc(rows)
+
+    def on_duplicates(self, n: int) -> None:
+        self._m.duplicates.labels(self._stream).inc(n)
+
+    def on_skewed(self, n: int) -> None:
+        self._m.skewed.labels(self._stream).inc(n)
+
+    def on_quarantined(self, n: int) -> None:
+        self._m.quarantined.labels(self._stream).inc(n)
+
+    def on_closed(self, manifest: Manifest) -> None:
+        self._m.closed.labels(self._stream).inc()
+        self._m.close_delay.observe(max(0.0, manifest.close_delay_s))
 
 
 class LakeSpace:

@@ -1,0 +1,161 @@
+"""Closing buckets: when a bucket is complete, and how its manifest is written.
+
+This is the subtlest rule in the system, so it lives apart, in functions of
+what they are given.  A bucket ``[start, end)`` of a stream is **complete** when
+no event with ``received_at < end`` can still arrive:
+
+* every live gateway has a *committed* watermark marker ``>= end`` (a marker
+  promises that every event the gateway stamped before it is earlier in the
+  stream, ``bus/marks.py``), or
+* no gateway is alive, the bus was drained after ``end``, and everything
+  processed is committed;
+
+and both facts were learnt after ``end``: a loader paused across the end must
+not close it on a view of the leases, or of the bus, from before.  Buckets
+close in order, from the checkpoint's ``next_close``, never one before the
+previous.  Rows that arrive later for a closed bucket are skew: the loader puts
+them in the oldest open bucket and counts them there.
+
+Closing writes ``_SUCCESS.json`` (temp, fsync, rename, fsync folder), then
+saves the checkpoint with ``next_close`` moved past it.  A crash between the
+two leaves a manifest the checkpoint does not know: the next attempt, or the
+next start (:func:`skip_closed`), sees it and moves on without writing another.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import msgspec
+
+from hourglass import log
+from hourglass.crashpoints import crashpoint
+from hourglass.lake.layout import SUCCESS, bucket_dir
+from hourglass.lake.manifest import Manifest, files_of, write_manifest
+from hourglass.loader.state import BucketCounts, LoaderState, copy_state, save_state
+
+logger = log.get("hourglass.loader")
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What the loader knows of the world, and since when."""
+
+    live: set[str] | None  # gateways with a live lease; None: the leases are unknown
+    live_as_of: float  # when the set of live gateways was read
+    drained_as_of: float | None  # when the bus was known to hold nothing more; None: not
+
+
+def complete(end: int, facts: Facts, markers: dict[str, int], *, all_committed: bool) -> bool:
+    """Whether the bucket ending at ``end`` (epoch s) can be closed.
+
+    ``markers`` are the committed watermarks (µs) per gateway; ``all_committed``
+    says everything processed is in the checkpoint.
+    """
+    if facts.live is None or facts.live_as_of < end:
+        return False  # which gateways live is known only from before the end
+    end_us = end * 1_000_000
+    if facts.live:
+        return all(markers.get(g, -1) >= end_us for g in facts.live)
+    # No gateway is alive: nothing more can arrive once the bus is drained.
+    return facts.drained_as_of is not None and facts.drained_as_of >= end and all_committed
+
+
+def due(
+    state: LoaderState,
+    facts: Facts,
+    now: float,
+    width: int,
+    *,
+    has_pending: bool,
+    all_committed: bool,
+) -> tuple[int | None, list[int]]:
+    """The stream's first open bucket, and the starts of the buckets to close now, in order.
+
+    A stream that has never closed (``next_close`` None) starts at the current
+    bucket once it is drained with nothing pending; that start is returned for
+    the caller to keep, and saved with the first close.
+    """
+    first = state.next_close
+    if facts.live is None:
+        return first, []
+    if first is None:
+        if facts.drained_as_of is None or has_pending:
+            return first, []
+        first = int(now) - int(now) % width
+    starts = []
+    start = first
+    while start + width <= now and complete(
+        start + width, facts, state.markers, all_committed=all_committed
+    ):
+        starts.append(start)
+        start += width
+    return first, starts
+
+
+def close_bucket(
+    lake: Path,
+    name: str,
+    width: int,
+    state: LoaderState,
+    state_path: Path,
+    now: float,
+) -> tuple[Manifest, LoaderState]:
+    """Close the bucket at ``state.next_close``: its manifest, then the saved checkpoint.
+
+    Returns the manifest (the one found, if an earlier attempt wrote it) and the
+    checkpoint now on disk; ``state`` itself is not changed, so a failed write
+    leaves the caller's checkpoint as it was and the close is simply tried again.
+    Rows still pending for the bucket came after every live gateway's marker:
+    they are late, and the next flush moves them to an open bucket.
+    """
+    assert state.next_close is not None
+    start, end = state.next_close, state.next_close + width
+    begin = dt.datetime.fromtimestamp(start, dt.UTC)
+    folder = bucket_dir(lake, name, begin, width)
+    counts = state.buckets.get(start, BucketCounts())
+    if not (folder / SUCCESS).exists():
+        files = files_of(folder)
+        manifest = Manifest(
+            type=name,
+            bucket_start=begin,
+            bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
+            closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
+            count=sum(f.rows for f in files),
+            files=files,
+            duplicates_dropped=counts.duplicates,
+            skewed=counts.skewed,
+            close_delay_s=round(now - end, 3),
+        )
+        write_manifest(folder, manifest)
+        crashpoint("loader.after_manifest")
+        logger.info(
+            "bucket closed",
+            extra={
+                "type": name,
+                "bucket": begin.isoformat(),
+                "count": manifest.count,
+                "delay_s": manifest.close_delay_s,
+            },
+        )
+    else:
+        manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
+    closed = copy_state(state)
+    closed.buckets.pop(start, None)
+    closed.next_close = end
+    save_state(state_path, closed)
+    return manifest, closed
+
+
+def skip_closed(state: LoaderState, width: int, has_manifest: Callable[[int], bool]) -> bool:
+    """Move ``next_close`` past buckets that already have a manifest (a crash after
+    the manifest, before the checkpoint); whether it moved, for the caller to save."""
+    moved = False
+    while state.next_close is not None and has_manifest(state.next_close):
+        state.buckets.pop(state.next_close, None)
+        state.next_close += width
+        moved = True
+    return moved
