@@ -29,7 +29,8 @@ from typing import Any
 import msgspec
 import pytest
 
-from hourglass.producer.tail import MALFORMED_TYPE, StateDir, file_source
+from hourglass.producer.follow import StateDir
+from hourglass.producer.tail import MALFORMED_TYPE, file_source
 from tests.chaos.conftest import Key, assert_exactly_once, lake_keys_duckdb, wait_until
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import events_of, failed, skipped

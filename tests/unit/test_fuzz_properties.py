@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 
 from hourglass.events import EventTypes
 from hourglass.exceptions import BodyTooLarge, InvalidInput, SchemaError
-from hourglass.gateway.openapi import data_schema, event_schema, openapi_document
+from hourglass.gateway.openapi import event_schema, openapi_document
 from hourglass.gateway.validate import Checked, EmptyBatch, Limits, Validator
 from hourglass.gateway.wire import (
     BATCH,
@@ -44,6 +44,7 @@ from hourglass.gateway.wire import (
     to_payload,
 )
 from hourglass.schemas import DEMO_SCHEMAS_DIR, CompiledSchema, SchemaRegistry, compile_schema
+from hourglass.schemas.jsonschema import data_schema
 from tests.strategies import valid_data
 
 REGISTRY = SchemaRegistry.load(DEMO_SCHEMAS_DIR)

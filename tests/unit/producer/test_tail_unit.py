@@ -12,17 +12,16 @@ import msgspec
 import pytest
 import zstandard
 
-from hourglass.producer import tail
-from hourglass.producer.tail import (
+from hourglass.producer import follow
+from hourglass.producer.follow import (
     Checkpoint,
     Follower,
     StateDir,
-    Tailer,
-    encode_line,
     read_chunk,
     split_lines,
     truncated,
 )
+from hourglass.producer.tail import Tailer, encode_line
 
 SOURCE = "file://host/var/log/app.log"
 
@@ -133,7 +132,7 @@ def test_read_chunk_waits_for_the_rest_of_a_line(tmp_path: Path) -> None:
 def test_read_chunk_grows_for_a_line_longer_than_a_batch(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(tail, "BATCH_BYTES", 16)
+    monkeypatch.setattr(follow, "BATCH_BYTES", 16)
     path = tmp_path / "f.log"
     append(path, "x" * 100 + "\nshort\n")
     fd = os.open(path, os.O_RDONLY)
