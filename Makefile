@@ -25,7 +25,7 @@ $(UV):
 
 # --locked: fail, rather than quietly re-resolve, when pyproject.toml and
 # uv.lock disagree (run `make lock` after changing a dependency).
-$(STAMP): pyproject.toml uv.lock | $(UV)
+$(STAMP): pyproject.toml tools/pyproject.toml uv.lock | $(UV)
 	$(UV) sync --locked --extra dev --python $(PYTHON)
 	touch $(STAMP)
 
@@ -33,8 +33,8 @@ run: $(STAMP)
 	$(BIN)/hourglass up --demo --bucket 1m
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tools tests bench
+	$(BIN)/ruff format --check src tools tests bench
 
 typecheck: $(STAMP)
 	$(BIN)/mypy
@@ -51,7 +51,7 @@ integration: $(STAMP)
 # The suite against the newest releases, in a venv of its own; the lock is untouched.
 test-latest: | $(UV)
 	$(UV) venv --quiet --clear --python $(PYTHON) $(LATEST)
-	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade -e '.[dev]'
+	$(UV) pip install --quiet --python $(LATEST)/bin/python --upgrade -e '.[dev]' -e ./tools
 	$(LATEST)/bin/mypy
 	$(LATEST)/bin/pytest -q
 

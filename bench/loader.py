@@ -19,11 +19,11 @@ from pathlib import Path
 
 import numpy as np
 
-from hourglass.bench.workload import write_schemas
 from hourglass.bus.consumer import BusMessage
 from hourglass.lake.arrow import LakeSchema
 from hourglass.loader.stream import StreamLoader
 from hourglass.schemas.avro import SchemaRegistry
+from hourglass_tools.bench.workload import write_schemas
 
 PER_MESSAGE = 1000
 PER_FETCH = 32

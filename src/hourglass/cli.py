@@ -3,6 +3,11 @@
 Every command takes the common flags (``--data-dir``, ``--schemas``, ``--port``,
 ``--bus``, ``--bucket``); settings not given as flags come from ``HOURGLASS_*``
 environment variables, then ``hourglass.toml``.
+
+Commands of other distributions register through the ``hourglass.commands``
+entry points: a callable given the subparsers, which adds its parser with
+``set_defaults(run=...)``.  The server tools (``hourglass bench``, ``hourglass
+chaos``, in ``tools/``) come that way, with the ``server`` extra.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +26,9 @@ from hourglass.config import Settings, load_settings
 from hourglass.exceptions import HourglassError
 
 COMMON = ("data_dir", "schemas", "port", "bus", "bucket", "log_level")
+PLUGINS = "hourglass.commands"
+# Named only to say where they come from when they are not installed.
+SERVER_TOOLS = ("bench", "chaos")
 
 
 def _common(parser: argparse.ArgumentParser) -> None:
@@ -76,14 +85,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay.add_argument("--since", help="only events rejected at or after (ISO 8601, UTC)")
     replay.add_argument("--url", help="gateway base URL (default http://127.0.0.1:<port>)")
 
-    from hourglass.bench import add_parser as bench_parser
-    from hourglass.chaos import add_parser as chaos_parser
     from hourglass.producer import send, tail
 
     send.add_parser(sub)
     tail.add_parser(sub)
-    chaos_parser(sub)
-    bench_parser(sub)
+    for plugin in entry_points(group=PLUGINS):
+        plugin.load()(sub)
 
     status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
     _common(status)
@@ -191,18 +198,6 @@ def cmd_tail(args: argparse.Namespace) -> int:
     return run(args)
 
 
-def cmd_chaos(args: argparse.Namespace) -> int:
-    from hourglass.chaos import cmd_chaos as run
-
-    return run(args)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    from hourglass.bench import cmd_bench as run
-
-    return run(args)
-
-
 def cmd_status(args: argparse.Namespace) -> int:
     from hourglass.status import gather_status
 
@@ -276,17 +271,26 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "status": cmd_status,
     "send": cmd_send,
     "tail": cmd_tail,
-    "chaos": cmd_chaos,
-    "bench": cmd_bench,
     "bus": cmd_bus,
     "schema": cmd_schema,
 }
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    words = sys.argv[1:] if argv is None else argv
+    installed = {plugin.name for plugin in entry_points(group=PLUGINS)}
+    if words and words[0] in SERVER_TOOLS and words[0] not in installed:
+        print(
+            f"hourglass: `hourglass {words[0]}` is one of the server tools: "
+            "pip install 'hourglass[server]'",
+            file=sys.stderr,
+        )
+        return 2
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace], int] = COMMANDS.get(args.command) or args.run
     try:
-        return COMMANDS[args.command](args)
+        return run(args)
     except HourglassError as exc:
         print(f"hourglass: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from hourglass.chaos.harness import ChaosConfig, run_chaos
-from hourglass.chaos.schedule import DOWN_S, GAP_S, KINDS, plan
+from hourglass_tools.chaos.harness import ChaosConfig, run_chaos
+from hourglass_tools.chaos.schedule import DOWN_S, GAP_S, KINDS, plan
 
 pytestmark = [pytest.mark.chaos]
 

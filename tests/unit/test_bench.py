@@ -10,10 +10,10 @@ import random
 import numpy as np
 import pytest
 
-from hourglass.bench import report
-from hourglass.bench.hist import Histogram, bucket_high, bucket_index
-from hourglass.bench.loadgen import Plan, drive
-from hourglass.bench.workload import (
+from hourglass_tools.bench import report
+from hourglass_tools.bench.hist import Histogram, bucket_high, bucket_index
+from hourglass_tools.bench.loadgen import Plan, drive
+from hourglass_tools.bench.workload import (
     Workload,
     build,
     parse_duration,
@@ -157,7 +157,7 @@ def test_ratios_and_targets() -> None:
 
 
 def test_profile_summary_leaves_out_the_plumbing() -> None:
-    from hourglass.bench.profile import summarize
+    from hourglass_tools.bench.profile import summarize
 
     root = 'process 7:"python -m hourglass gateway";<module> (hourglass/__main__.py:3)'
     app = "_ingest (/w/src/hourglass/gateway/app.py:10)"
@@ -172,7 +172,7 @@ def test_profile_summary_leaves_out_the_plumbing() -> None:
 
 
 def test_rss_and_lag_trends_are_least_squares_slopes() -> None:
-    from hourglass.bench.pipeline import lag_trend, rss_trend
+    from hourglass_tools.bench.pipeline import lag_trend, rss_trend
 
     samples = [
         {"t": 100.0 + i, "lag_events": 50.0, "rss_mib": {"loader": 200.0 + 2 * i, "gateway": 90.0}}

@@ -18,9 +18,9 @@ from typing import Any
 import httpx
 import msgspec
 
-from hourglass.bench import procs
-from hourglass.bench.workload import write_schemas
 from hourglass.config import Settings, settings_env
+from hourglass_tools.bench import procs
+from hourglass_tools.bench.workload import write_schemas
 
 
 @dataclass

@@ -29,10 +29,11 @@ def add_parser(sub: Any) -> None:
     chaos.add_argument("--http-producers", type=int, default=2, help="raw HTTP producers (2)")
     chaos.add_argument("--rate", type=float, default=100.0, help="events/s per producer (100)")
     chaos.add_argument("--quiet", action="store_true", help="print only the result")
+    chaos.set_defaults(run=cmd_chaos)
 
 
 def cmd_chaos(args: argparse.Namespace) -> int:
-    from hourglass.chaos.harness import ChaosConfig, run_chaos
+    from hourglass_tools.chaos.harness import ChaosConfig, run_chaos
 
     folder = args.dir or tempfile.mkdtemp(
         prefix=f"hourglass-chaos-{time.strftime('%Y%m%d-%H%M%S')}-"

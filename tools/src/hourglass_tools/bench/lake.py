@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hourglass.bench.hist import Histogram
 from hourglass.lake.layout import SUCCESS
+from hourglass_tools.bench.hist import Histogram
 
 
 @dataclass

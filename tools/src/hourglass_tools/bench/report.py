@@ -7,11 +7,11 @@ import statistics
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from hourglass.bench.lake import LakeResult
-from hourglass.bench.loadgen import LoadResult
+from hourglass_tools.bench.lake import LakeResult
+from hourglass_tools.bench.loadgen import LoadResult
 
 if TYPE_CHECKING:
-    from hourglass.bench.runner import BenchConfig
+    from hourglass_tools.bench.runner import BenchConfig
 
 # The targets.
 INGEST_EPS = 1_000_000
@@ -343,7 +343,7 @@ def render(result: dict[str, Any]) -> str:
 def write(result: dict[str, Any], out: Path) -> tuple[Path, Path]:
     import json
 
-    from hourglass.bench.plot import html
+    from hourglass_tools.bench.plot import html
 
     out.mkdir(parents=True, exist_ok=True)
     json_path, html_path = out / "result.json", out / "report.html"

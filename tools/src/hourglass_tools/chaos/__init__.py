@@ -8,6 +8,6 @@ Modules: ``producers`` (child programs that log what was promised),
 cheap: the CLI builds its parser from it without loading the server side.
 """
 
-from hourglass.chaos.command import add_parser, cmd_chaos
+from hourglass_tools.chaos.command import add_parser, cmd_chaos
 
 __all__ = ["add_parser", "cmd_chaos"]

@@ -28,11 +28,11 @@ from typing import Any
 
 import httpx
 
-from hourglass.bench import ceilings, lake, procs, profile, report
-from hourglass.bench.loadgen import LoadResult, Plan, drive, http_factory
-from hourglass.bench.pipeline import Pipeline, Sampler, lag_trend, rss_trend
-from hourglass.bench.workload import Workload, type_names
 from hourglass.config import GiB, bucket_seconds
+from hourglass_tools.bench import ceilings, lake, procs, profile, report
+from hourglass_tools.bench.loadgen import LoadResult, Plan, drive, http_factory
+from hourglass_tools.bench.pipeline import Pipeline, Sampler, lag_trend, rss_trend
+from hourglass_tools.bench.workload import Workload, type_names
 
 
 @dataclass

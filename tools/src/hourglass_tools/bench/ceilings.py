@@ -23,9 +23,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hourglass.bench import procs
-from hourglass.bench.loadgen import Channel, LoadResult, Plan, drive, http_factory
-from hourglass.bench.workload import Workload, type_names
+from hourglass_tools.bench import procs
+from hourglass_tools.bench.loadgen import Channel, LoadResult, Plan, drive, http_factory
+from hourglass_tools.bench.workload import Workload, type_names
 
 
 @dataclass
@@ -54,7 +54,7 @@ async def _measured(
 
 async def transport(root: Path, workload: Workload, plan: Plan) -> Ceiling:
     port = procs.free_port()
-    argv = [sys.executable, "-m", "hourglass.bench.sink", str(port)]
+    argv = [sys.executable, "-m", "hourglass_tools.bench.sink", str(port)]
     child = procs.Child("transport-sink", [*argv, str(workload.events_per_request)], root / "logs")
     try:
         await asyncio.to_thread(

@@ -24,8 +24,8 @@ from typing import Protocol, cast
 
 import msgspec
 
-from hourglass.bench.hist import Histogram
-from hourglass.bench.workload import Workload, build, request_interval, scheduled_at
+from hourglass_tools.bench.hist import Histogram
+from hourglass_tools.bench.workload import Workload, build, request_interval, scheduled_at
 
 
 class Channel(Protocol):

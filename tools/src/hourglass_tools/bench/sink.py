@@ -1,7 +1,7 @@
 """The transport ceiling: uvicorn (httptools, uvloop) serving an ASGI app that
 only reads the request body and answers 200, as the gateway is served.
 
-``python -m hourglass.bench.sink PORT ACCEPTED`` — every answer claims
+``python -m hourglass_tools.bench.sink PORT ACCEPTED`` — every answer claims
 ``ACCEPTED`` events, so the load generator counts events as it does against
 the gateway.
 """

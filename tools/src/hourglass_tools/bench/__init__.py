@@ -2,6 +2,6 @@
 pipeline on this machine, each against the ceiling it is judged by (the bare
 HTTP server, raw JetStream publishing), measured in the same run."""
 
-from hourglass.bench.command import add_parser, cmd_bench
+from hourglass_tools.bench.command import add_parser, cmd_bench
 
 __all__ = ["add_parser", "cmd_bench"]

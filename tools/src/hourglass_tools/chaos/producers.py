@@ -1,7 +1,7 @@
 """The chaos producers: child processes that send a counting sequence of events
 and write down, durably, every id Hourglass has promised to deliver.
 
-Run as ``python -m hourglass.chaos.producers {sdk|http} NAME URL FOLDER FIRST``.
+Run as ``python -m hourglass_tools.chaos.producers {sdk|http} NAME URL FOLDER FIRST``.
 Ids are ``<NAME>-<n, 9 digits>`` with ``n`` counting up from ``FIRST``; the
 source is ``/chaos/<NAME>``; ``data`` is a function of ``n`` only, so a re-send
 after a kill is the same event.  Types alternate by ``n`` between two demo

@@ -52,11 +52,12 @@ def add_parser(sub: Any) -> None:
     )
     bench.add_argument("--out", help="folder for result.json and report.html")
     bench.add_argument("--keep", action="store_true", help="keep the temporary data folder")
+    bench.set_defaults(run=cmd_bench)
 
 
 def config_from(args: argparse.Namespace) -> Any:
-    from hourglass.bench.runner import BenchConfig
-    from hourglass.bench.workload import Workload, parse_duration, parse_rate
+    from hourglass_tools.bench.runner import BenchConfig
+    from hourglass_tools.bench.workload import Workload, parse_duration, parse_rate
 
     mode, rate = parse_rate(args.rate)
     workload = Workload(
@@ -90,10 +91,10 @@ def config_from(args: argparse.Namespace) -> Any:
 def cmd_bench(args: argparse.Namespace) -> int:
     import sys
 
-    from hourglass.bench import report
-    from hourglass.bench.runner import run
     from hourglass.config import bucket_seconds
     from hourglass.exceptions import HourglassError
+    from hourglass_tools.bench import report
+    from hourglass_tools.bench.runner import run
 
     try:
         config = config_from(args)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hourglass.chaos.schedule import KINDS, Entry, clock
-from hourglass.chaos.verify import Verdict
+from hourglass_tools.chaos.schedule import KINDS, Entry, clock
+from hourglass_tools.chaos.verify import Verdict
 
 SHOWN = 20  # ids printed per kind of failure
 

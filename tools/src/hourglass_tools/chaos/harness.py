@@ -37,14 +37,14 @@ from typing import TextIO
 import httpx
 
 from hourglass.bus.embedded import free_port, nats_server_binary, server_config
-from hourglass.chaos import producers as prod
-from hourglass.chaos.components import Component
-from hourglass.chaos.report import ChaosReport
-from hourglass.chaos.schedule import Fault, Timeline, plan
-from hourglass.chaos.verify import Verdict, check_buckets, compare, read_lake, temp_files
 from hourglass.config import MiB, Settings, bucket_seconds, settings_env
 from hourglass.exceptions import ConfigError
 from hourglass.lake.layout import SUCCESS, bucket_dir, bucket_dirs, bucket_of_dir
+from hourglass_tools.chaos import producers as prod
+from hourglass_tools.chaos.components import Component
+from hourglass_tools.chaos.report import ChaosReport
+from hourglass_tools.chaos.schedule import Fault, Timeline, plan
+from hourglass_tools.chaos.verify import Verdict, check_buckets, compare, read_lake, temp_files
 
 
 @dataclass
@@ -138,7 +138,7 @@ class Run:
     def _producer(self, kind: str, name: str, folder: Path) -> Component:
         def argv() -> list[str]:
             first = str(prod.next_first(folder))
-            module = "hourglass.chaos.producers"
+            module = "hourglass_tools.chaos.producers"
             rate = str(self.config.rate)
             return [sys.executable, "-m", module, kind, name, self.base, str(folder), first, rate]
 
