@@ -50,9 +50,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     commit_max_wait_ms: float = 2.0
     publish_timeout_s: float = 5.0
 
-    # Streams: explicit limits; a full stream refuses new writes (discard new).
+    # Streams: a byte budget per stream for events not yet in the lake plus a
+    # replay window of events that are (bus/retention.py); a stream full of
+    # events not yet in the lake refuses new writes (discard new, 503).
     stream_max_bytes: int = 1 * GiB  # JetStream reserves it up front, per stream
-    stream_max_age_s: int = 7 * 24 * 3600
+    replay_window_s: int = 24 * 3600  # consumed events kept this long, if the budget allows
+    # 0: events never age out.  Anything else also removes events the loader has
+    # not read (JetStream's max_age knows nothing of consumers): not recommended.
+    stream_max_age_s: int = 0
     stream_replicas: int = 0  # 0: 1 on the embedded bus, 3 on an external one
     duplicate_window_s: int = 120
 
@@ -100,6 +105,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
+        if self.replay_window_s < 0 or self.stream_max_age_s < 0:
+            raise ConfigError("replay_window_s and stream_max_age_s must not be negative")
         if not 0 <= self.loader_nice <= 19:
             raise ConfigError(f"loader_nice {self.loader_nice} must be 0..19")
         bucket_seconds(self.bucket)

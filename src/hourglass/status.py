@@ -1,8 +1,11 @@
 """``hourglass status``: what an operator needs to see first.
 
 Per stream: events stored on the bus, how far the loader has committed, its lag,
-the oldest open bucket and how long ago it should have closed; and which
-gateways hold a live lease.  Read-only: safe to run against a live system.
+the oldest open bucket and how long ago it should have closed; the stream's
+budget (``bus/retention.py``): bytes not yet in the lake, bytes kept for
+replay and how far back they go, the inflow over one second and how long the
+budget lasts at it if the loader stopped; and which gateways hold a live lease.
+Read-only: safe to run against a live system.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.bus.errors import BusNotFound, map_nats_errors
 from hourglass.bus.marks import read_leases
+from hourglass.bus.retention import Usage, message_time, usage
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.failed import FAILED_DIR
 from hourglass.loader.state import load_state
@@ -61,10 +65,74 @@ async def gather_status(settings: Settings) -> str:
                 f"{open_at:<22} {overdue:>8}"
             )
         lines.append("")
+        lines.extend(await _budgets(js, settings, names))
+        lines.append("")
         lines.extend(await _leases(js, now))
     finally:
         await nc.close()
     return "\n".join(lines)
+
+
+RATE_SAMPLE_S = 1.0
+
+
+async def _budgets(
+    js: JetStreamContext, settings: Settings, names: list[tuple[str, str]]
+) -> list[str]:
+    """The budget table: two reads of every stream, ``RATE_SAMPLE_S`` apart."""
+
+    async def read() -> dict[str, Usage]:
+        out = {}
+        for name, stream in names:
+            try:
+                out[name] = await usage(js, stream)
+            except BusNotFound:
+                continue
+        return out
+
+    before, started = await read(), time.monotonic()
+    await asyncio.sleep(RATE_SAMPLE_S)
+    after, took = await read(), time.monotonic() - started
+    lines = [
+        f"{'stream':<28} {'budget':>9} {'unconsumed':>10} {'replay':>9} {'oldest msg':>10} "
+        f"{'inflow/s':>9} {'budget lasts':>12}"
+    ]
+    for name, u in after.items():
+        committed = load_state(settings.checkpoint_path(name)).committed_seq
+        unconsumed = u.unconsumed_bytes(committed)
+        first = before.get(name, u)
+        if first.first_seq == u.first_seq:  # nothing purged between the reads
+            inflow = max(0, u.bytes - first.bytes) / took
+        else:
+            inflow = max(0, u.last_seq - first.last_seq) * u.mean_message / took
+        oldest = await message_time(js, u.stream, ">", u.first_seq) if u.messages else None
+        age = _duration(time.time() - oldest) if oldest is not None else "-"
+        room = u.budget - unconsumed if u.budget > 0 else None
+        lasts = "-" if room is None or inflow <= 0 else _duration(room / inflow)
+        lines.append(
+            f"{name:<28} {_size(u.budget):>9} {_size(unconsumed):>10} "
+            f"{_size(u.replay_bytes(committed)):>9} {age:>10} {_size(inflow):>9} {lasts:>12}"
+        )
+    return lines
+
+
+def _size(n: float) -> str:
+    if n < 0:
+        return "unlimited"
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    raise AssertionError  # pragma: no cover
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
 
 
 async def _leases(js: JetStreamContext, now: float) -> list[str]:

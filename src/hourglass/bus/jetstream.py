@@ -28,7 +28,8 @@ from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 
 from hourglass import log
-from hourglass.exceptions import BusError, BusUnavailable, ConfigError
+from hourglass.bus.retention import RoomMaker
+from hourglass.exceptions import BusError, BusUnavailable, ConfigError, HourglassError
 
 logger = log.get("hourglass.bus")
 
@@ -152,6 +153,17 @@ async def connect(
             delay = min(delay * 2, 2.0)
 
 
+def stream_of_subject(subject_: str) -> str:
+    """The stream a publish subject belongs to (the layout above)."""
+    if subject_.startswith(FAILED_SUBJECT + "."):
+        return FAILED_STREAM
+    return stream_name(subject_.removeprefix("hg.ev."))
+
+
+def _stream_full(exc: nats.js.errors.APIError) -> bool:
+    return "maximum" in (exc.description or str(exc))
+
+
 async def _on_error(exc: Exception) -> None:
     logger.warning("bus connection error", extra={"error": repr(exc)})
 
@@ -168,6 +180,7 @@ class JetStreamPublisher:
         self._nc = nc
         self._js = nc.jetstream(timeout=timeout)
         self._timeout = timeout
+        self._room = RoomMaker(self._js)
 
     @property
     def connected(self) -> bool:
@@ -176,18 +189,25 @@ class JetStreamPublisher:
     async def publish(
         self, subject: str, payload: bytes, msg_id: str, tally: str | None = None
     ) -> int:
+        """Store one message; a stream full of consumed events is purged and tried again
+        (``retention.py``): only unconsumed events fill a stream for good."""
         if not self._nc.is_connected:
             raise BusUnavailable("the bus is not connected", retry_after=1.0)
+        headers = {MSG_ID: msg_id, KIND: "batch", **({TALLY: tally} if tally else {})}
         try:
-            ack = await self._js.publish(
-                subject,
-                payload,
-                timeout=self._timeout,
-                headers={MSG_ID: msg_id, KIND: "batch", **({TALLY: tally} if tally else {})},
-            )
+            try:
+                ack = await self._js.publish(
+                    subject, payload, timeout=self._timeout, headers=headers
+                )
+            except nats.js.errors.APIError as exc:
+                if not _stream_full(exc) or not await self._made_room(subject):
+                    raise
+                ack = await self._js.publish(
+                    subject, payload, timeout=self._timeout, headers=headers
+                )
         except nats.js.errors.APIError as exc:
             text = exc.description or str(exc)
-            if "maximum" in text or "insufficient" in text or "storage" in text:
+            if _stream_full(exc) or "insufficient" in text or "storage" in text:
                 raise BusUnavailable(
                     f"the bus refused the write ({text}): stream full or disk full",
                     retry_after=5.0,
@@ -196,3 +216,10 @@ class JetStreamPublisher:
         except (nats.errors.Error, asyncio.TimeoutError, OSError) as exc:
             raise BusUnavailable(f"no acknowledgement from the bus ({exc!r})") from exc
         return int(ack.seq)
+
+    async def _made_room(self, subject_: str) -> bool:
+        try:
+            return await self._room.make_room(stream_of_subject(subject_))
+        except HourglassError as exc:  # the write is refused as it would have been
+            logger.warning("could not make room", extra={"subject": subject_, "error": str(exc)})
+            return False

@@ -21,6 +21,7 @@ from typing import Protocol
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 from hourglass import log
+from hourglass.bus.retention import Retained
 from hourglass.lake.manifest import Manifest
 
 logger = log.get("hourglass.loader")
@@ -124,6 +125,39 @@ class LoaderMetrics:
             buckets=(1, 2, 5, 10, 20, 30, 60, 120, 300, 900),
             registry=r,
         )
+        self.stream_bytes = Gauge(
+            "hourglass_stream_bytes", "Bytes stored in the stream.", ["stream"], registry=r
+        )
+        self.stream_budget = Gauge(
+            "hourglass_stream_budget_bytes",
+            "The stream's byte limit: unconsumed events plus the replay window.",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_unconsumed = Gauge(
+            "hourglass_stream_unconsumed_bytes",
+            "Bytes of events not yet committed to the lake (estimated from the mean message).",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_replay = Gauge(
+            "hourglass_stream_replay_bytes",
+            "Bytes of committed events kept for replay.",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_oldest_age = Gauge(
+            "hourglass_stream_oldest_age_seconds",
+            "Age of the oldest message kept in the stream: the effective replay window.",
+            ["stream"],
+            registry=r,
+        )
+        self.stream_purged = Counter(
+            "hourglass_stream_purged_messages",
+            "Committed messages removed from the stream (replay window or budget).",
+            ["stream"],
+            registry=r,
+        )
         self.lake_full = Gauge(
             "hourglass_loader_lake_full",
             "1 while the lake filesystem is full and streams are paused.",
@@ -160,6 +194,18 @@ class StreamMetrics:
     def on_closed(self, manifest: Manifest) -> None:
         self._m.closed.labels(self._stream).inc()
         self._m.close_delay.observe(max(0.0, manifest.close_delay_s))
+
+
+def observe_retention(metrics: LoaderMetrics, stream: str, kept: Retained, committed: int) -> None:
+    u = kept.usage
+    metrics.stream_bytes.labels(stream).set(u.bytes)
+    metrics.stream_budget.labels(stream).set(u.budget)
+    metrics.stream_unconsumed.labels(stream).set(u.unconsumed_bytes(committed))
+    metrics.stream_replay.labels(stream).set(u.replay_bytes(committed))
+    age = 0.0 if kept.oldest_at is None else max(0.0, time.time() - kept.oldest_at)
+    metrics.stream_oldest_age.labels(stream).set(age)
+    if kept.purged:
+        metrics.stream_purged.labels(stream).inc(kept.purged)
 
 
 class LakeSpace:

@@ -31,19 +31,27 @@ from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.bus.consumer import StreamReader, wait_for_streams
 from hourglass.bus.embedded import resolve_bus_url
-from hourglass.bus.errors import BusUnavailable
+from hourglass.bus.errors import BusError, BusUnavailable
 from hourglass.bus.marks import LeaseView
+from hourglass.bus.retention import LOADER_DURABLE, retain
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
-from hourglass.loader.metrics import LakeSpace, LoaderMetrics, StreamMetrics, is_disk_full
+from hourglass.loader.metrics import (
+    LakeSpace,
+    LoaderMetrics,
+    StreamMetrics,
+    is_disk_full,
+    observe_retention,
+)
 from hourglass.loader.stream import RowFormat, StreamLoader
 from hourglass.schemas import load_registry
 
 logger = log.get("hourglass.loader")
 
-DURABLE = "hg-loader"
+DURABLE = LOADER_DURABLE
+RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
 
 
 T = TypeVar("T")
@@ -167,6 +175,7 @@ class Runner:
     async def _loop(self, s: Stream, reader: StreamReader) -> None:
         lag = self.metrics.lag.labels(s.name)
         open_buckets = self.metrics.open.labels(s.name)
+        retained_at = -RETAIN_EVERY_S
         while True:
             batch = await reader.fetch(s.loader.processed_seq + 1)
             lag.set(batch.pending)
@@ -179,6 +188,9 @@ class Runner:
                 await until_stored(s, self.space, "flush", s.loader.flush)
                 await reader.ack()
                 await asyncio.to_thread(s.loader.expire)
+                if time.monotonic() - retained_at >= RETAIN_EVERY_S:
+                    retained_at = time.monotonic()
+                    await self._retain(s)
             # Not retried in place: after a pause the loop fetches and flushes again
             # first, so leases and ``caught_up`` are current when it closes.
             close = partial(
@@ -189,6 +201,24 @@ class Runner:
                 drained_as_of=batch.drained_as_of,
             )
             await stored_once(s, self.space, "close", close)
+
+    async def _retain(self, s: Stream) -> None:
+        """Purge committed events outside the replay window or its share of the
+        budget (``bus/retention.py``); a bus error waits for the next round."""
+        committed = s.loader.state.committed_seq
+        try:
+            kept = await retain(
+                self.js,
+                s.stream,
+                s.subject,
+                committed,
+                replay_window_s=self.settings.replay_window_s,
+                now=time.time(),
+            )
+        except (BusUnavailable, BusError) as exc:
+            logger.warning("retention round failed", extra={"stream": s.name, "error": str(exc)})
+            return
+        observe_retention(self.metrics, s.name, kept, committed)
 
 
 def _flush_on_stop(s: Stream) -> None:

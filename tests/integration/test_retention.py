@@ -1,0 +1,193 @@
+"""A stream's budget holds what the loader has not committed: real nats-server,
+gateway and loader processes, the lake read back with pyarrow.
+
+* While the loader keeps up, a budget of a few MiB carries twenty times its size
+  and every request gets 200: committed events leave the bus.
+* With the loader stopped, the budget fills with unconsumed events only (the
+  gateway purged the committed ones) and the gateway answers 503 with
+  Retry-After; the loader back, the same gateway answers 200 again, and every
+  acknowledged event is in the lake once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import httpx
+import msgspec
+import nats
+import pytest
+
+from hourglass.bus.jetstream import stream_name
+from hourglass.bus.retention import LOADER_DURABLE
+from hourglass.config import MiB
+from hourglass.loader.state import load_state
+from hourglass.status import gather_status
+from tests.chaos.conftest import (
+    SKIPPED,
+    Key,
+    assert_exactly_once,
+    keys_of_events,
+    lake_keys,
+    wait_until,
+)
+from tests.integration.conftest import StartGateway, StartLoader
+from tests.integration.support import BATCH, NatsServer, skipped
+
+pytestmark = pytest.mark.timeout(240)
+
+STREAM = stream_name(SKIPPED)
+PAD = "t" * 1800  # ~2 KB events: many bytes for few events
+FAST: dict[str, Any] = {"flush_interval_s": 0.2, "marker_interval_s": 0.5, "bucket": "1m"}
+
+
+def big() -> dict[str, Any]:
+    event = skipped()
+    event["data"]["track_id"] = PAD
+    return event
+
+
+def stream_state(url: str) -> tuple[int, int, int, int]:
+    """(bytes, first_seq, last_seq, loader's ack floor) of the test's stream."""
+
+    async def run() -> tuple[int, int, int, int]:
+        nc = await nats.connect(url)
+        try:
+            js = nc.jetstream()
+            state = (await js.stream_info(STREAM)).state
+            try:
+                floor = int((await js.consumer_info(STREAM, LOADER_DURABLE)).ack_floor.stream_seq)
+            except nats.js.errors.NotFoundError:
+                floor = -1
+            return int(state.bytes), int(state.first_seq), int(state.last_seq), floor
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+class Paced:
+    """Posts batches of ``big`` events at about ``rate`` bytes/s of JSON."""
+
+    def __init__(self, base: str, *, batch: int = 100) -> None:
+        self.client = httpx.Client(base_url=base, timeout=30)
+        self.batch = batch
+        self.acked: list[Key] = []
+        self.maybe: list[Key] = []
+        self.sent_bytes = 0
+
+    def post(self) -> httpx.Response:
+        events = [big() for _ in range(self.batch)]
+        body = msgspec.json.encode(events)
+        r = self.client.post("/v1/events", content=body, headers=BATCH)
+        self.sent_bytes += len(body)
+        if r.status_code == 200:
+            assert r.json()["rejected"] == []
+            self.acked.extend(keys_of_events(events))
+        else:
+            self.maybe.extend(keys_of_events(events))
+        return r
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def test_a_small_budget_carries_twenty_times_its_size_while_the_loader_keeps_up(
+    start_gateway: StartGateway, start_loader: StartLoader, nats_server: NatsServer
+) -> None:
+    budget = 4 * MiB
+    gw = start_gateway(stream_max_bytes=budget, **FAST)
+    loader = start_loader(stream_max_bytes=budget, **FAST)
+    sender = Paced(gw.base)
+    # The budget lasts 2 s at this rate: ~6x the loader's usual lag behind the
+    # gateway (0.2 s flushes), ~1.5x the worst seen on this 2-core machine.
+    rate = 2 * MiB
+    started = time.monotonic()
+    statuses: list[int] = []
+    highest = 0
+    try:
+        while sender.sent_bytes < 20 * budget:
+            statuses.append(sender.post().status_code)
+            lead = sender.sent_bytes / rate - (time.monotonic() - started)
+            if lead > 0:
+                time.sleep(lead)
+            if len(statuses) % 25 == 0:
+                highest = max(highest, stream_state(nats_server.url)[0])
+    finally:
+        sender.close()
+    refused = [s for s in statuses if s != 200]
+    assert not refused, f"{len(refused)} of {len(statuses)} requests refused: {set(refused)}"
+
+    wait_until(
+        lambda: len(lake_keys(loader.lake, SKIPPED)) >= len(sender.acked), 60, "all in the lake"
+    )
+    assert_exactly_once(lake_keys(loader.lake, SKIPPED), sender.acked)
+    size, first, last, floor = stream_state(nats_server.url)
+    assert first > 1, "committed events were never purged"
+    assert max(highest, size) <= budget
+    assert floor <= load_state(loader.settings.checkpoint_path(SKIPPED)).committed_seq
+
+
+def test_a_stopped_loader_fills_the_budget_with_unconsumed_events_only_then_recovers(
+    start_gateway: StartGateway,
+    start_loader: StartLoader,
+    nats_server: NatsServer,
+) -> None:
+    budget = 2 * MiB
+    gw = start_gateway(stream_max_bytes=budget, **FAST)
+    loader = start_loader(stream_max_bytes=budget, **FAST)
+    sender = Paced(gw.base, batch=50)
+    try:
+        while sender.sent_bytes < budget / 2:  # half a budget, committed: the replay
+            assert sender.post().status_code == 200
+        wait_until(
+            lambda: len(lake_keys(loader.lake, SKIPPED)) >= len(sender.acked), 30, "committed"
+        )
+        loader.stop()
+        committed = load_state(loader.settings.checkpoint_path(SKIPPED)).committed_seq
+        assert committed > 0
+
+        refused = None
+        for _ in range(400):
+            r = sender.post()
+            if r.status_code != 200:
+                refused = r
+                break
+        assert refused is not None, "the budget never filled"
+        assert refused.status_code == 503, refused.text
+        assert "full" in refused.json()["error"]
+        assert int(refused.headers["retry-after"]) >= 1
+        size, first, last, floor = stream_state(nats_server.url)
+        # The loader's durable consumer outlives it: its ack floor (never past the
+        # checkpoint) is what the gateway purged up to.  Left: what the stop-time
+        # flush committed without acknowledging, a flush's worth at most.
+        assert 0 < floor <= committed
+        assert first >= floor + 1, f"consumed events still kept: first {first}, floor {floor}"
+        mean = size / (last - first + 1)
+        assert (committed + 1 - first) * mean < budget / 4, (first, committed, mean)
+        assert size > budget / 2
+
+        # What an operator sees: the budget, nearly all of it unconsumed.
+        report = asyncio.run(gather_status(loader.settings))
+        row = next(
+            line for line in report.splitlines() if line.startswith(SKIPPED + " ") and "MiB" in line
+        )
+        assert row.split()[1:3] == ["2.0", "MiB"], report
+        unconsumed = float(row.split()[3])
+        assert 1.0 < unconsumed <= 2.0, report
+
+        start_loader(stream_max_bytes=budget, **FAST)
+        deadline = time.monotonic() + 60
+        while sender.post().status_code != 200:
+            assert time.monotonic() < deadline, "the gateway never accepted again"
+            time.sleep(0.2)
+        for _ in range(5):
+            assert sender.post().status_code == 200
+    finally:
+        sender.close()
+    wait_until(
+        lambda: len(lake_keys(loader.lake, SKIPPED)) >= len(sender.acked), 60, "all in the lake"
+    )
+    assert_exactly_once(lake_keys(loader.lake, SKIPPED), sender.acked, maybe=sender.maybe)
