@@ -12,8 +12,10 @@ Two independent records are compared, per type and closed bucket:
 
 ``missing = published - delivered - duplicates``; anything above zero is a loss.
 Every closed bucket is also checked against its manifest: a file deleted, added
-or altered (row count, sha256) after close is named.  Buckets whose bus messages
-have aged out of the stream are checked for integrity only.
+or altered (row count, sha256) after close is named, and a closed bucket with
+published events but no folder at all is reported.  Buckets whose bus messages
+have left the stream are checked for integrity only; buckets deleted by lake
+retention (``lake/retention.py``'s record) are skipped.
 """
 
 from __future__ import annotations
@@ -32,6 +34,8 @@ from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.layout import SUCCESS, bucket_dirs, bucket_of_dir, part_range
 from hourglass.lake.manifest import Manifest, read_manifest
 from hourglass.lake.parquet import row_count, sha256_of
+from hourglass.lake.retention import read_deletions
+from hourglass.loader.state import load_state
 from hourglass.schemas import load_registry
 
 
@@ -140,12 +144,15 @@ async def run_audit(
             # buckets they fed cannot be counted from the bus any more.
             horizon = min(published, default=0) + width if first_seq > 1 else 0
             delivered, unreadable = delivered_by_bucket(lake, name, width)
+            deleted = read_deletions(lake, name)
+            seen: set[int] = set()
             for folder in bucket_dirs(lake, name):
                 start = bucket_of_dir(lake, name, folder)
-                manifest = read_manifest(folder) if (folder / SUCCESS).exists() else None
-                if manifest is None or (since is not None and start < since):
-                    continue
                 key = int(start.timestamp())
+                seen.add(key)
+                manifest = read_manifest(folder) if (folder / SUCCESS).exists() else None
+                if manifest is None or key in deleted or (since is not None and start < since):
+                    continue
                 results.append(
                     BucketAudit(
                         name,
@@ -157,6 +164,16 @@ async def run_audit(
                         integrity(folder, manifest),
                     )
                 )
+            closed_before = load_state(settings.checkpoint_path(name)).next_close or 0
+            for key in sorted(published.keys() - seen - deleted.keys()):
+                start = dt.datetime.fromtimestamp(key, dt.UTC)
+                gone = BucketAudit(
+                    name, start, published[key], delivered.get(key, 0), 0, 0, ["no bucket folder"]
+                )
+                # Closed with events of its own missing (skewed ones live elsewhere).
+                if key < closed_before and key >= horizon and gone.missing:
+                    if since is None or start >= since:
+                        results.append(gone)
     finally:
         await nc.close()
     return results

@@ -35,6 +35,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     port: int = 8080
     bus: str | None = None  # None: the embedded nats-server of data_dir
     bus_port: int = 0  # embedded bus port; 0 picks a free one once and keeps it
+    # The embedded bus's nats.log is rotated at this size, this many files kept.
+    bus_log_max_bytes: int = 16 * MiB
+    bus_log_files: int = 4
     bucket: str = "1h"
     workers: int = 1
 
@@ -66,6 +69,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lease_ttl_s: float = 10.0
     flush_interval_s: float = 2.0  # events are queryable in the lake within about this
     dedup_window_s: int = 24 * 3600
+    # Closed buckets older than this many days are deleted (0: never), recorded
+    # in <lake>/<type>/_deleted.json for the audit (lake/retention.py).
+    lake_retention_days: int = 0
     loader_metrics_port: int = 0  # 0: no metrics endpoint
     # The loader is a batch job that may lag by seconds; a gateway's answer is
     # what producers wait for.  On a shared machine the loader yields the CPU.
@@ -105,8 +111,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
-        if self.replay_window_s < 0 or self.stream_max_age_s < 0:
-            raise ConfigError("replay_window_s and stream_max_age_s must not be negative")
+        if min(self.replay_window_s, self.stream_max_age_s, self.lake_retention_days) < 0:
+            raise ConfigError(
+                "replay_window_s, stream_max_age_s and lake_retention_days must not be negative"
+            )
+        if self.lake_retention_days and self.lake_retention_days * 86400 < self.dedup_window_s:
+            raise ConfigError(
+                f"lake_retention_days ({self.lake_retention_days}) must keep at least the "
+                f"dedup window ({self.dedup_window_s} s): dedup reads the lake's recent files"
+            )
         if not 0 <= self.loader_nice <= 19:
             raise ConfigError(f"loader_nice {self.loader_nice} must be 0..19")
         bucket_seconds(self.bucket)

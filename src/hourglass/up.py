@@ -177,7 +177,12 @@ async def run_gateways(settings: Settings) -> None:
 
 
 async def run_bus(settings: Settings) -> None:
-    bus = EmbeddedBus(settings.data_path, port=settings.bus_port)
+    bus = EmbeddedBus(
+        settings.data_path,
+        port=settings.bus_port,
+        log_max_bytes=settings.bus_log_max_bytes,
+        log_files=settings.bus_log_files,
+    )
     await bus.start()
     print(f"bus: {bus.url} (store {bus.root})", flush=True)
     try:
@@ -211,7 +216,13 @@ async def _up(
         if settings.bus:
             replicas = settings.stream_replicas or 3
         else:
-            bus = EmbeddedBus(settings.data_path, port=settings.bus_port, pass_fds=[run_fd])
+            bus = EmbeddedBus(
+                settings.data_path,
+                port=settings.bus_port,
+                pass_fds=[run_fd],
+                log_max_bytes=settings.bus_log_max_bytes,
+                log_files=settings.bus_log_files,
+            )
             if not await _unless_stopped(stop, bus.start()):
                 return
             replicas = settings.stream_replicas or 1

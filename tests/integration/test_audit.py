@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -17,6 +18,7 @@ from hourglass.bus.jetstream import KIND, MSG_ID, TALLY, subject
 from hourglass.config import Settings, settings_env
 from hourglass.events import EventTypes
 from hourglass.lake.layout import SUCCESS, bucket_dir
+from hourglass.lake.retention import DELETED, Deletion
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import NatsServer, skipped
@@ -100,3 +102,34 @@ def test_audit_proves_a_healthy_lake_and_names_a_damaged_bucket(
     second_line = next(x for x in out.splitlines() if f"{second:%Y-%m-%d %H:%M}" in x)
     assert "altered after close" in first_line and parts[0].name in first_line
     assert "20 missing" in second_line and "deleted after close" in second_line
+
+
+def test_a_vanished_bucket_is_a_loss_and_one_lake_retention_deleted_is_not(
+    start_gateway: StartGateway, start_loader: StartLoader, nats_server: NatsServer
+) -> None:
+    gw = start_gateway(bucket="1m")
+    gw.stop()
+    now = dt.datetime.now(dt.UTC).replace(second=0, microsecond=0)
+    first, second = now - dt.timedelta(minutes=3), now - dt.timedelta(minutes=2)
+    publish_as_gateway(nats_server.url, [skipped() for _ in range(12)], first)
+    publish_as_gateway(nats_server.url, [skipped() for _ in range(7)], second)
+    loader = start_loader(bucket="1m", flush_interval_s=0.5)
+    folders = [bucket_dir(loader.lake, TYPE, start, 60) for start in (first, second)]
+    deadline = time.monotonic() + 30
+    while not all((f / SUCCESS).exists() for f in folders):
+        assert time.monotonic() < deadline, loader.log_tail()
+        time.sleep(0.2)
+    loader.stop()
+
+    shutil.rmtree(folders[0])  # the whole folder of the first bucket
+    lost = audit(loader.settings)
+    assert lost.returncode == 1, lost.stdout + lost.stderr
+    line = next(x for x in lost.stdout.splitlines() if f"{first:%Y-%m-%d %H:%M}" in x)
+    assert "12 missing" in line and "no bucket folder" in line, lost.stdout
+
+    # The same bucket deleted by lake retention (recorded first): not a loss.
+    record = [Deletion(int(first.timestamp()), time.time())]
+    (loader.lake / TYPE / DELETED).write_bytes(msgspec.json.encode(record))
+    expired = audit(loader.settings)
+    assert expired.returncode == 0, expired.stdout + expired.stderr
+    assert f"{first:%Y-%m-%d %H:%M}" not in expired.stdout

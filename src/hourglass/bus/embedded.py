@@ -91,8 +91,13 @@ def server_config(
     host: str = "127.0.0.1",
     log_file: Path | None = None,
     max_file_store: int | None = None,
+    log_max_bytes: int = 0,
+    log_files: int = 0,
 ) -> str:
     """A nats-server config with JetStream fsyncing every write.
+
+    ``log_max_bytes``: nats-server rotates ``log_file`` at this size and keeps
+    ``log_files`` files in all (0: no limit).
 
     ``max_file_store`` (bytes) pins JetStream's storage limit; unset, nats-server
     takes 75% of the space free when it starts.
@@ -100,6 +105,8 @@ def server_config(
     return (
         f"listen: {host}:{port}\n"
         + (f'log_file: "{log_file}"\n' if log_file else "")
+        + (f"logfile_size_limit: {log_max_bytes}\n" if log_file and log_max_bytes else "")
+        + (f"logfile_max_num: {log_files}\n" if log_file and log_files else "")
         + f"max_payload: {MAX_PAYLOAD}\n"
         "jetstream {\n"
         f'  store_dir: "{store_dir}"\n'
@@ -121,11 +128,13 @@ class LogTail:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.offset = 0
+        self._inode = 0
         self._partial = b""
 
     def skip_to_end(self) -> None:
         try:
-            self.offset = self.path.stat().st_size
+            st = self.path.stat()
+            self.offset, self._inode = st.st_size, st.st_ino
         except FileNotFoundError:
             self.offset = 0
         self._partial = b""
@@ -133,9 +142,10 @@ class LogTail:
     def lines(self, limit: int = 1 << 20) -> list[str]:
         try:
             with open(self.path, "rb") as f:
-                size = os.fstat(f.fileno()).st_size
-                if size < self.offset:  # truncated or replaced: start over
-                    self.offset, self._partial = 0, b""
+                st = os.fstat(f.fileno())
+                if st.st_size < self.offset or st.st_ino != self._inode:
+                    # truncated, or rotated (a new file at the path): start over
+                    self.offset, self._partial, self._inode = 0, b"", st.st_ino
                 f.seek(self.offset)
                 data = f.read(limit)
         except FileNotFoundError:
@@ -179,8 +189,11 @@ class EmbeddedBus:
         min_free_bytes: int = MIN_FREE_BYTES,
         watch_interval: float = 0.5,
         pass_fds: Sequence[int] = (),
+        log_max_bytes: int = 16 * 1024 * 1024,
+        log_files: int = 4,
     ) -> None:
         self.root = (data_dir / "bus").resolve()
+        self.log_max_bytes, self.log_files = log_max_bytes, log_files
         self.root.mkdir(parents=True, exist_ok=True)
         self._lock_fd = self._lock()
         self.port = self._choose_port(port)
@@ -230,6 +243,8 @@ class EmbeddedBus:
             store_dir=self.root / "store",
             log_file=self.root / "nats.log",
             max_file_store=shutil.disk_usage(self.root).total,
+            log_max_bytes=self.log_max_bytes,
+            log_files=self.log_files,
         )
         path = self.root / "nats.conf"
         try:

@@ -96,6 +96,22 @@ def due(
     return first, starts
 
 
+MARKER_KEEP_S = 3600  # a gateway gone this long no longer has its marker kept
+
+
+def prune_markers(state: LoaderState, live: set[str], now: float) -> int:
+    """Forget the markers of gateways that are not live and marked nothing for
+    ``MARKER_KEEP_S``: without it the checkpoint keeps one entry per gateway
+    that ever ran (a new id every start).  Safe: a bucket waits only for live
+    gateways, and one that comes back waits for its next marker.  Returns how
+    many were dropped (the next checkpoint save makes it durable)."""
+    horizon_us = (now - MARKER_KEEP_S) * 1_000_000
+    gone = [g for g, w in state.markers.items() if g not in live and w < horizon_us]
+    for gateway in gone:
+        del state.markers[gateway]
+    return len(gone)
+
+
 def close_bucket(
     lake: Path,
     name: str,

@@ -38,6 +38,7 @@ from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
+from hourglass.lake.retention import expire_buckets
 from hourglass.loader.metrics import (
     LakeSpace,
     LoaderMetrics,
@@ -52,6 +53,7 @@ logger = log.get("hourglass.loader")
 
 DURABLE = LOADER_DURABLE
 RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
+LAKE_EXPIRE_EVERY_S = 600.0  # lake retention (lake_retention_days) per stream
 
 
 T = TypeVar("T")
@@ -176,6 +178,7 @@ class Runner:
         lag = self.metrics.lag.labels(s.name)
         open_buckets = self.metrics.open.labels(s.name)
         retained_at = -RETAIN_EVERY_S
+        expire_at = 0.0
         while True:
             batch = await reader.fetch(s.loader.processed_seq + 1)
             lag.set(batch.pending)
@@ -191,6 +194,9 @@ class Runner:
                 if time.monotonic() - retained_at >= RETAIN_EVERY_S:
                     retained_at = time.monotonic()
                     await self._retain(s)
+                if self.settings.lake_retention_days and time.monotonic() >= expire_at:
+                    expire_at = time.monotonic() + LAKE_EXPIRE_EVERY_S
+                    await until_stored(s, self.space, "lake retention", partial(self._expire, s))
             # Not retried in place: after a pause the loop fetches and flushes again
             # first, so leases and ``caught_up`` are current when it closes.
             close = partial(
@@ -219,6 +225,17 @@ class Runner:
             logger.warning("retention round failed", extra={"stream": s.name, "error": str(exc)})
             return
         observe_retention(self.metrics, s.name, kept, committed)
+
+    def _expire(self, s: Stream) -> None:
+        """Lake retention for one stream (in a worker thread: it removes folders)."""
+        loader = s.loader
+        expire_buckets(
+            loader.lake,
+            s.name,
+            loader.width,
+            days=self.settings.lake_retention_days,
+            closed_before=loader.state.next_close if loader.closes else None,
+        )
 
 
 def _flush_on_stop(s: Stream) -> None:

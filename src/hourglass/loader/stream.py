@@ -386,6 +386,8 @@ class StreamLoader:
             all_committed=self.processed_seq == self.state.committed_seq,
         )
         self.state.next_close = first
+        if facts.live is not None and facts.live_as_of >= now - 60:
+            close.prune_markers(self.state, facts.live, now)
         closed = []
         for _ in starts:
             manifest, self.state = close.close_bucket(

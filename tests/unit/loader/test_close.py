@@ -155,3 +155,16 @@ def test_the_loader_recovers_either_side_of_the_manifest(
 
     assert close.skip_closed(on_disk, W, has_manifest) == crash_after_manifest
     assert on_disk.next_close == END
+
+
+def test_markers_of_gateways_long_gone_are_forgotten_live_ones_kept() -> None:
+    now = float(END + 7200)
+    state = LoaderState(
+        markers={
+            "live-old": us(now - 5000),  # live: kept however old
+            "gone-old": us(now - 3601),  # not live, quiet for over an hour: dropped
+            "gone-recent": us(now - 60),  # may come back (a paused gateway): kept
+        }
+    )
+    assert close.prune_markers(state, {"live-old"}, now) == 1
+    assert set(state.markers) == {"live-old", "gone-recent"}
