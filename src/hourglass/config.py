@@ -72,6 +72,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Closed buckets older than this many days are deleted (0: never), recorded
     # in <lake>/<type>/_deleted.json for the audit (lake/retention.py).
     lake_retention_days: int = 0
+    lake_retention_check_s: float = 600.0  # how often each stream looks for buckets to delete
     loader_metrics_port: int = 0  # 0: no metrics endpoint
     # The loader is a batch job that may lag by seconds; a gateway's answer is
     # what producers wait for.  On a shared machine the loader yields the CPU.

@@ -18,7 +18,7 @@ from hourglass.bus.jetstream import KIND, MSG_ID, TALLY, subject
 from hourglass.config import Settings, settings_env
 from hourglass.events import EventTypes
 from hourglass.lake.layout import SUCCESS, bucket_dir
-from hourglass.lake.retention import DELETED, Deletion
+from hourglass.lake.retention import DELETED, Deletion, read_deletions
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import NatsServer, skipped
@@ -133,3 +133,43 @@ def test_a_vanished_bucket_is_a_loss_and_one_lake_retention_deleted_is_not(
     expired = audit(loader.settings)
     assert expired.returncode == 0, expired.stdout + expired.stderr
     assert f"{first:%Y-%m-%d %H:%M}" not in expired.stdout
+
+
+def test_lake_retention_deletes_old_closed_buckets_and_the_audit_agrees(
+    start_gateway: StartGateway, start_loader: StartLoader, nats_server: NatsServer
+) -> None:
+    gw = start_gateway(bucket="1h")
+    gw.stop()
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    old, recent = hour - dt.timedelta(days=3), hour - dt.timedelta(hours=2)
+    publish_as_gateway(
+        nats_server.url, [skipped() for _ in range(9)], old + dt.timedelta(minutes=5)
+    )
+    publish_as_gateway(nats_server.url, [skipped() for _ in range(4)], recent)
+    loader = start_loader(
+        bucket="1h",
+        flush_interval_s=0.5,
+        lake_retention_days=1,
+        dedup_window_s=3600,
+        lake_retention_check_s=0.5,
+    )
+    old_folder = bucket_dir(loader.lake, TYPE, old, 3600)
+    recent_folder = bucket_dir(loader.lake, TYPE, recent, 3600)
+    deadline = time.monotonic() + 60
+    while not (recent_folder / SUCCESS).exists() or int(old.timestamp()) not in read_deletions(
+        loader.lake, TYPE
+    ):
+        assert time.monotonic() < deadline, loader.log_tail()
+        time.sleep(0.2)
+    wait_gone = time.monotonic() + 10
+    while old_folder.exists():
+        assert time.monotonic() < wait_gone, "recorded but not removed"
+        time.sleep(0.1)
+    assert "bucket deleted by lake retention" in loader.log_tail()
+    assert recent_folder.exists(), "a bucket younger than the retention stays"
+
+    checked = audit(loader.settings)
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert f"{old:%Y-%m-%d %H:%M}" not in checked.stdout
+    line = next(x for x in checked.stdout.splitlines() if f"{recent:%Y-%m-%d %H:%M}" in x)
+    assert line.split()[3:5] == ["4", "4"], line  # published, delivered

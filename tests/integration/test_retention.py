@@ -19,7 +19,9 @@ import httpx
 import msgspec
 import nats
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
+from hourglass.bus.embedded import free_port
 from hourglass.bus.jetstream import stream_name
 from hourglass.bus.retention import LOADER_DURABLE
 from hourglass.config import MiB
@@ -99,7 +101,8 @@ def test_a_small_budget_carries_twenty_times_its_size_while_the_loader_keeps_up(
 ) -> None:
     budget = 4 * MiB
     gw = start_gateway(stream_max_bytes=budget, **FAST)
-    loader = start_loader(stream_max_bytes=budget, **FAST)
+    metrics_port = free_port()
+    loader = start_loader(stream_max_bytes=budget, loader_metrics_port=metrics_port, **FAST)
     sender = Paced(gw.base)
     # The budget lasts 2 s at this rate: ~6x the loader's usual lag behind the
     # gateway (0.2 s flushes), ~1.5x the worst seen on this 2-core machine.
@@ -128,6 +131,32 @@ def test_a_small_budget_carries_twenty_times_its_size_while_the_loader_keeps_up(
     assert first > 1, "committed events were never purged"
     assert max(highest, size) <= budget
     assert floor <= load_state(loader.settings.checkpoint_path(SKIPPED)).committed_seq
+
+    # The same on the loader's /metrics (a retention round every 5 s).
+    wait_until(lambda: _stream_metrics(metrics_port).get("purged", 0) > 0, 15, "purge metric")
+    seen = _stream_metrics(metrics_port)
+    assert seen["budget"] == budget
+    assert 0 < seen["bytes"] <= budget
+    assert seen["unconsumed"] <= seen["bytes"]
+    assert seen["oldest_age"] < 60
+
+
+def _stream_metrics(port: int) -> dict[str, float]:
+    """The ``hourglass_stream_*`` samples of the test's stream, by short name."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    names = {
+        "hourglass_stream_bytes": "bytes",
+        "hourglass_stream_budget_bytes": "budget",
+        "hourglass_stream_unconsumed_bytes": "unconsumed",
+        "hourglass_stream_oldest_age_seconds": "oldest_age",
+        "hourglass_stream_purged_messages_total": "purged",
+    }
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name in names and sample.labels.get("stream") == SKIPPED:
+                out[names[sample.name]] = sample.value
+    return out
 
 
 def test_a_stopped_loader_fills_the_budget_with_unconsumed_events_only_then_recovers(

@@ -53,7 +53,6 @@ logger = log.get("hourglass.loader")
 
 DURABLE = LOADER_DURABLE
 RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
-LAKE_EXPIRE_EVERY_S = 600.0  # lake retention (lake_retention_days) per stream
 
 
 T = TypeVar("T")
@@ -195,7 +194,7 @@ class Runner:
                     retained_at = time.monotonic()
                     await self._retain(s)
                 if self.settings.lake_retention_days and time.monotonic() >= expire_at:
-                    expire_at = time.monotonic() + LAKE_EXPIRE_EVERY_S
+                    expire_at = time.monotonic() + self.settings.lake_retention_check_s
                     await until_stored(s, self.space, "lake retention", partial(self._expire, s))
             # Not retried in place: after a pause the loop fetches and flushes again
             # first, so leases and ``caught_up`` are current when it closes.
@@ -229,6 +228,8 @@ class Runner:
     def _expire(self, s: Stream) -> None:
         """Lake retention for one stream (in a worker thread: it removes folders)."""
         loader = s.loader
+        if loader.closes and loader.state.next_close is None:
+            return  # nothing closed yet: nothing may go
         expire_buckets(
             loader.lake,
             s.name,
