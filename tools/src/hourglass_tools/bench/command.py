@@ -48,6 +48,13 @@ def add_parser(sub: Any) -> None:
     )
     bench.add_argument("--close-timeout", default="60s", help="wait for the last bucket (60s)")
     bench.add_argument(
+        "--stream-max-bytes",
+        type=int,
+        default=None,
+        help="each stream's budget in bytes (half the free disk); a run of 5m or more is a "
+        "soak: per-minute table and growth verdict",
+    )
+    bench.add_argument(
         "--profile", default="0", help="py-spy the gateway and loader this long, e.g. 20s (off)"
     )
     bench.add_argument("--out", help="folder for result.json and report.html")
@@ -82,6 +89,7 @@ def config_from(args: argparse.Namespace) -> Any:
         loader_nice=args.loader_nice,
         bucket=args.bucket,
         close_timeout_s=parse_duration(args.close_timeout),
+        stream_max_bytes=args.stream_max_bytes,
         profile_s=parse_duration(args.profile) if args.profile not in ("0", "0s") else 0.0,
         keep=args.keep,
         out=Path(out),
@@ -119,4 +127,5 @@ def cmd_bench(args: argparse.Namespace) -> int:
     json_path, html_path = report.write(result, config.out)
     print(f"\nwrote {json_path} and {html_path}")
     lake = result["pipeline"].get("lake") or {}
-    return 1 if lake.get("missing") else 0
+    grows = (result["pipeline"].get("soak") or {}).get("verdict", {}).get("grows")
+    return 1 if lake.get("missing") or grows else 0

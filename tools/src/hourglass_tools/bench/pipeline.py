@@ -123,6 +123,9 @@ def _bench_streams(values: dict[str, float]) -> float:
     return sum(v for labels, v in values.items() if "bench." in labels)
 
 
+DISK_EVERY_S = 30.0
+
+
 class Sampler:
     """Once a second: gateway and loader metrics, RSS and CPU of each process.
 
@@ -136,6 +139,7 @@ class Sampler:
         self.pipeline = pipeline
         self.acked = acked_before
         self.samples: list[dict[str, Any]] = []
+        self._disk: tuple[float, float, float] = (-1e9, 0.0, 0.0)  # when, lake, state
 
     def add(self, events: int) -> None:
         self.acked += events
@@ -168,6 +172,9 @@ class Sampler:
             procs.prometheus_values(loader, "hourglass_loader_duplicates_dropped_total")
         )
         row.update(
+            acked=self.acked,
+            stream_bytes=_bench_streams(procs.prometheus_values(loader, "hourglass_stream_bytes")),
+            **self._disk_usage(),
             loader_rows=rows,
             loader_duplicates=dups,
             lag_events=max(self.acked - rows - dups, 0.0),
@@ -179,6 +186,15 @@ class Sampler:
             ),
         )
         return row
+
+    def _disk_usage(self) -> dict[str, float]:
+        """Bytes of the lake and of the loader's state, measured every 30 s."""
+        when, lake, state = self._disk
+        if time.monotonic() - when >= DISK_EVERY_S:
+            data = self.pipeline.settings.data_path
+            lake, state = procs.du(data / "lake"), procs.du(data / "loader")
+            self._disk = (time.monotonic(), lake, state)
+        return {"lake_bytes": lake, "state_bytes": state}
 
     async def run(self, interval: float = 1.0) -> None:
         async with httpx.AsyncClient(timeout=2.0) as client:

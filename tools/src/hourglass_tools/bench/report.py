@@ -332,6 +332,10 @@ def render(result: dict[str, Any]) -> str:
         lines.append(f"RSS in window   {growth}")
     lines.append(f"CPU cores       {cores}")
     lines += _profile_lines(pipe.get("profile") or {})
+    if "soak" in pipe:
+        from hourglass_tools.bench import soak
+
+        lines += soak.render(pipe["soak"])
     lines.append("")
     lines.append(f"{'target':<28}{'goal':<44}{'value':<44}{'met':<6}margin")
     for t in result["targets"]:

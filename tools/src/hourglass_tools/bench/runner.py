@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 from hourglass.config import GiB, bucket_seconds
-from hourglass_tools.bench import ceilings, lake, procs, profile, report
+from hourglass_tools.bench import ceilings, lake, procs, profile, report, soak
 from hourglass_tools.bench.loadgen import LoadResult, Plan, drive, http_factory
 from hourglass_tools.bench.pipeline import Pipeline, Sampler, lag_trend, rss_trend
 from hourglass_tools.bench.workload import Workload, type_names
@@ -51,6 +51,7 @@ class BenchConfig:
     loader_nice: int | None = None  # None: the Settings default
     bucket: str = "1m"
     close_timeout_s: float = 60.0  # after the end of the last event's bucket
+    stream_max_bytes: int | None = None  # None: half the free disk (at least 1 GiB)
     profile_s: float = 0.0  # py-spy the gateway and the loader for this long
     keep: bool = False
     out: Path = Path("hourglass-bench")
@@ -190,6 +191,10 @@ async def _measure(config: BenchConfig, pipe: Pipeline) -> dict[str, Any]:
     out["samples"] = sampler.samples
     out["lag"] = lag_trend(sampler.between(*load.window))
     out["rss_trend"] = rss_trend([s for s in sampler.samples if _within(s, load.window)])
+    if config.loader and config.duration_s >= soak.SOAK_MIN_S:
+        rows = soak.per_minute(sampler.between(*load.window), load.window[0])
+        budget = pipe.stream_max_bytes * len(pipe.types)
+        out["soak"] = {"rows": rows, "verdict": soak.verdict(rows, budget)}
     return out
 
 
@@ -219,7 +224,7 @@ async def run(config: BenchConfig) -> dict[str, Any]:
 
 async def _run_in(config: BenchConfig, root: Path, result: dict[str, Any]) -> None:
     types = type_names(config.workload.types)
-    stream_bytes = _stream_bytes(root, config.workload.types)
+    stream_bytes = config.stream_max_bytes or _stream_bytes(root, config.workload.types)
     if config.ceilings:
         result["ceilings"] = await _ceilings(config, root, stream_bytes)
     pipe = Pipeline(
