@@ -38,7 +38,7 @@ def test_per_minute_rows_carry_the_rate_and_the_last_values() -> None:
 
 
 def test_flat_series_pass_and_the_lake_is_only_reported() -> None:
-    rows = soak.per_minute(samples(12), T0)
+    rows = soak.per_minute(samples(16), T0)
     judged = soak.verdict(rows, budget=1 << 30)
     assert judged["grows"] == []
     assert judged["minutes"][0] == soak.WARMUP_MIN + 1
@@ -47,17 +47,22 @@ def test_flat_series_pass_and_the_lake_is_only_reported() -> None:
 
 
 def test_a_process_whose_memory_grows_fails_the_soak() -> None:
-    rows = soak.per_minute(samples(12, rss_growth=30.0), T0)  # 5 % of 600 MiB a minute
+    rows = soak.per_minute(samples(16, rss_growth=30.0), T0)  # 5 % of 600 MiB a minute
     judged = soak.verdict(rows, budget=1 << 30)
     assert judged["grows"] == ["rss loader MiB"]
     assert "FAILED: rss loader MiB" in soak.render({"rows": rows, "verdict": judged})[-1]
 
 
 def test_a_lag_that_keeps_growing_fails_the_soak() -> None:
-    rows = soak.per_minute(samples(12, lag_growth=5000.0), T0)  # > 1 % of 60 k a minute
+    rows = soak.per_minute(samples(16, lag_growth=5000.0), T0)  # > 1 % of 60 k a minute
     assert soak.verdict(rows, budget=1 << 30)["grows"] == ["loader lag events"]
 
 
 def test_a_run_too_short_is_not_judged() -> None:
     judged = soak.verdict(soak.per_minute(samples(2), T0), budget=1 << 30)
     assert judged["grows"] == [] and "too short" in judged["note"]
+    # Nine minutes: slopes shown, growth not judged (the run does not fail).
+    nine = soak.per_minute(samples(9, rss_growth=30.0), T0)
+    judged = soak.verdict(nine, budget=1 << 30)
+    assert judged["grows"] == [] and "not judged" in judged["note"]
+    assert "GROWS" in "\n".join(soak.render({"rows": nine, "verdict": judged}))

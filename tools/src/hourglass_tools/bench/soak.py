@@ -24,6 +24,7 @@ from typing import Any
 SOAK_MIN_S = 300.0
 WARMUP_MIN = 5
 WINDOW_MIN = 20
+JUDGE_MIN = 10  # fewer minutes after the warm-up: slopes shown, not judged (noise)
 GROWTH = 0.01  # per minute, of the series' scale
 
 
@@ -69,17 +70,23 @@ def _slope(points: list[tuple[float, float]]) -> float:
 def verdict(rows: list[dict[str, Any]], budget: float) -> dict[str, Any]:
     """Slopes per minute over the trend window, and which of them grow without bound."""
     window = [r for r in rows if r["minute"] > WARMUP_MIN][-WINDOW_MIN:]
+    judged = len(window) >= JUDGE_MIN
     if len(window) < 3:
         window = rows[len(rows) // 2 :]  # a short run: its second half
     out: dict[str, Any] = {"minutes": [r["minute"] for r in window], "slopes": {}, "grows": []}
     if len(window) < 3:
-        out["note"] = "too short to judge a trend (3 minutes after the warm-up at least)"
+        out["note"] = "too short for a trend (3 minutes after the warm-up at least)"
         return out
+    if not judged:
+        out["note"] = (
+            f"not judged: {len(window)} minutes after the warm-up, {JUDGE_MIN} needed "
+            "(over a few minutes the slopes are noise)"
+        )
 
     def judge(name: str, values: list[float], limit: float) -> None:
         slope = _slope([(float(r["minute"]), v) for r, v in zip(window, values, strict=True)])
         out["slopes"][name] = {"per_min": slope, "limit": limit}
-        if slope > limit:
+        if judged and slope > limit:
             out["grows"].append(name)
 
     names = sorted({n for r in window for n in r["rss_mib"]})
@@ -116,15 +123,20 @@ def render(soak: dict[str, Any]) -> list[str]:
             f"  {r['stream_bytes'] / 2**20:>6.0f} {r['lake_bytes'] / 2**20:>7.0f}"
             f" {r['state_bytes'] / 2**20:>7.1f}"
         )
-    if judged.get("note"):
-        lines.append(judged["note"])
+    if "minutes" not in judged or len(judged["minutes"]) < 3:
+        lines.append(judged.get("note", ""))
         return lines
     minutes = judged["minutes"]
     lines.append(f"trend over minutes {minutes[0]}–{minutes[-1]}:")
     for name, s in judged["slopes"].items():
         limit = s["limit"]
-        flag = "" if limit is None else ("  GROWS" if name in judged["grows"] else "  flat")
+        over = limit is not None and s["per_min"] > limit
+        flag = "" if limit is None else ("  GROWS" if over else "  flat")
         bound = "" if limit is None else f" (limit {limit:,.1f})"
         lines.append(f"  {name:<24} {s['per_min']:>+14,.1f}/min{bound}{flag}")
-    lines.append("soak: " + ("FAILED: " + ", ".join(judged["grows"]) if judged["grows"] else "ok"))
+    if judged.get("note"):
+        lines.append("soak: " + judged["note"])
+    else:
+        grows = judged["grows"]
+        lines.append("soak: " + ("FAILED: " + ", ".join(grows) if grows else "ok"))
     return lines
