@@ -25,7 +25,7 @@ def test_buckets_older_than_the_retention_go_and_are_recorded(tmp_path: Path) ->
     lake = tmp_path / "lake"
     starts = [NOW - 3 * DAY, NOW - 2 * DAY - H, NOW - 2 * DAY, NOW - DAY, NOW - H]
     folders = [make_bucket(lake, s) for s in starts]
-    gone = expire_buckets(lake, T, H, days=2, closed_before=NOW, now=NOW)
+    gone = expire_buckets(lake, T, H, days=2, closed_before=NOW, keep_records_s=3 * DAY, now=NOW)
     assert gone == starts[:2], "only buckets that ended 2 days ago or more"
     assert [f.exists() for f in folders] == [False, False, True, True, True]
     assert set(read_deletions(lake, T)) == set(starts[:2])
@@ -35,7 +35,12 @@ def test_buckets_older_than_the_retention_go_and_are_recorded(tmp_path: Path) ->
 def test_open_buckets_stay_whatever_their_age(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     old = make_bucket(lake, NOW - 5 * DAY)
-    assert expire_buckets(lake, T, H, days=1, closed_before=NOW - 5 * DAY, now=NOW) == []
+    assert (
+        expire_buckets(
+            lake, T, H, days=1, closed_before=NOW - 5 * DAY, keep_records_s=3 * DAY, now=NOW
+        )
+        == []
+    )
     assert old.exists()
 
 
@@ -45,17 +50,20 @@ def test_a_crash_after_the_record_finishes_at_the_next_round(tmp_path: Path) -> 
     folder = make_bucket(lake, start)
     (lake / T / DELETED).write_text(f'[{{"bucket_start":{start},"deleted_at":{NOW - 60}}}]')
     (folder / SUCCESS).unlink()  # half removed when the process died
-    assert expire_buckets(lake, T, H, days=1, closed_before=NOW, now=NOW) == [start]
+    assert expire_buckets(lake, T, H, days=1, closed_before=NOW, keep_records_s=DAY, now=NOW) == [
+        start
+    ]
     assert not folder.exists()
     assert read_deletions(lake, T)[start].deleted_at == NOW - 60, "recorded once"
 
 
-def test_old_records_are_pruned(tmp_path: Path) -> None:
+def test_records_are_kept_while_the_bus_may_still_hold_tallies(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     (lake / T).mkdir(parents=True)
+    # Two buckets deleted long ago; one of them only 2 days ago.
     (lake / T / DELETED).write_text(
-        f'[{{"bucket_start":{NOW - 30 * DAY},"deleted_at":0}},'
-        f'{{"bucket_start":{NOW - 2 * DAY},"deleted_at":0}}]'
+        f'[{{"bucket_start":{NOW - 40 * DAY},"deleted_at":{NOW - 30 * DAY}}},'
+        f'{{"bucket_start":{NOW - 40 * DAY + H},"deleted_at":{NOW - 2 * DAY}}}]'
     )
-    expire_buckets(lake, T, H, days=3, closed_before=NOW, now=NOW)
-    assert set(read_deletions(lake, T)) == {NOW - 2 * DAY}
+    expire_buckets(lake, T, H, days=3, closed_before=NOW, keep_records_s=3 * DAY, now=NOW)
+    assert set(read_deletions(lake, T)) == {NOW - 40 * DAY + H}, "by deletion time, not age"

@@ -5,9 +5,10 @@ The record is ``<lake>/<type>/_deleted.json`` (a list of :class:`Deletion`),
 rewritten whole (temp, fsync, rename, fsync folder) *before* the folder is
 removed.  A crash between the two leaves a recorded bucket whose folder is still
 there, perhaps half removed: the next round removes the rest, and the audit
-skips a recorded bucket whatever is left of it.  Records are kept for twice the
-retention (the audit can only count published events for the last replay
-window of the bus, far shorter), so the file stays small.
+skips a recorded bucket whatever is left of it.  A record is kept for
+``keep_records_s`` after the deletion: the caller passes the bus's replay window
+and more, since every published tally of the bucket was stored before its
+deletion and leaves the bus within the replay window.  So the file stays small.
 
 Only buckets before the loader's ``next_close`` go: every bucket before it is
 closed.  ``_failed`` has no manifests; its buckets go by age alone.
@@ -50,6 +51,7 @@ def expire_buckets(
     *,
     days: int,
     closed_before: int | None,
+    keep_records_s: float,
     now: float | None = None,
 ) -> list[int]:
     """Delete the buckets of ``type_name`` that ended ``days`` ago or earlier and
@@ -66,7 +68,9 @@ def expire_buckets(
         doomed.append((start, folder))
     deletions = read_deletions(lake, type_name)
     going = {s for s, _ in doomed}
-    kept = {s: d for s, d in deletions.items() if s >= now - 2 * days * DAY or s in going}
+    kept = {
+        s: d for s, d in deletions.items() if d.deleted_at >= now - keep_records_s or s in going
+    }
     fresh = [s for s in sorted(going) if s not in kept]
     if fresh or len(kept) != len(deletions):
         kept.update({s: Deletion(s, now) for s in fresh})

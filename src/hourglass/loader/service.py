@@ -38,7 +38,7 @@ from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
-from hourglass.lake.retention import expire_buckets
+from hourglass.lake.retention import DAY, expire_buckets
 from hourglass.loader.metrics import (
     LakeSpace,
     LoaderMetrics,
@@ -236,6 +236,9 @@ class Runner:
             loader.width,
             days=self.settings.lake_retention_days,
             closed_before=loader.state.next_close if loader.closes else None,
+            # The audit may still read the bucket's tallies from the bus this long.
+            keep_records_s=max(self.settings.replay_window_s, self.settings.stream_max_age_s)
+            + 2 * DAY,
         )
 
 
