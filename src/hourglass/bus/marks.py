@@ -21,14 +21,12 @@ import asyncio
 import time
 
 import msgspec
-import nats.errors
-import nats.js.errors
 from nats.js import JetStreamContext
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.kv import KeyValue
 
 from hourglass import log
-from hourglass.bus.errors import BusNotFound, map_nats_errors
+from hourglass.bus.errors import BusError, BusNotFound, BusUnavailable, map_nats_errors
 from hourglass.bus.jetstream import KIND
 
 __all__ = [
@@ -58,12 +56,14 @@ class Marker(msgspec.Struct):
 async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> KeyValue:
     """The lease bucket, created on first use."""
     try:
-        return await js.key_value(LEASE_BUCKET)
-    except nats.js.errors.BucketNotFoundError:
+        with map_nats_errors("open the lease bucket"):
+            return await js.key_value(LEASE_BUCKET)
+    except BusNotFound:
         config = KeyValueConfig(
             bucket=LEASE_BUCKET, ttl=ttl_s, history=1, storage=StorageType.FILE, replicas=replicas
         )
-        return await js.create_key_value(config)
+        with map_nats_errors("create the lease bucket"):
+            return await js.create_key_value(config)
 
 
 async def read_leases(js: JetStreamContext) -> dict[str, Marker]:
@@ -71,12 +71,11 @@ async def read_leases(js: JetStreamContext) -> dict[str, Marker]:
 
     Raises :class:`~hourglass.exceptions.BusUnavailable` if the bus does not answer.
     """
-    try:
-        with map_nats_errors("list the gateway leases"):
-            kv = await js.key_value(LEASE_BUCKET)
-            keys = await kv.keys()
-    except BusNotFound:  # no bucket (no gateway ever ran), or no keys
+    keys = await live_gateways(js)
+    if not keys:
         return {}
+    with map_nats_errors("open the lease bucket"):
+        kv = await js.key_value(LEASE_BUCKET)
     leases = {}
     for key in keys:
         try:
@@ -100,16 +99,20 @@ class LeaseView:
         while True:
             started = time.time()
             try:
-                kv = await self._js.key_value(LEASE_BUCKET)
-                try:
-                    self.live = set(await kv.keys())
-                except nats.js.errors.NoKeysError:
-                    self.live = set()
-            except nats.js.errors.BucketNotFoundError:
-                self.live = set()  # no gateway has ever run
-            except (nats.errors.Error, asyncio.TimeoutError) as exc:
+                self.live = await live_gateways(self._js)
+            except (BusUnavailable, BusError) as exc:
                 self.live = None
-                logger.warning("leases unknown", extra={"error": repr(exc)})
+                logger.warning("leases unknown", extra={"error": str(exc)})
             else:
                 self.read_at = started
             await asyncio.sleep(interval)
+
+
+async def live_gateways(js: JetStreamContext) -> set[str]:
+    """The gateways holding a lease now; empty if none ever ran."""
+    try:
+        with map_nats_errors("list the gateway leases"):
+            kv = await js.key_value(LEASE_BUCKET)
+            return set(await kv.keys())
+    except BusNotFound:  # no bucket (no gateway ever ran), or no keys
+        return set()

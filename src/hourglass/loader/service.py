@@ -257,7 +257,7 @@ def _flush_on_stop(s: Stream) -> None:
         logger.info("flushed on stop", extra={"stream": s.name})
 
 
-def build_streams(settings: Settings, metrics: LoaderMetrics | None = None) -> list[Stream]:
+def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
     """One :class:`Stream` per event type, and one for the failed-events stream."""
     registry = load_registry(settings)
     width = bucket_seconds(settings.bucket)
@@ -279,7 +279,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics | None = None) -> l
                     quarantine=settings.quarantine_path(name),
                     width_s=width,
                     window_s=settings.dedup_window_s,
-                    observer=StreamMetrics(metrics, name) if metrics else None,
+                    observer=StreamMetrics(metrics, name),
                 ),
             )
         )
@@ -298,7 +298,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics | None = None) -> l
                 window_s=0,
                 closes=False,
                 dedup=False,
-                observer=StreamMetrics(metrics, FAILED_DIR) if metrics else None,
+                observer=StreamMetrics(metrics, FAILED_DIR),
             ),
         )
     )
