@@ -18,12 +18,12 @@ from nats.js import JetStreamContext
 
 from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
-from hourglass.bus.errors import BusNotFound, map_nats_errors
+from hourglass.bus.errors import BusNotFound
 from hourglass.bus.marks import read_leases
 from hourglass.bus.retention import Usage, message_time, usage
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.failed import FAILED_DIR
-from hourglass.loader.state import load_state
+from hourglass.loader.state import LoaderState, load_state
 from hourglass.schemas import load_registry
 
 
@@ -42,17 +42,18 @@ async def gather_status(settings: Settings) -> str:
         )
         names = [(s.type_name, jetstream.stream_name(s.type_name)) for s in registry]
         names.append((FAILED_DIR, jetstream.FAILED_STREAM))
+        # One read of every stream now, one RATE_SAMPLE_S later (the inflow);
+        # the checkpoints once, after the first.
+        before, started = await _usages(js, names), time.monotonic()
+        states = {name: load_state(settings.checkpoint_path(name)) for name in before}
         now = time.time()
-        for name, stream in names:
-            try:
-                with map_nats_errors(f"stream info {stream}"):
-                    info = await js.stream_info(stream)
-                last_seq = int(info.state.last_seq)
-            except BusNotFound:
+        for name, _ in names:
+            u = before.get(name)
+            if u is None:
                 lines.append(f"{name:<28} (no stream yet)")
                 continue
-            state = load_state(settings.checkpoint_path(name))
-            lag = last_seq - state.committed_seq
+            state = states[name]
+            lag = u.last_seq - state.committed_seq
             open_at = "-"
             overdue = ""
             if state.next_close is not None and name != FAILED_DIR:
@@ -61,11 +62,13 @@ async def gather_status(settings: Settings) -> str:
                 late = now - (state.next_close + width)
                 overdue = f"{late:.0f}s" if late > 0 else "no"
             lines.append(
-                f"{name:<28} {last_seq:>9} {state.committed_seq:>9} {lag:>7} "
+                f"{name:<28} {u.last_seq:>9} {state.committed_seq:>9} {lag:>7} "
                 f"{open_at:<22} {overdue:>8}"
             )
         lines.append("")
-        lines.extend(await _budgets(js, settings, names))
+        await asyncio.sleep(max(0.0, RATE_SAMPLE_S - (time.monotonic() - started)))
+        after, took = await _usages(js, names), time.monotonic() - started
+        lines.extend(await _budgets(js, before, after, took, states))
         lines.append("")
         lines.extend(await _leases(js, now))
     finally:
@@ -76,29 +79,31 @@ async def gather_status(settings: Settings) -> str:
 RATE_SAMPLE_S = 1.0
 
 
+async def _usages(js: JetStreamContext, names: list[tuple[str, str]]) -> dict[str, Usage]:
+    out = {}
+    for name, stream in names:
+        try:
+            out[name] = await usage(js, stream)
+        except BusNotFound:
+            continue
+    return out
+
+
 async def _budgets(
-    js: JetStreamContext, settings: Settings, names: list[tuple[str, str]]
+    js: JetStreamContext,
+    before: dict[str, Usage],
+    after: dict[str, Usage],
+    took: float,
+    states: dict[str, LoaderState],
 ) -> list[str]:
-    """The budget table: two reads of every stream, ``RATE_SAMPLE_S`` apart."""
-
-    async def read() -> dict[str, Usage]:
-        out = {}
-        for name, stream in names:
-            try:
-                out[name] = await usage(js, stream)
-            except BusNotFound:
-                continue
-        return out
-
-    before, started = await read(), time.monotonic()
-    await asyncio.sleep(RATE_SAMPLE_S)
-    after, took = await read(), time.monotonic() - started
+    """The budget table, from two reads of every stream ``took`` seconds apart."""
     lines = [
         f"{'stream':<28} {'budget':>9} {'unconsumed':>10} {'replay':>9} {'oldest msg':>10} "
         f"{'inflow/s':>9} {'budget lasts':>12}"
     ]
     for name, u in after.items():
-        committed = load_state(settings.checkpoint_path(name)).committed_seq
+        state = states.get(name)
+        committed = state.committed_seq if state is not None else 0
         unconsumed = u.unconsumed_bytes(committed)
         first = before.get(name, u)
         if first.first_seq == u.first_seq:  # nothing purged between the reads

@@ -111,18 +111,23 @@ async def message_time(js: JetStreamContext, stream: str, subject: str, seq: int
 
 
 async def window_start(
-    js: JetStreamContext, u: Usage, subject: str, consumed_seq: int, cutoff: float
+    js: JetStreamContext,
+    u: Usage,
+    subject: str,
+    consumed_seq: int,
+    cutoff: float,
+    first_at: float | None,
 ) -> int:
     """The first sequence in ``[first_seq, consumed_seq + 1]`` stored at or after ``cutoff``.
 
+    ``first_at`` is the store time of the stream's first message (None: empty).
     A binary search over store times (which rise with the sequence): about
     log2(messages) reads of one message each.
     """
     lo, hi = u.first_seq, consumed_seq + 1
     if lo >= hi:
         return lo
-    first = await message_time(js, u.stream, subject, lo)
-    if first is None or first >= cutoff:
+    if first_at is None or first_at >= cutoff:
         return lo  # the usual case: the whole stream is inside the window
     lo += 1
     while lo < hi:
@@ -173,7 +178,8 @@ async def retain(
     """The loader's round: purge consumed messages outside the replay window, or
     beyond the replay share of the budget."""
     u = await usage(js, stream)
-    window = await window_start(js, u, subject, committed_seq, now - replay_window_s)
+    oldest = await message_time(js, stream, subject, u.first_seq) if u.messages else None
+    window = await window_start(js, u, subject, committed_seq, now - replay_window_s, oldest)
     keep = keep_from(u, committed_seq, window)
     purged = 0
     if keep > u.first_seq:
@@ -185,7 +191,7 @@ async def retain(
             "purged consumed events",
             extra={"stream": stream, "below_seq": keep, "messages": purged},
         )
-    oldest = await message_time(js, stream, subject, u.first_seq) if u.messages else None
+        oldest = await message_time(js, stream, subject, u.first_seq) if u.messages else None
     return Retained(u, purged, oldest)
 
 

@@ -51,7 +51,6 @@ from hourglass.schemas import load_registry
 
 logger = log.get("hourglass.loader")
 
-DURABLE = LOADER_DURABLE
 RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
 
 
@@ -163,7 +162,7 @@ class Runner:
 
     async def drive(self, s: Stream) -> None:
         await until_stored(s, self.space, "recover", s.loader.recover)
-        reader = StreamReader(self.js, s.stream, s.subject, DURABLE)
+        reader = StreamReader(self.js, s.stream, s.subject, LOADER_DURABLE)
         await reader.start(after_seq=s.loader.state.committed_seq)
         try:
             await self._loop(s, reader)

@@ -208,7 +208,7 @@ class Sampler:
         return [s for s in self.samples if start <= s["t"] <= end and "loader_rows" in s]
 
 
-def _slope(points: list[tuple[float, float]]) -> float:
+def slope(points: list[tuple[float, float]]) -> float:
     """Least-squares slope of ``(t, value)`` points (0 with fewer than 3)."""
     if len(points) < 3:
         return 0.0
@@ -225,7 +225,7 @@ def lag_trend(samples: list[dict[str, Any]]) -> dict[str, float]:
     points = [(s["t"], float(s["lag_events"])) for s in samples if "lag_events" in s]
     if len(points) < 3:
         return {"slope_eps": 0.0, "max": max((v for _, v in points), default=0.0), "last": 0.0}
-    return {"slope_eps": _slope(points), "max": max(v for _, v in points), "last": points[-1][1]}
+    return {"slope_eps": slope(points), "max": max(v for _, v in points), "last": points[-1][1]}
 
 
 def rss_trend(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
@@ -240,7 +240,7 @@ def rss_trend(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         name: {
             "first_mib": points[0][1],
             "last_mib": points[-1][1],
-            "slope_mib_per_min": _slope(points) * 60.0,
+            "slope_mib_per_min": slope(points) * 60.0,
         }
         for name, points in series.items()
     }

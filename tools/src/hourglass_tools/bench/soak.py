@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hourglass_tools.bench.pipeline import slope
+
 SOAK_MIN_S = 300.0
 WARMUP_MIN = 5
 WINDOW_MIN = 20
@@ -57,16 +59,6 @@ def per_minute(samples: list[dict[str, Any]], start: float) -> list[dict[str, An
     return rows
 
 
-def _slope(points: list[tuple[float, float]]) -> float:
-    n = len(points)
-    if n < 3:
-        return 0.0
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    var = sum((x - mx) ** 2 for x, _ in points)
-    return sum((x - mx) * (y - my) for x, y in points) / var if var else 0.0
-
-
 def verdict(rows: list[dict[str, Any]], budget: float) -> dict[str, Any]:
     """Slopes per minute over the trend window, and which of them grow without bound."""
     window = [r for r in rows if r["minute"] > WARMUP_MIN][-WINDOW_MIN:]
@@ -84,24 +76,24 @@ def verdict(rows: list[dict[str, Any]], budget: float) -> dict[str, Any]:
         )
 
     def judge(name: str, values: list[float], limit: float) -> None:
-        slope = _slope([(float(r["minute"]), v) for r, v in zip(window, values, strict=True)])
-        out["slopes"][name] = {"per_min": slope, "limit": limit}
-        if judged and slope > limit:
+        per_min = slope([(float(r["minute"]), v) for r, v in zip(window, values, strict=True)])
+        out["slopes"][name] = {"per_min": per_min, "limit": limit}
+        if judged and per_min > limit:
             out["grows"].append(name)
 
     names = sorted({n for r in window for n in r["rss_mib"]})
     for name in names:
         mib = [float(r["rss_mib"].get(name) or 0.0) for r in window]
         judge(f"rss {name} MiB", mib, GROWTH * sum(mib) / len(mib))
-    per_min = 60.0 * sum(r["acked_eps"] for r in window) / len(window)
-    judge("loader lag events", [r["lag_events"] for r in window], GROWTH * per_min)
+    events_per_min = 60.0 * sum(r["acked_eps"] for r in window) / len(window)
+    judge("loader lag events", [r["lag_events"] for r in window], GROWTH * events_per_min)
     if budget > 0:
         judge("stream bytes", [r["stream_bytes"] for r in window], GROWTH * budget)
     state = [r["state_bytes"] for r in window]
     judge("loader state bytes", state, max(GROWTH * sum(state) / len(state), 1 << 20))
     lake = [r["lake_bytes"] for r in window]
     out["slopes"]["lake bytes"] = {
-        "per_min": _slope([(float(r["minute"]), v) for r, v in zip(window, lake, strict=True)]),
+        "per_min": slope([(float(r["minute"]), v) for r, v in zip(window, lake, strict=True)]),
         "limit": None,
     }
     return out
