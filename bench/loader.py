@@ -21,6 +21,7 @@ import numpy as np
 
 from hourglass.bus.consumer import BusMessage
 from hourglass.lake.arrow import LakeSchema
+from hourglass.loader.state import FileCheckpoints
 from hourglass.loader.stream import StreamLoader
 from hourglass.schemas.avro import SchemaRegistry
 from hourglass_tools.bench.workload import write_schemas
@@ -56,7 +57,7 @@ def main() -> None:
             "bench.E0",
             fmt,
             lake=root / "lake",
-            state_path=root / "state.json",
+            checkpoints=FileCheckpoints(root / "state.json"),
             quarantine=root / "q",
             width_s=3600,
             window_s=24 * 3600,

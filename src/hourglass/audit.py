@@ -35,7 +35,7 @@ from hourglass.lake.layout import SUCCESS, bucket_dirs, bucket_of_dir, part_rang
 from hourglass.lake.manifest import Manifest, read_manifest
 from hourglass.lake.parquet import row_count, sha256_of
 from hourglass.lake.retention import read_deletions
-from hourglass.loader.state import load_state
+from hourglass.loader.owner import read_checkpoint
 from hourglass.schemas import load_registry
 
 
@@ -164,7 +164,10 @@ async def run_audit(
                         integrity(folder, manifest),
                     )
                 )
-            closed_before = load_state(settings.checkpoint_path(name)).next_close or 0
+            state = await read_checkpoint(
+                js, jetstream.stream_name(name), settings.checkpoint_path(name)
+            )
+            closed_before = state.next_close or 0
             for key in sorted(published.keys() - seen - deleted.keys()):
                 start = dt.datetime.fromtimestamp(key, dt.UTC)
                 gone = BucketAudit(

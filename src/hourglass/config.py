@@ -67,6 +67,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Hour close: gateways' markers and leases, the loader's cadence.
     marker_interval_s: float = 1.0
     lease_ttl_s: float = 10.0
+    # A loader owns a stream while it renews this lease; a standby takes the
+    # stream over this long (plus a second) after its owner stopped renewing.
+    loader_lease_ttl_s: float = 10.0
     flush_interval_s: float = 2.0  # events are queryable in the lake within about this
     dedup_window_s: int = 24 * 3600
     # Closed buckets older than this many days are deleted (0: never), recorded

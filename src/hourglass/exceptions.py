@@ -109,3 +109,15 @@ class BusError(HourglassError):
 
 class BusNotFound(BusError):
     """A stream, consumer, KV bucket or key does not exist, or a bucket has no keys."""
+
+
+class BusConflict(BusError):
+    """A revision-checked write found another revision: someone else wrote first."""
+
+
+class Fenced(HourglassError):
+    """This loader no longer owns the stream: another took it over (``bus/ownership.py``).
+
+    Whatever it holds that is not committed is dropped; the new owner reads it
+    from the bus again.
+    """

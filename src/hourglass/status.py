@@ -4,7 +4,8 @@ Per stream: events stored on the bus, how far the loader has committed, its lag,
 the oldest open bucket and how long ago it should have closed; the stream's
 budget (``bus/retention.py``): bytes not yet in the lake, bytes kept for
 replay and how far back they go, the inflow over one second and how long the
-budget lasts at it if the loader stopped; and which gateways hold a live lease.
+budget lasts at it if the loader stopped; which gateways hold a live lease;
+and which loaders are live, which own streams and which stand by.
 Read-only: safe to run against a live system.
 """
 
@@ -20,10 +21,12 @@ from hourglass.bus import jetstream
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.bus.errors import BusNotFound
 from hourglass.bus.marks import read_leases
+from hourglass.bus.ownership import read_loaders
 from hourglass.bus.retention import Usage, message_time, usage
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.failed import FAILED_DIR
-from hourglass.loader.state import LoaderState, load_state
+from hourglass.loader.owner import read_checkpoint
+from hourglass.loader.state import LoaderState
 from hourglass.schemas import load_registry
 
 
@@ -45,7 +48,11 @@ async def gather_status(settings: Settings) -> str:
         # One read of every stream now, one RATE_SAMPLE_S later (the inflow);
         # the checkpoints once, after the first.
         before, started = await _usages(js, names), time.monotonic()
-        states = {name: load_state(settings.checkpoint_path(name)) for name in before}
+        states = {
+            name: await read_checkpoint(js, stream, settings.checkpoint_path(name))
+            for name, stream in names
+            if name in before
+        }
         now = time.time()
         for name, _ in names:
             u = before.get(name)
@@ -71,6 +78,8 @@ async def gather_status(settings: Settings) -> str:
         lines.extend(await _budgets(js, before, after, took, states))
         lines.append("")
         lines.extend(await _leases(js, now))
+        lines.append("")
+        lines.extend(await _loaders(js, [stream for _, stream in names]))
     finally:
         await nc.close()
     return "\n".join(lines)
@@ -138,6 +147,21 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"{seconds / 60:.0f}m"
     return f"{seconds / 3600:.1f}h"
+
+
+async def _loaders(js: JetStreamContext, streams: list[str]) -> list[str]:
+    """Each stream's owner, and the loaders standing by (``bus/ownership.py``)."""
+    owners, members = await read_loaders(js)
+    if not members and not owners:
+        return ["loaders: none live"]
+    out = [f"loaders: {len(members)} live"]
+    for member in sorted(members, key=lambda m: m.loader):
+        role = f"owns {len(member.owns)} of {len(streams)} streams" if member.owns else "standby"
+        out.append(f"  {member.loader}  ({member.host} pid {member.pid})  {role}")
+    unowned = [s for s in streams if s not in owners]
+    if unowned:
+        out.append(f"  not loaded by anyone: {', '.join(unowned)}")
+    return out
 
 
 async def _leases(js: JetStreamContext, now: float) -> list[str]:

@@ -10,6 +10,8 @@ it wraps its bus calls in :func:`map_nats_errors`, in the manner of httpx's
                      a KV bucket holds no keys): usually "not created yet"
     BusUnavailable   the bus did not answer, the connection is down or
                      closing, or JetStream said it is unavailable: try later
+    BusConflict      a revision-checked KV write (create, update) found another
+                     revision: someone else wrote first (a BusError)
     BusError         JetStream refused the request: a configuration problem
 
 The original error is kept as ``__cause__``.  Cancellation is never mapped.
@@ -26,9 +28,9 @@ from contextlib import contextmanager
 import nats.errors
 import nats.js.errors
 
-from hourglass.exceptions import BusError, BusNotFound, BusUnavailable
+from hourglass.exceptions import BusConflict, BusError, BusNotFound, BusUnavailable
 
-__all__ = ["BusError", "BusNotFound", "BusUnavailable", "map_nats_errors"]
+__all__ = ["BusConflict", "BusError", "BusNotFound", "BusUnavailable", "map_nats_errors"]
 
 
 @contextmanager
@@ -38,6 +40,8 @@ def map_nats_errors(what: str) -> Iterator[None]:
         yield
     except (nats.js.errors.NotFoundError, nats.js.errors.NoKeysError) as exc:
         raise BusNotFound(f"{what}: {_describe(exc)}") from exc
+    except nats.js.errors.KeyWrongLastSequenceError as exc:
+        raise BusConflict(f"{what}: {_describe(exc)}") from exc
     except nats.js.errors.ServiceUnavailableError as exc:
         raise BusUnavailable(f"{what}: JetStream unavailable ({_describe(exc)})") from exc
     except nats.js.errors.APIError as exc:
@@ -46,5 +50,6 @@ def map_nats_errors(what: str) -> Iterator[None]:
         raise BusUnavailable(f"{what}: the bus did not answer ({exc!r})") from exc
 
 
-def _describe(exc: nats.js.errors.APIError) -> str:
-    return str(exc.description or exc)
+def _describe(exc: nats.js.errors.Error) -> str:
+    # KV errors (KeyNotFoundError and kin) are APIErrors that skip its __init__.
+    return str(getattr(exc, "description", None) or exc)

@@ -50,7 +50,11 @@ def files_of(folder: Path) -> list[FileEntry]:
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:
-    durable_write_bytes(folder / SUCCESS, msgspec.json.format(msgspec.json.encode(manifest)))
+    durable_write_bytes(folder / SUCCESS, manifest_bytes(manifest))
+
+
+def manifest_bytes(manifest: Manifest) -> bytes:
+    return msgspec.json.format(msgspec.json.encode(manifest))
 
 
 def read_manifest(folder: Path) -> Manifest | None:

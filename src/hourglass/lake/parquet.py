@@ -17,12 +17,12 @@ from hourglass.durable import durable_write
 
 def write_part(table: pa.Table, path: Path) -> None:
     """Write ``table`` to ``path``: temp file, fsync, rename, fsync the folder."""
-    durable_write(
-        path,
-        lambda tmp: pq.write_table(
-            table, tmp, compression="zstd", row_group_size=1 << 20, write_statistics=True
-        ),
-    )
+    durable_write(path, lambda tmp: write_table(table, tmp))
+
+
+def write_table(table: pa.Table, path: Path) -> None:
+    """A part file's bytes, to ``path`` as it is (the caller makes it durable)."""
+    pq.write_table(table, path, compression="zstd", row_group_size=1 << 20, write_statistics=True)
 
 
 def row_count(path: Path) -> int:

@@ -16,10 +16,13 @@ close in order, from the checkpoint's ``next_close``, never one before the
 previous.  Rows that arrive later for a closed bucket are skew: the loader puts
 them in the oldest open bucket and counts them there.
 
-Closing writes ``_SUCCESS.json`` (temp, fsync, rename, fsync folder), then
-saves the checkpoint with ``next_close`` moved past it.  A crash between the
-two leaves a manifest the checkpoint does not know: the next attempt, or the
-next start (:func:`skip_closed`), sees it and moves on without writing another.
+Closing stages ``_SUCCESS.json``, saves the checkpoint with ``next_close``
+moved past it and the manifest named in it, then renames the manifest into
+place (``staging.py``).  A crash before the save leaves a staged manifest that
+recovery deletes, and the bucket is closed again; after it, a manifest that
+recovery publishes.  A manifest the checkpoint does not know (written by an
+earlier version, which saved after renaming) is seen and kept
+(:func:`skip_closed`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import msgspec
@@ -34,8 +38,9 @@ import msgspec
 from hourglass import log
 from hourglass.crashpoints import crashpoint
 from hourglass.lake.layout import SUCCESS, bucket_dir
-from hourglass.lake.manifest import Manifest, files_of, write_manifest
-from hourglass.loader.state import BucketCounts, LoaderState, copy_state, save_state
+from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
+from hourglass.loader.staging import publish, stage, sync_folders
+from hourglass.loader.state import BucketCounts, Checkpoints, LoaderState, Saved, copy_state
 
 logger = log.get("hourglass.loader")
 
@@ -117,13 +122,14 @@ def close_bucket(
     name: str,
     width: int,
     state: LoaderState,
-    state_path: Path,
+    checkpoints: Checkpoints,
     now: float,
 ) -> tuple[Manifest, LoaderState]:
-    """Close the bucket at ``state.next_close``: its manifest, then the saved checkpoint.
+    """Close the bucket at ``state.next_close``: its manifest staged, the checkpoint
+    that moves past it saved, the manifest published (``staging.py``).
 
-    Returns the manifest (the one found, if an earlier attempt wrote it) and the
-    checkpoint now on disk; ``state`` itself is not changed, so a failed write
+    Returns the manifest (the one found, if the bucket has one already) and the
+    checkpoint now saved; ``state`` itself is not changed, so a failed write
     leaves the caller's checkpoint as it was and the close is simply tried again.
     Rows still pending for the bucket came after every live gateway's marker:
     they are late, and the next flush moves them to an open bucket.
@@ -133,6 +139,7 @@ def close_bucket(
     begin = dt.datetime.fromtimestamp(start, dt.UTC)
     folder = bucket_dir(lake, name, begin, width)
     counts = state.buckets.get(start, BucketCounts())
+    staged: dict[str, str] = {}
     if not (folder / SUCCESS).exists():
         files = files_of(folder)
         manifest = Manifest(
@@ -146,8 +153,20 @@ def close_bucket(
             skewed=counts.skewed,
             close_delay_s=round(now - end, 3),
         )
-        write_manifest(folder, manifest)
+        data = manifest_bytes(manifest)
+        temp = stage(folder / SUCCESS, checkpoints.epoch, partial(_write_bytes, data))
+        sync_folders([temp])
+        staged[(folder / SUCCESS).relative_to(lake).as_posix()] = temp.relative_to(lake).as_posix()
         crashpoint("loader.after_manifest")
+    else:
+        manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
+    closed = copy_state(state)
+    closed.buckets.pop(start, None)
+    closed.next_close = end
+    checkpoints.save(Saved(state=closed, staged=staged))
+    crashpoint("loader.after_close_checkpoint")
+    publish(lake, staged)
+    if staged:
         logger.info(
             "bucket closed",
             extra={
@@ -157,13 +176,11 @@ def close_bucket(
                 "delay_s": manifest.close_delay_s,
             },
         )
-    else:
-        manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
-    closed = copy_state(state)
-    closed.buckets.pop(start, None)
-    closed.next_close = end
-    save_state(state_path, closed)
     return manifest, closed
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    path.write_bytes(data)
 
 
 def skip_closed(state: LoaderState, width: int, has_manifest: Callable[[int], bool]) -> bool:

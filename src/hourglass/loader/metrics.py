@@ -119,6 +119,30 @@ class LoaderMetrics:
         self.open = Gauge(
             "hourglass_loader_buckets_open", "Buckets with pending rows.", ["stream"], registry=r
         )
+        self.owned = Gauge(
+            "hourglass_loader_owned",
+            "1 while this loader owns the stream, 0 while it is the stream's standby.",
+            ["stream"],
+            registry=r,
+        )
+        self.takeovers = Counter(
+            "hourglass_loader_takeovers",
+            "Streams this loader took over from another (whose lease expired).",
+            ["stream"],
+            registry=r,
+        )
+        self.fenced = Counter(
+            "hourglass_loader_fenced",
+            "Times this loader lost a stream it was loading (lease lost, or fenced at a save).",
+            ["stream"],
+            registry=r,
+        )
+        self.checkpoint_bytes = Gauge(
+            "hourglass_loader_checkpoint_bytes",
+            "Size of the stream's checkpoint record on the bus (bounded: 1 MiB).",
+            ["stream"],
+            registry=r,
+        )
         self.close_delay = Histogram(
             "hourglass_loader_close_delay_seconds",
             "Bucket close time after its end.",

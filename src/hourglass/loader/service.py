@@ -1,6 +1,11 @@
 """``hourglass loader``: one durable pull consumer per stream, each in its own task.
 
-Streams are independent: a slow or broken type delays only itself.  The heavy
+Streams are independent: a slow or broken type delays only itself.  A loader
+loads a stream only while it holds the stream's lease (``bus/ownership.py``);
+every loader started on the same bus is the standby of the streams another
+owns, and takes each over within a lease TTL (plus a second) of its owner's
+death.  Its saves are fenced: once a standby has claimed a stream, nothing the
+old owner writes becomes visible (``loader/staging.py``).  The heavy
 work of a stream (Arrow conversion, Parquet, fsync) runs in a worker thread so
 the event loop keeps the bus connection alive and the other streams moving.
 
@@ -20,8 +25,9 @@ import os
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import TypeVar
 
 from nats.js import JetStreamContext
@@ -33,8 +39,10 @@ from hourglass.bus.consumer import StreamReader, wait_for_streams
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.bus.errors import BusError, BusUnavailable
 from hourglass.bus.marks import LeaseView
+from hourglass.bus.ownership import Ownership, read_record
 from hourglass.bus.retention import LOADER_DURABLE, retain
 from hourglass.config import Settings, bucket_seconds
+from hourglass.exceptions import ConfigError, Fenced
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
@@ -46,6 +54,7 @@ from hourglass.loader.metrics import (
     is_disk_full,
     observe_retention,
 )
+from hourglass.loader.owner import KvCheckpoints, Unclaimed, announce, own
 from hourglass.loader.stream import RowFormat, StreamLoader
 from hourglass.schemas import load_registry
 
@@ -63,6 +72,7 @@ class Stream:
     stream: str
     subject: str
     loader: StreamLoader
+    legacy: Path  # the checkpoint file an earlier version kept, imported once
 
 
 async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[], T]) -> list[T]:
@@ -124,9 +134,31 @@ class Runner:
 
     js: JetStreamContext
     leases: LeaseView
+    ownership: Ownership
     settings: Settings
     metrics: LoaderMetrics
     space: LakeSpace
+    owns: set[str] = field(default_factory=set)
+
+    async def owned(self, s: Stream) -> None:
+        """Load ``s`` while this loader owns it; be its standby while another does."""
+        await own(
+            self.ownership, s.stream, s.name, self.metrics, self.owns, partial(self._claimed, s)
+        )
+
+    async def _claimed(self, s: Stream) -> None:
+        """Claim ``s``'s checkpoint and load the stream from it."""
+        checkpoints = await KvCheckpoints.claim(
+            self.ownership,
+            s.stream,
+            self.settings.lake_path,
+            s.legacy,
+            self.metrics.checkpoint_bytes.labels(s.name).set,
+        )
+        s.loader = s.loader.fresh(checkpoints)
+        self.metrics.owned.labels(s.name).set(1)
+        logger.info("owner of the stream", extra={"stream": s.name, "epoch": checkpoints.epoch})
+        await self.supervised(s)
 
     async def supervised(self, s: Stream) -> None:
         """Restart one stream's loop after an error without touching the others.
@@ -139,7 +171,7 @@ class Runner:
         while True:
             try:
                 await self.drive(s)
-            except asyncio.CancelledError:
+            except (asyncio.CancelledError, Fenced):
                 raise
             except BusUnavailable as exc:
                 logger.warning(
@@ -169,8 +201,9 @@ class Runner:
         finally:
             # A clean stop (SIGTERM) commits what was processed; a crash does not
             # need to: the messages after the checkpoint come again.
-            if s.loader.processed_seq > s.loader.state.committed_seq:
-                _flush_on_stop(s)
+            stale = s.loader.processed_seq > s.loader.state.committed_seq
+            if stale and self.ownership.connected():
+                await _whole(partial(_flush_on_stop, s))
 
     async def _loop(self, s: Stream, reader: StreamReader) -> None:
         lag = self.metrics.lag.labels(s.name)
@@ -244,7 +277,7 @@ class Runner:
 def _flush_on_stop(s: Stream) -> None:
     try:
         s.loader.flush()
-    except OSError as exc:
+    except (OSError, Fenced) as exc:
         # Raising here would replace the cancellation that stops the loader.
         # Nothing is lost: what is not committed is read from the bus again.
         logger.warning(
@@ -274,12 +307,13 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                     name,
                     fmt,
                     lake=lake,
-                    state_path=settings.checkpoint_path(name),
+                    checkpoints=Unclaimed(),
                     quarantine=settings.quarantine_path(name),
                     width_s=width,
                     window_s=settings.dedup_window_s,
                     observer=StreamMetrics(metrics, name),
                 ),
+                settings.checkpoint_path(name),
             )
         )
     streams.append(
@@ -291,7 +325,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                 FAILED_DIR,
                 FailedFormat(),
                 lake=lake,
-                state_path=settings.checkpoint_path(FAILED_DIR),
+                checkpoints=Unclaimed(),
                 quarantine=settings.quarantine_path(FAILED_DIR),
                 width_s=width,
                 window_s=0,
@@ -299,6 +333,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                 dedup=False,
                 observer=StreamMetrics(metrics, FAILED_DIR),
             ),
+            settings.checkpoint_path(FAILED_DIR),
         )
     )
     return streams
@@ -340,9 +375,20 @@ async def run_loader(settings: Settings) -> None:
     nc = await jetstream.connect(url, name="hourglass-loader")
     js = nc.jetstream(timeout=10)
     await wait_for_streams(js, [s.stream for s in streams])
-    runner = Runner(js, LeaseView(js), settings, metrics, space)
-    tasks = [asyncio.create_task(runner.leases.run(), name="leases")]
-    tasks += [asyncio.create_task(runner.supervised(s), name=s.name) for s in streams]
+    ownership = Ownership(
+        js,
+        ttl_s=settings.loader_lease_ttl_s,
+        replicas=settings.stream_replicas or (3 if settings.bus else 1),
+        connected=lambda: nc.is_connected,
+    )
+    await ownership.open()
+    await _check_lake(ownership, settings, streams)
+    runner = Runner(js, LeaseView(js), ownership, settings, metrics, space)
+    tasks = [
+        asyncio.create_task(runner.leases.run(), name="leases"),
+        asyncio.create_task(announce(ownership, runner.owns), name="announce"),
+    ]
+    tasks += [asyncio.create_task(runner.owned(s), name=s.name) for s in streams]
     logger.info(
         "loader running",
         extra={"streams": len(streams), "bus": url, "lake": str(settings.lake_path)},
@@ -357,6 +403,20 @@ async def run_loader(settings: Settings) -> None:
     finally:
         await _stop_all(tasks)
         await nc.close()
+
+
+async def _check_lake(ownership: Ownership, settings: Settings, streams: list[Stream]) -> None:
+    """Refuse to start as the standby of a loader that writes to another lake: it
+    would take over into a lake of its own, splitting every stream in two."""
+    lake = str(settings.lake_path.resolve())
+    for s in streams:
+        record, _ = await read_record(ownership.js, s.stream, ownership.records)
+        if record is not None and record.lake != lake:
+            raise ConfigError(
+                f"stream {s.stream} is loaded into {record.lake} (by {record.owner}), "
+                f"this loader writes to {lake}: every loader of a bus must share its lake "
+                "(the same data_dir, on a filesystem they all mount)"
+            )
 
 
 async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:

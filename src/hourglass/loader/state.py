@@ -1,27 +1,35 @@
-"""The loader's checkpoint for one stream: ``<data-dir>/loader/<stream>.json``.
+"""The loader's checkpoint for one stream, and where it is kept.
+
+The service keeps it in the bus (``hg_checkpoints``, one fenced record per
+stream: ``bus/ownership.py``, ``loader/owner.py``); :class:`FileCheckpoints`
+keeps it in a local file, for unit tests and the loader benchmark, and is the
+format the loader kept in ``<data-dir>/loader/<stream>.json`` before, which the
+service imports once (:func:`legacy_saved`).
 
 Invariants (the order of one flush is in ``stream.StreamLoader.flush``):
 
 * ``committed_seq``: every event of stream messages ``<= committed_seq`` is in a
-  renamed, fsynced Parquet file (or was dropped as a duplicate, or was a
-  marker); files named with a range above it belong to a flush that did not
-  commit and are deleted at start-up.
-* ``next_close``: every bucket that starts before it has its ``_SUCCESS.json``.
-  A crash between writing a manifest and saving this file is recovered by
-  seeing the manifest and moving on.
+  Parquet file of the lake, or staged under a name in ``staged`` (or was
+  dropped as a duplicate, or was a marker).
+* ``staged``: the files the last commit made durable under a staged name
+  (``.tmp-e<epoch>-<name>``), by their final path in the lake.  Whoever loads
+  the stream next renames those still staged into place before anything else
+  (rolls them forward); every other staged file is uncommitted and is deleted.
+* ``next_close``: every bucket that starts before it has its ``_SUCCESS.json``,
+  or has it in ``staged``.
 * ``markers``: each gateway's latest watermark (µs) among messages
   ``<= committed_seq``; ``buckets``: duplicate and skew counts of open buckets,
   for their manifests.
 
-The file is replaced atomically (temp, fsync, rename, fsync folder) after the
-flush's Parquet files are durable and before the bus messages are acknowledged:
-a crash before the rename leaves the previous checkpoint, and the messages after
-it are redelivered and processed again.
+A checkpoint is saved after the flush's staged files are durable and before
+the bus messages are acknowledged: a crash before the save leaves the previous
+checkpoint, and the messages after it are redelivered and processed again.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Protocol
 
 import msgspec
 
@@ -38,6 +46,54 @@ class LoaderState(msgspec.Struct, kw_only=True):
     next_close: int | None = None  # epoch seconds of the oldest open bucket
     markers: dict[str, int] = {}
     buckets: dict[int, BucketCounts] = {}
+
+
+class Saved(msgspec.Struct, kw_only=True):
+    """What a checkpoint store holds: the state, and the files its commit staged."""
+
+    state: LoaderState = msgspec.field(default_factory=LoaderState)
+    staged: dict[str, str] = {}  # final path → staged path, both relative to the lake
+    # Imported from a local file of an earlier version: the first recovery also
+    # deletes part files above committed_seq (that version renamed before it saved).
+    legacy: bool = False
+
+
+class Checkpoints(Protocol):
+    """Where one stream's checkpoint lives; ``epoch`` stamps the files it stages."""
+
+    epoch: int
+
+    def load(self) -> Saved: ...
+
+    def save(self, saved: Saved) -> None:
+        """Make ``saved`` durable, or raise (:class:`~hourglass.exceptions.Fenced`:
+        another loader owns the stream now)."""
+        ...
+
+
+class FileCheckpoints:
+    """A checkpoint in a local file (temp, fsync, rename, fsync folder): unfenced,
+    for one loader alone (unit tests, ``bench/loader.py``)."""
+
+    epoch = 0
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def load(self) -> Saved:
+        if not self.path.exists():
+            return Saved()
+        return msgspec.json.decode(self.path.read_bytes(), type=Saved)
+
+    def save(self, saved: Saved) -> None:
+        durable_write_bytes(self.path, msgspec.json.encode(saved))
+
+
+def legacy_saved(path: Path) -> Saved | None:
+    """The checkpoint an earlier version kept in ``path`` (a bare ``LoaderState``)."""
+    if not path.exists():
+        return None
+    return Saved(state=load_state(path), legacy=True)
 
 
 def load_state(path: Path) -> LoaderState:

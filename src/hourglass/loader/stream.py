@@ -6,19 +6,24 @@ Delivery order, and what a crash at each step leaves behind:
    update the pending watermarks), duplicates are dropped, rows are grouped by
    bucket of ``received_at`` in memory.  A crash loses only memory; the messages
    are not acknowledged and come again.
-2. ``flush``: for each bucket, ``part-<first>-<last>.parquet`` is written to a
-   temp name, fsynced, renamed, and its folder fsynced.  A crash here leaves
-   temp files and files above the checkpoint: both are deleted at start-up and
-   the messages come again.
-3. the checkpoint (``state.py``) is replaced atomically with ``committed_seq =
-   last``.  From here on the rows are committed; a crash before the next step
-   means the messages come again and are skipped by sequence number.
-4. the caller acknowledges the bus messages up to ``last`` (ack-all).
-5. ``close_ready``: a bucket whose end every live gateway's *committed*
-   watermark has passed gets ``_SUCCESS.json`` (temp, fsync, rename), then the
-   checkpoint's ``next_close`` moves on.  A crash between the two is seen at the
-   next attempt (the manifest exists) and not repeated.  The rule, and its
-   facts, are in ``close.py``.
+2. ``flush``: for each bucket, ``part-<first>-<last>.parquet`` is staged
+   (``staging.py``: written as ``.tmp-e<epoch>-part-…``, fsynced, folder
+   fsynced).  A crash here leaves staged files no checkpoint names: the next
+   recovery deletes them and the messages come again.
+3. the checkpoint (``state.py``) is saved with ``committed_seq = last`` and the
+   staged names.  From here on the rows are committed; a crash before the next
+   step means the next recovery renames the staged files into place, and the
+   messages that come again are skipped by sequence number.  A loader that
+   lost the stream to another cannot save (``Fenced``) and stops.
+4. the staged files are renamed into place (published), folders fsynced.
+5. the caller acknowledges the bus messages up to ``last`` (ack-all).
+6. ``close_ready``: a bucket whose end every live gateway's *committed*
+   watermark has passed gets ``_SUCCESS.json`` the same way (staged, saved
+   with ``next_close`` moved on, published).  The rule, and its facts, are in
+   ``close.py``.
+
+Recovery never deletes a part file or a manifest: only staged files of its own
+epoch or earlier that no checkpoint names (a later owner's are left alone).
 
 Rows for a bucket that is already closed (skew: a late gateway, a lease that
 expired) go to the oldest open bucket and are counted as skewed there.
@@ -34,6 +39,7 @@ import datetime as dt
 import threading
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Protocol
 
@@ -44,7 +50,7 @@ import pyarrow as pa
 from hourglass import log
 from hourglass.bus.consumer import BusMessage
 from hourglass.crashpoints import crashpoint
-from hourglass.durable import TMP_PREFIX, durable_write_bytes
+from hourglass.durable import durable_write_bytes
 from hourglass.lake.layout import (
     SUCCESS,
     bucket_dir,
@@ -55,11 +61,12 @@ from hourglass.lake.layout import (
     part_range,
 )
 from hourglass.lake.manifest import Manifest
-from hourglass.lake.parquet import read_columns, write_part
+from hourglass.lake.parquet import read_columns, write_table
 from hourglass.loader import close
 from hourglass.loader.dedup import Deduper, hash64, keys_of
 from hourglass.loader.metrics import Observer, Stats
-from hourglass.loader.state import BucketCounts, LoaderState, copy_state, load_state, save_state
+from hourglass.loader.staging import publish, stage, sweep, sync_folders
+from hourglass.loader.state import BucketCounts, Checkpoints, LoaderState, Saved, copy_state
 
 logger = log.get("hourglass.loader")
 
@@ -77,7 +84,7 @@ class StreamLoader:
         fmt: RowFormat,
         *,
         lake: Path,
-        state_path: Path,
+        checkpoints: Checkpoints,
         quarantine: Path,
         width_s: int,
         window_s: int,
@@ -89,7 +96,7 @@ class StreamLoader:
         self.name = name
         self.fmt = fmt
         self.lake = lake
-        self.state_path = state_path
+        self.checkpoints = checkpoints
         self.quarantine = quarantine
         self.width = width_s
         self.closes = closes
@@ -108,13 +115,14 @@ class StreamLoader:
         # call at a time, so a stop-time flush never interleaves with process.
         self.lock = threading.Lock()
 
-    def fresh(self) -> StreamLoader:
-        """A new loader of the same stream, to start again from the checkpoint."""
+    def fresh(self, checkpoints: Checkpoints | None = None) -> StreamLoader:
+        """A new loader of the same stream, to start again from the checkpoint
+        (of ``checkpoints``, for a new claim of the stream)."""
         return StreamLoader(
             self.name,
             self.fmt,
             lake=self.lake,
-            state_path=self.state_path,
+            checkpoints=checkpoints or self.checkpoints,
             quarantine=self.quarantine,
             width_s=self.width,
             window_s=self.deduper.window_s if self.deduper else 0,
@@ -127,19 +135,23 @@ class StreamLoader:
     # ---------------------------------------------------------------- recovery
 
     def recover(self) -> None:
-        """Load the checkpoint, delete what an interrupted flush left, rebuild dedup."""
-        self.state = load_state(self.state_path)
+        """Load the checkpoint, publish what it committed, delete what an interrupted
+        write left, rebuild dedup."""
+        saved = self.checkpoints.load()
+        self.state = saved.state
         self.processed_seq = self.state.committed_seq
-        self._skip_closed()
+        published = publish(self.lake, saved.staged)
+        keep = {Path(temp).name for temp in saved.staged.values()}
         removed = 0
         for folder in bucket_dirs(self.lake, self.name):
-            for path in folder.iterdir():
-                span = part_range(path.name)
-                if path.name.startswith(TMP_PREFIX) or (
-                    span and span[0] > self.state.committed_seq
-                ):
-                    path.unlink()
-                    removed += 1
+            removed += sweep(folder, self.checkpoints.epoch, keep)
+            if saved.legacy:  # an earlier version renamed parts before saving
+                for path in folder.glob("part-*.parquet"):
+                    span = part_range(path.name)
+                    if span and span[0] > self.state.committed_seq:
+                        path.unlink()
+                        removed += 1
+        self._skip_closed()
         if self.deduper is not None:
             self._rebuild_dedup()
         logger.info(
@@ -149,13 +161,15 @@ class StreamLoader:
                 "committed_seq": self.state.committed_seq,
                 "next_close": self.state.next_close,
                 "removed_files": removed,
+                "published_files": published,
+                "epoch": self.checkpoints.epoch,
             },
         )
 
     def _skip_closed(self) -> None:
         """A crash after a manifest but before the checkpoint: that bucket is closed."""
         if self.closes and close.skip_closed(self.state, self.width, self._has_manifest):
-            save_state(self.state_path, self.state)
+            self.checkpoints.save(Saved(state=self.state))
 
     def _has_manifest(self, start: int) -> bool:
         begin = dt.datetime.fromtimestamp(start, dt.UTC)
@@ -305,13 +319,17 @@ class StreamLoader:
         if self.closes and self.state.next_close is not None:
             self._move_late_rows(self.state.next_close)
         rows = files = 0
+        staged: dict[str, str] = {}
+        epoch = self.checkpoints.epoch
         for bucket, tables in sorted(self._pending.items()):
             table = pa.concat_tables(tables)
             start = dt.datetime.fromtimestamp(bucket, dt.UTC)
             path = bucket_dir(self.lake, self.name, start, self.width) / part_name(first, last)
-            write_part(table, path)
+            temp = stage(path, epoch, partial(write_table, table))
+            staged[path.relative_to(self.lake).as_posix()] = temp.relative_to(self.lake).as_posix()
             crashpoint("loader.after_part")
             rows, files = rows + table.num_rows, files + 1
+        sync_folders(self.lake / temp for temp in staged.values())
         state = copy_state(self.state)
         state.committed_seq = last
         state.markers.update(self._pending_markers)
@@ -320,8 +338,9 @@ class StreamLoader:
             kept.duplicates += counts.duplicates
             kept.skewed += counts.skewed
         crashpoint("loader.before_checkpoint")
-        save_state(self.state_path, state)
+        self.checkpoints.save(Saved(state=state, staged=staged))
         crashpoint("loader.after_checkpoint")
+        publish(self.lake, staged)
         self.state = state
         self.stats.on_written(files, rows)
         self._pending.clear()
@@ -391,7 +410,7 @@ class StreamLoader:
         closed = []
         for _ in starts:
             manifest, self.state = close.close_bucket(
-                self.lake, self.name, self.width, self.state, self.state_path, now
+                self.lake, self.name, self.width, self.state, self.checkpoints, now
             )
             self.stats.on_closed(manifest)
             closed.append(manifest)

@@ -22,7 +22,7 @@ from hourglass.bus.consumer import BusMessage
 from hourglass.events import EventTypes
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.manifest import Manifest
-from hourglass.loader.state import LoaderState
+from hourglass.loader.state import FileCheckpoints, LoaderState, Saved
 from hourglass.loader.stream import StreamLoader
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 
@@ -99,7 +99,7 @@ class Harness:
             self.type_name,
             LakeSchema(SCHEMAS[self.type_name]),
             lake=self.lake,
-            state_path=self.state_path,
+            checkpoints=FileCheckpoints(self.state_path),
             quarantine=self.root / "quarantine",
             width_s=self.width,
             window_s=self.window,
@@ -149,7 +149,7 @@ class Harness:
         return msgspec.json.decode(path.read_bytes(), type=Manifest) if path.exists() else None
 
     def state(self) -> LoaderState:
-        return msgspec.json.decode(self.state_path.read_bytes(), type=LoaderState)
+        return msgspec.json.decode(self.state_path.read_bytes(), type=Saved).state
 
     def snapshot(self, start: float) -> dict[str, bytes]:
         folder = self.folder(start)
@@ -188,5 +188,6 @@ def crash_at(monkeypatch: pytest.MonkeyPatch) -> CrashAt:
         monkeypatch.setattr("hourglass.loader.stream.crashpoint", crashpoint)
         monkeypatch.setattr("hourglass.loader.close.crashpoint", crashpoint)
         monkeypatch.setattr("hourglass.durable.crashpoint", crashpoint)
+        monkeypatch.setattr("hourglass.loader.staging.crashpoint", crashpoint)
 
     return arm

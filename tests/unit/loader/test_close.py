@@ -17,7 +17,8 @@ from hourglass.lake.layout import SUCCESS, bucket_dir
 from hourglass.lake.manifest import Manifest
 from hourglass.loader import close
 from hourglass.loader.close import Facts, complete, due
-from hourglass.loader.state import BucketCounts, LoaderState, load_state
+from hourglass.loader.staging import publish, sweep
+from hourglass.loader.state import BucketCounts, FileCheckpoints, LoaderState
 
 W = 60
 START = 1_700_000_040  # a minute's start
@@ -91,30 +92,39 @@ def _manifest_of(lake: Path) -> Manifest:
     return msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
 
 
-def test_close_bucket_writes_the_manifest_then_the_checkpoint(tmp_path: Path) -> None:
-    lake, state_path = tmp_path / "lake", tmp_path / "t.json"
+def test_close_bucket_stages_the_manifest_saves_then_publishes(tmp_path: Path) -> None:
+    lake, store = tmp_path / "lake", FileCheckpoints(tmp_path / "t.json")
     state = LoaderState(
         committed_seq=7,
         next_close=START,
         buckets={START: BucketCounts(duplicates=2, skewed=1), END: BucketCounts(skewed=4)},
     )
-    manifest, saved = close.close_bucket(lake, "t", W, state, state_path, now=END + 12.5)
+    manifest, saved = close.close_bucket(lake, "t", W, state, store, now=END + 12.5)
     assert (manifest.count, manifest.duplicates_dropped, manifest.skewed) == (0, 2, 1)
     assert manifest.close_delay_s == 12.5
     assert _manifest_of(lake) == manifest
     assert saved.next_close == END and START not in saved.buckets and END in saved.buckets
-    assert load_state(state_path) == saved
+    on_disk = store.load()
+    assert on_disk.state == saved
+    folder = bucket_dir(lake, "t", dt.datetime.fromtimestamp(START, dt.UTC), W)
+    assert on_disk.staged == {
+        (folder / SUCCESS).relative_to(lake).as_posix(): (folder / ".tmp-e0-_SUCCESS.json")
+        .relative_to(lake)
+        .as_posix()
+    }
+    assert sorted(p.name for p in folder.iterdir()) == [SUCCESS], "published, nothing staged"
     assert state.next_close == START, "the caller's checkpoint is not changed in place"
 
 
 def test_a_manifest_from_before_a_crash_is_kept_not_rewritten(tmp_path: Path) -> None:
-    lake, state_path = tmp_path / "lake", tmp_path / "t.json"
+    lake, store = tmp_path / "lake", FileCheckpoints(tmp_path / "t.json")
     state = LoaderState(next_close=START)
-    first, _ = close.close_bucket(lake, "t", W, state, state_path, now=END + 1)
-    # The checkpoint was lost with the crash: the same bucket is closed again, later.
-    again, saved = close.close_bucket(lake, "t", W, state, state_path, now=END + 99)
+    first, _ = close.close_bucket(lake, "t", W, state, store, now=END + 1)
+    # An earlier version saved its checkpoint after renaming the manifest; a crash
+    # between the two: the same bucket is closed again, later.
+    again, saved = close.close_bucket(lake, "t", W, state, store, now=END + 99)
     assert again == first and _manifest_of(lake) == first
-    assert saved.next_close == END
+    assert saved.next_close == END and store.load().staged == {}
 
 
 def test_skip_closed_moves_past_every_bucket_with_a_manifest() -> None:
@@ -126,35 +136,37 @@ def test_skip_closed_moves_past_every_bucket_with_a_manifest() -> None:
     assert not close.skip_closed(LoaderState(), W, closed.__contains__)
 
 
-@pytest.mark.parametrize("crash_after_manifest", [True, False])
-def test_the_loader_recovers_either_side_of_the_manifest(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, crash_after_manifest: bool
+@pytest.mark.parametrize("point", ["loader.after_manifest", "loader.after_close_checkpoint"])
+def test_a_crash_either_side_of_the_close_s_save(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, point: str
 ) -> None:
-    """A crash between the manifest and the checkpoint: the next start moves on."""
-    lake, state_path = tmp_path / "lake", tmp_path / "t.json"
+    """Before the save: no manifest is visible, and recovery's sweep deletes the
+    staged one (the bucket is closed again).  After it: recovery publishes it."""
+    lake, store = tmp_path / "lake", FileCheckpoints(tmp_path / "t.json")
+    folder = bucket_dir(lake, "t", dt.datetime.fromtimestamp(START, dt.UTC), W)
 
     class Crash(Exception):
         pass
 
-    def crashpoint(point: str) -> None:
-        if crash_after_manifest and point == "loader.after_manifest":
-            raise Crash(point)
+    def crashpoint(at: str) -> None:
+        if at == point:
+            raise Crash(at)
 
     monkeypatch.setattr("hourglass.loader.close.crashpoint", crashpoint)
-    state = LoaderState(next_close=START)
-    try:
-        close.close_bucket(lake, "t", W, state, state_path, now=END + 1)
-    except Crash:
-        assert load_state(state_path).next_close is None, "the checkpoint was not saved"
-    on_disk = load_state(state_path)
-    on_disk.next_close = on_disk.next_close or START
-
-    def has_manifest(start: int) -> bool:
-        begin = dt.datetime.fromtimestamp(start, dt.UTC)
-        return (bucket_dir(lake, "t", begin, W) / SUCCESS).exists()
-
-    assert close.skip_closed(on_disk, W, has_manifest) == crash_after_manifest
-    assert on_disk.next_close == END
+    with pytest.raises(Crash):
+        close.close_bucket(lake, "t", W, LoaderState(next_close=START), store, now=END + 1)
+    assert not (folder / SUCCESS).exists(), "nothing visible before the publish"
+    assert [p.name for p in folder.iterdir()] == [".tmp-e0-_SUCCESS.json"]
+    saved = store.load()
+    if point == "loader.after_manifest":
+        assert saved.state.next_close is None and saved.staged == {}
+        assert sweep(folder, 0, keep=[]) == 1
+        assert list(folder.iterdir()) == []
+    else:
+        assert saved.state.next_close == END
+        assert publish(lake, saved.staged) == 1
+        assert _manifest_of(lake).bucket_start.timestamp() == START
+        assert publish(lake, saved.staged) == 0, "publishing again is a no-op"
 
 
 def test_markers_of_gateways_long_gone_are_forgotten_live_ones_kept() -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 from hourglass.lake.arrow import LakeSchema
 from hourglass.loader.metrics import LoaderMetrics, StreamMetrics
+from hourglass.loader.state import FileCheckpoints
 from hourglass.loader.stream import StreamLoader
 
 from .conftest import H0, SCHEMAS, SKIPPED, Harness, key, skipped
@@ -26,7 +27,7 @@ def test_every_report_lands_in_the_stream_s_counters(tmp_path: Path) -> None:
         SKIPPED,
         LakeSchema(SCHEMAS[SKIPPED]),
         lake=h.lake,
-        state_path=h.state_path,
+        checkpoints=FileCheckpoints(h.state_path),
         quarantine=h.root / "quarantine",
         width_s=MIN,
         window_s=86400,

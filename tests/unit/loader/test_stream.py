@@ -242,8 +242,8 @@ def test_rows_pending_when_their_bucket_closes_are_moved_not_written_there(
         ("loader.after_part", 1),
         ("loader.after_part", 2),
         ("loader.before_checkpoint", 1),
-        ("lake.before_rename", 2),  # the second part, still a temp file
-        ("lake.before_rename", 3),  # the checkpoint
+        ("lake.staged", 2),  # the second part staged, its folder not yet fsynced
+        ("lake.before_rename", 1),  # the checkpoint, still a temp file
     ],
 )
 def test_recover_deletes_what_an_interrupted_flush_left(
@@ -281,7 +281,7 @@ def test_crash_after_checkpoint_redelivery_is_skipped(harness: Harness, crash_at
     assert h.keys() == [key(e) for e in events]
 
 
-def test_crash_between_manifest_and_checkpoint_leaves_the_bucket_closed(
+def test_crash_before_the_close_s_save_closes_the_bucket_again(
     harness: Harness, crash_at: CrashAt
 ) -> None:
     h = harness
@@ -291,15 +291,33 @@ def test_crash_between_manifest_and_checkpoint_leaves_the_bucket_closed(
     with pytest.raises(Crash):
         h.loader.close_ready({"gw"}, caught_up=True)
     crash_at("none")
-    closed = h.snapshot(H0)
-    assert "_SUCCESS.json" in closed and h.state().next_close == H0
+    assert "_SUCCESS.json" not in h.snapshot(H0), "a manifest visible before its save"
     h.restart()
-    # A late row (its gateway's lease had expired) is flushed before the next close.
+    assert not [n for n in h.snapshot(H0) if n.startswith(".tmp-")], "the staged one is swept"
+    h.loader.close_ready({"gw"}, caught_up=True)
+    assert h.state().next_close == H0 + MIN
+    _assert_manifest_matches_folder(h, H0)
+
+
+def test_crash_after_the_close_s_save_leaves_the_bucket_closed(
+    harness: Harness, crash_at: CrashAt
+) -> None:
+    h = harness
+    h.load(h.rows([skipped()], H0 + 1), h.marker("gw", H0 + MIN))
+    h.clock.now = H0 + MIN + 1
+    crash_at("loader.after_close_checkpoint")
+    with pytest.raises(Crash):
+        h.loader.close_ready({"gw"}, caught_up=True)
+    crash_at("none")
+    assert "_SUCCESS.json" not in h.snapshot(H0) and h.state().next_close == H0 + MIN
+    h.restart()  # publishes the committed manifest
+    closed = h.snapshot(H0)
+    assert list(closed) == ["_SUCCESS.json", *[n for n in closed if n.startswith("part-")]]
+    # A late row (its gateway's lease had expired) goes to the open bucket.
     late = skipped()
     h.load(h.rows([late], H0 + 40))
     assert h.snapshot(H0) == closed, "a bucket with _SUCCESS.json was modified"
     h.loader.close_ready({"gw"}, caught_up=True)
-    assert h.state().next_close == H0 + MIN
     assert h.keys().count(key(late)) == 1
     _assert_manifest_matches_folder(h, H0)
 
