@@ -227,7 +227,7 @@ def sha256(path: Path) -> str:
 
 def assert_manifest_matches(folder: Path, manifest: Manifest) -> None:
     """The files listed are the part files present, with their rows and sha256."""
-    present = sorted(p.name for p in folder.iterdir() if p.name.endswith(".parquet"))
+    present = sorted(p.name for p in folder.glob("part-*.parquet"))  # what readers read
     listed = sorted(f.name for f in manifest.files)
     assert listed == present, f"{folder}: manifest lists {listed}, folder holds {present}"
     for entry in manifest.files:

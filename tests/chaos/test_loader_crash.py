@@ -4,22 +4,25 @@ Each case runs a real nats-server, gateway and loader.  Before the loader starts
 the bus holds one gateway request (current minute) and a backlog published as a
 gateway would but stamped in three earlier minutes, with duplicates in the same
 message, in a later message and in a later bucket.  So the loader's first flush
-writes four parts, then closes four buckets (three with rows, one idle), in this
-order of durable writes (``lake.before_rename`` counts them)::
+writes four parts, then closes four buckets (three with rows, one idle).  Each
+file is staged (``.tmp-e1-<name>``), saved in the stream's bus record, then
+published (``loader/staging.py``)::
 
-    1 the lake's layout marker (_hourglass.json, first start only)
-    2-5 part b1, b2, b3, current    6 checkpoint    7 manifest b1    8 checkpoint
-    9 manifest b2 ...
+    stage part b1, b2, b3, current  (loader.after_part after each)
+    loader.before_checkpoint → save → loader.after_checkpoint → publish
+    stage manifest b1 (loader.after_manifest) → save (loader.after_close_checkpoint)
+    → publish; then b2 ...
 
 The loader is started with ``HOURGLASS_CRASHPOINT``; it kills itself there; we
 check it died where intended, keep sending through the gateway, restart it
 without the crash point, and check the resting lake: exactly the acknowledged
-events, each once (pyarrow and DuckDB), no ``.tmp-*`` file anywhere, every
+events, each once (pyarrow and DuckDB), no staged file anywhere, every
 ``_SUCCESS.json`` matching its folder, exact counts in the closed buckets.
 """
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import signal
 import time
@@ -29,8 +32,10 @@ from typing import Any
 import msgspec
 import pytest
 
+from hourglass.bus import jetstream
+from hourglass.bus.ownership import read_record
 from hourglass.lake.failed import FAILED_DIR
-from hourglass.loader.state import LoaderState
+from hourglass.loader.state import LoaderState, Saved
 from tests.chaos.conftest import (
     SKIPPED,
     Sender,
@@ -58,50 +63,60 @@ FAST = {"bucket": "1m", "marker_interval_s": 0.5, "lease_ttl_s": 3.0, "flush_int
 MINUTE = dt.timedelta(minutes=1)
 
 
-def _state(data: Path, stream: str = SKIPPED) -> LoaderState | None:
-    path = data / "loader" / f"{stream}.json"
-    return msgspec.json.decode(path.read_bytes(), type=LoaderState) if path.exists() else None
+def _state(url: str, stream: str = SKIPPED) -> LoaderState | None:
+    """The stream's checkpoint as saved in its bus record (None: never saved)."""
+
+    async def read() -> LoaderState | None:
+        nc = await jetstream.connect(url, name="test")
+        try:
+            name = (
+                jetstream.FAILED_STREAM if stream == FAILED_DIR else jetstream.stream_name(stream)
+            )
+            record, _ = await read_record(nc.jetstream(timeout=5), name)
+        finally:
+            await nc.close()
+        saved = msgspec.json.decode(record.body, type=Saved | None) if record else None
+        return saved.state if saved else None
+
+    return asyncio.run(read())
 
 
 def _parts(lake: Path) -> list[Path]:
     return sorted((lake / SKIPPED).rglob("part-*.parquet"))
 
 
-def _check_crash_site(point: str, data: Path, buckets: list[dt.datetime]) -> None:
-    """What the lake looks like right after the kill proves where it happened."""
-    lake = data / "lake"
+def _staged(lake: Path) -> list[str]:
+    """Staged files, as ``<bucket minute>/<name>``."""
+    return [f"{p.parent.name}/{p.name}" for p in tmp_files(lake)]
+
+
+def _check_crash_site(point: str, url: str, lake: Path, buckets: list[dt.datetime]) -> None:
+    """What the lake and the record look like right after the kill prove where it happened."""
     b1, b2, b3 = buckets
-    state = _state(data)
+    state = _state(url)
     parts = _parts(lake)
     closed = [b for b in buckets if manifest_at(folder_of(lake, SKIPPED, b)) is not None]
-    tmps = [p.relative_to(data).as_posix() for p in tmp_files(data)]
-    where = f"{point}: parts={[p.parent.name for p in parts]} tmp={tmps} closed={closed}"
+    staged = _staged(lake)
+    staged_parts = [n for n in staged if n.split("/")[1].startswith(".tmp-e1-part-")]
+    staged_manifests = [n for n in staged if n.endswith(".tmp-e1-_SUCCESS.json")]
+    where = f"{point}: parts={[p.parent.name for p in parts]} staged={staged} closed={closed}"
+    assert len(staged) == len(staged_parts) + len(staged_manifests), where  # nothing else
     if point.startswith("loader.after_part"):
         n = int(point.partition(":")[2] or 1)
-        assert len(parts) == n and state is None and not tmps, where
+        assert not parts and len(staged_parts) == n and state is None, where
     elif point == "loader.before_checkpoint":
-        assert len(parts) == 4 and state is None and not tmps, where
-    elif point == "loader.after_checkpoint":
+        assert not parts and len(staged_parts) == 4 and state is None, where
+    elif point == "loader.after_checkpoint":  # committed, not yet visible
         assert state is not None and state.committed_seq > 0, where
-        assert len(parts) == 4 and not closed and not tmps, where
-    elif point.startswith("loader.after_manifest"):
+        assert not parts and len(staged_parts) == 4 and not closed, where
+    elif point.startswith("loader.after_manifest"):  # staged, the close not saved
         n = int(point.partition(":")[2] or 1)
-        assert state is not None and closed == buckets[:n], where
-        assert state.next_close == int(buckets[n - 1].timestamp()), where  # not moved on yet
-    elif point == "lake.before_rename:3":  # the second part
-        assert len(parts) == 1 and state is None, where
-        tmp = folder_of(lake, SKIPPED, b2) / f".tmp-{parts[0].name}.partial"  # same seq range
-        assert tmps == [tmp.relative_to(data).as_posix()], where
-    elif point == "lake.before_rename:6":  # the first checkpoint
-        assert len(parts) == 4 and state is None, where
-        assert tmps == [f"loader/.tmp-{SKIPPED}.json.partial"], where
-    elif point == "lake.before_rename:7":  # the first manifest
-        assert state is not None and not closed, where
-        assert tmps == [
-            (folder_of(lake, SKIPPED, b1) / ".tmp-_SUCCESS.json.partial")
-            .relative_to(data)
-            .as_posix()
-        ], where
+        assert state is not None and closed == buckets[: n - 1], where
+        assert len(parts) == 4 and not staged_parts and len(staged_manifests) == 1, where
+        assert state.next_close == int(buckets[n - 1].timestamp()), where  # not moved on
+    elif point == "loader.after_close_checkpoint":  # saved, not yet visible
+        assert state is not None and not closed and len(staged_manifests) == 1, where
+        assert state.next_close == int(b2.timestamp()), where
     else:  # pragma: no cover - a new point needs its expectation here
         raise AssertionError(f"no expectation for {point}")
 
@@ -113,9 +128,7 @@ POINTS = [
     "loader.after_checkpoint",
     "loader.after_manifest",
     "loader.after_manifest:3",
-    "lake.before_rename:3",
-    "lake.before_rename:6",
-    "lake.before_rename:7",
+    "loader.after_close_checkpoint",
 ]
 
 
@@ -148,7 +161,7 @@ def test_kill_loader_then_restart(
 
     crashing = start_loader(env={"HOURGLASS_CRASHPOINT": point}, **settings)
     assert crashing.wait_exit(20) == -signal.SIGKILL, crashing.log_tail()
-    _check_crash_site(point, data, [b1, b2, b3])
+    _check_crash_site(point, nats_server.url, lake, [b1, b2, b3])
 
     sender = Sender(gw.base, make=lambda: skipped(source="/sender"))
     sender.start()
@@ -168,7 +181,7 @@ def test_kill_loader_then_restart(
     loader.stop()
     assert not loader.alive()
 
-    assert tmp_files(data) == []
+    assert tmp_files(data) == [], "a staged file survived the restart"
     assert_exactly_once(lake_keys(lake, SKIPPED), expected, maybe=sender.unanswered)
     assert_exactly_once(lake_keys_duckdb(lake, SKIPPED), expected, maybe=sender.unanswered)
     closed = assert_all_manifests_match(lake)
@@ -181,33 +194,38 @@ def test_kill_loader_then_restart(
     assert closed[folder_of(lake, SKIPPED, idle)].files == []
 
 
-def test_kill_in_failed_stream_checkpoint_leaves_no_tmp(
+def test_kill_after_the_failed_stream_s_save_publishes_at_restart(
     nats_server: NatsServer,
     start_gateway: StartGateway,
     start_loader: StartLoader,
     one_type_schemas: str,
     tmp_path: Path,
 ) -> None:
-    """kill -9 while the failed-events stream (no markers, no buckets to close)
-    writes its checkpoint: after the restart its record is in the lake once and no
-    temp file is left."""
+    """kill -9 right after the failed-events stream (no markers, no buckets to
+    close) saved its checkpoint: its part is committed but still staged; after the
+    restart its record is in the lake once and no staged file is left."""
     settings: dict[str, Any] = {**FAST, "schemas": one_type_schemas}
     data = tmp_path / "data"
     # The gateway's markers open a bucket of the type stream; it must not close
     # during the crashing run, so everything up to the crash happens in its minute
-    # (the crashing loader would close it once the minute ended: its checkpoint
-    # would be durable write 2, not _failed's).
+    # (the crashing loader would close it once the minute ended: its save would
+    # be the first, not _failed's).
     away_from_minute_edge(20)
     gw = start_gateway(**settings)  # creates the streams
     gw.stop()  # and no more markers from now on
     first = start_loader(**settings)
-    wait_until(lambda: _state(data) is not None, 10, "the type stream's first checkpoint")
+    wait_until(lambda: _state(nats_server.url) is not None, 10, "the type stream's first save")
     first.stop()
     ids = publish_failed(nats_server.url, "position_ms: expected int")
-    # Only _failed has new messages: durable write 1 is its part, 2 its checkpoint.
-    crashing = start_loader(env={"HOURGLASS_CRASHPOINT": "lake.before_rename:2"}, **settings)
+    # Only _failed has new messages: the first save of this run is its flush's.
+    crashing = start_loader(env={"HOURGLASS_CRASHPOINT": "loader.after_checkpoint"}, **settings)
     assert crashing.wait_exit(20) == -signal.SIGKILL, crashing.log_tail()
-    assert [p.name for p in tmp_files(data)] == [f".tmp-{FAILED_DIR}.json.partial"]
+    staged = tmp_files(data)
+    assert [p.parent.name for p in staged] != [] and all(
+        p.name.startswith(".tmp-e2-part-") and FAILED_DIR in p.parts for p in staged
+    ), staged
+    saved = _state(nats_server.url, FAILED_DIR)
+    assert saved is not None and saved.committed_seq >= 1
 
     loader = start_loader(**settings)
     wait_until(
@@ -215,6 +233,5 @@ def test_kill_in_failed_stream_checkpoint_leaves_no_tmp(
         10,
         "the failed event loaded once",
     )
-    wait_until(lambda: _state(data, FAILED_DIR) is not None, 10, "the _failed checkpoint")
     loader.stop()
-    assert tmp_files(data) == [], "a temp file survived the restart"
+    assert tmp_files(data) == [], "a staged file survived the restart"

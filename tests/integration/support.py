@@ -22,8 +22,11 @@ import msgspec
 import nats
 
 from hourglass.bus.embedded import free_port, nats_server_binary, server_config
-from hourglass.bus.jetstream import FAILED_STREAM, stream_name
+from hourglass.bus.jetstream import FAILED_STREAM, connect, stream_name
 from hourglass.config import Settings, settings_env
+from hourglass.lake.failed import FAILED_DIR
+from hourglass.loader.owner import read_checkpoint
+from hourglass.loader.state import LoaderState
 
 BATCH = {"content-type": "application/cloudevents-batch+json"}
 
@@ -238,3 +241,18 @@ def gateway_refuses(settings: Settings, *, timeout: float = 60) -> str:
     assert done.returncode != 0, done
     assert "Traceback" not in done.stderr, done.stderr
     return done.stderr
+
+
+def checkpoint_of(url: str, name: str) -> LoaderState:
+    """The loader's checkpoint of ``name`` (a type, or ``_failed``), from its bus record."""
+
+    async def run() -> LoaderState:
+        nc = await connect(url, name="test")
+        try:
+            js = nc.jetstream(timeout=5)
+            stream = FAILED_STREAM if name == FAILED_DIR else stream_name(name)
+            return await read_checkpoint(js, stream, Path("/nonexistent"))
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())

@@ -43,7 +43,7 @@ from hourglass.lake.layout import bucket_dir, part_name
 from hourglass.lake.parquet import write_part
 from hourglass.loader.metrics import LakeSpace, LoaderMetrics
 from hourglass.loader.service import Stream, stored_once, until_stored
-from hourglass.loader.state import load_state
+from hourglass.loader.state import FileCheckpoints
 from hourglass.loader.stream import StreamLoader
 from hourglass.schemas import DEMO_SCHEMAS_DIR
 from tests.chaos.conftest import (
@@ -426,7 +426,7 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
             SKIPPED,
             LakeSchema(schema),
             lake=root / "lake",
-            state_path=root / "loader" / f"{SKIPPED}.json",
+            checkpoints=FileCheckpoints(root / "loader" / f"{SKIPPED}.json"),
             quarantine=root / "loader" / "quarantine" / SKIPPED,
             width_s=60,
             window_s=3600,
@@ -435,7 +435,8 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
 
     metrics = LoaderMetrics()
     space = LakeSpace(root / "lake", metrics, retry_s=0.05)
-    s = Stream(SKIPPED, "HG_x", "hg.ev.x", new_loader())
+    s = Stream(SKIPPED, "HG_x", "hg.ev.x", new_loader(), root / "legacy.json")
+    store = FileCheckpoints(root / "loader" / f"{SKIPPED}.json")
     s.loader.recover()
     folder = bucket_dir(root / "lake", SKIPPED, start, 60)
 
@@ -461,18 +462,22 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
     await wait_for_async(
         lambda: (sample(metrics, "hourglass_loader_lake_full_retries_total") or 0) >= 2
     )
-    assert (folder / part_name(2, 3)).exists(), "the part was written, the checkpoint not"
-    assert load_state(s.loader.state_path).committed_seq == 1
+    assert (folder / f".tmp-e0-{part_name(2, 3)}").exists(), "the part staged, not saved"
+    assert not (folder / part_name(2, 3)).exists(), "nothing visible before the save"
+    assert store.load().state.committed_seq == 1
     assert s.loader.state.committed_seq == 1, "the checkpoint in memory was put back"
     assert s.loader.state.buckets == {}, "counts are not merged twice"
-    assert not [p for p in root.rglob(".tmp-*")], "the failed temp file was removed"
+    assert [p.name for p in root.rglob(".tmp-*")] == [f".tmp-e0-{part_name(2, 3)}"], (
+        "the failed checkpoint's temp file was removed"
+    )
     assert space.since is not None and sample(metrics, "hourglass_loader_lake_full") == 1
 
     small_fs.unfill()
     assert await flushing == 3
     assert space.since is None and sample(metrics, "hourglass_loader_lake_full") == 0
-    state = load_state(s.loader.state_path)
+    state = store.load().state
     assert state.committed_seq == 3
+    assert (folder / part_name(2, 3)).exists() and not [p for p in root.rglob(".tmp-*")]
     assert state.buckets[int(start.timestamp())].duplicates == 1
     assert s.loader.stats.rows_written == 15 and s.loader.stats.files_written == 2
 

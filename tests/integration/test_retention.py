@@ -25,7 +25,6 @@ from hourglass.bus.embedded import free_port
 from hourglass.bus.jetstream import stream_name
 from hourglass.bus.retention import LOADER_DURABLE
 from hourglass.config import MiB
-from hourglass.loader.state import load_state
 from hourglass.status import gather_status
 from tests.chaos.conftest import (
     SKIPPED,
@@ -36,7 +35,7 @@ from tests.chaos.conftest import (
     wait_until,
 )
 from tests.integration.conftest import StartGateway, StartLoader
-from tests.integration.support import BATCH, NatsServer, skipped
+from tests.integration.support import BATCH, NatsServer, checkpoint_of, skipped
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -130,7 +129,7 @@ def test_a_small_budget_carries_twenty_times_its_size_while_the_loader_keeps_up(
     size, first, last, floor = stream_state(nats_server.url)
     assert first > 1, "committed events were never purged"
     assert max(highest, size) <= budget
-    assert floor <= load_state(loader.settings.checkpoint_path(SKIPPED)).committed_seq
+    assert floor <= checkpoint_of(nats_server.url, SKIPPED).committed_seq
 
     # The same on the loader's /metrics (a retention round every 5 s).
     wait_until(lambda: _stream_metrics(metrics_port).get("purged", 0) > 0, 15, "purge metric")
@@ -175,7 +174,7 @@ def test_a_stopped_loader_fills_the_budget_with_unconsumed_events_only_then_reco
             lambda: len(lake_keys(loader.lake, SKIPPED)) >= len(sender.acked), 30, "committed"
         )
         loader.stop()
-        committed = load_state(loader.settings.checkpoint_path(SKIPPED)).committed_seq
+        committed = checkpoint_of(nats_server.url, SKIPPED).committed_seq
         assert committed > 0
 
         refused = None

@@ -138,9 +138,11 @@ async def hold(ownership: Ownership, held: Held, work: Coroutine[Any, Any, None]
                 )
                 return True
     finally:
-        await finish(task)
-        if not lost:
-            await ownership.release(held)
+        try:
+            await finish(task)
+        finally:
+            if not lost:
+                await ownership.release(held)
 
 
 async def finish(task: asyncio.Future[None]) -> None:
