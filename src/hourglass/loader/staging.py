@@ -80,9 +80,10 @@ def publish(lake: Path, staged: Mapping[str, str]) -> int:
     return len(moved)
 
 
-def sweep(folder: Path, epoch: int, keep: Iterable[str]) -> int:
+def sweep(folder: Path, epoch: int, keep: Iterable[Path]) -> int:
     """Delete what an interrupted write left in ``folder``: staged files of epochs up
-    to ``epoch`` not in ``keep`` (names), and any other temp file; how many.
+    to ``epoch`` not in ``keep`` (paths: every bucket's staged manifest has the same
+    name), and any other temp file; how many.
 
     Staged files of later epochs are left alone: a later owner may be writing
     them right now (this loader is then fenced, and finds out at its next commit).
@@ -90,7 +91,7 @@ def sweep(folder: Path, epoch: int, keep: Iterable[str]) -> int:
     kept = set(keep)
     removed = 0
     for path in folder.iterdir():
-        if not path.name.startswith(TMP_PREFIX) or path.name in kept:
+        if not path.name.startswith(TMP_PREFIX) or path in kept:
             continue
         stamped = epoch_of(path.name)
         if stamped is not None and stamped > epoch:

@@ -141,7 +141,7 @@ class StreamLoader:
         self.state = saved.state
         self.processed_seq = self.state.committed_seq
         published = publish(self.lake, saved.staged)
-        keep = {Path(temp).name for temp in saved.staged.values()}
+        keep = {self.lake / temp for temp in saved.staged.values()}
         removed = 0
         for folder in bucket_dirs(self.lake, self.name):
             removed += sweep(folder, self.checkpoints.epoch, keep)

@@ -160,7 +160,7 @@ def test_a_crash_either_side_of_the_close_s_save(
     saved = store.load()
     if point == "loader.after_manifest":
         assert saved.state.next_close is None and saved.staged == {}
-        assert sweep(folder, 0, keep=[]) == 1
+        assert sweep(folder, 0, keep=[]) == 1  # nothing named in the checkpoint
         assert list(folder.iterdir()) == []
     else:
         assert saved.state.next_close == END
