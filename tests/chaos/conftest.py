@@ -31,9 +31,11 @@ import pyarrow.dataset as ds
 import pyarrow.parquet as pq
 import pytest
 
-from hourglass.bus.jetstream import FAILED_SUBJECT, KIND, MSG_ID, subject
+from hourglass.bus.jetstream import FAILED_SUBJECT, KIND, MSG_ID, connect, stream_name, subject
+from hourglass.bus.ownership import read_loaders, read_record
 from hourglass.events import EventTypes, FailedEvent
 from hourglass.lake.manifest import Manifest
+from hourglass.loader.state import Saved
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 from tests.integration.conftest import nats_server, start_gateway, start_loader  # noqa: F401
 from tests.integration.support import BATCH, skipped
@@ -311,3 +313,39 @@ class Sender(threading.Thread):
         self.join(15)
         assert not self.is_alive()
         return list(self.acked)
+
+
+# ------------------------------------------------------------------ ownership
+
+STREAM = stream_name(SKIPPED)
+
+
+def _on_bus(url: str, work: Callable[[Any], Any]) -> Any:
+    async def go() -> Any:
+        nc = await connect(url, name="test")
+        try:
+            return await work(nc.jetstream(timeout=5))
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def owner_pid(url: str) -> int | None:
+    """The pid of the loader holding the test stream's lease, None if none does."""
+    owners, _ = _on_bus(url, read_loaders)
+    lease = owners.get(STREAM)
+    return lease.pid if lease else None
+
+
+def record_of(url: str) -> tuple[int, int]:
+    """(epoch, committed_seq) of the test stream's checkpoint record."""
+
+    async def read(js: Any) -> tuple[int, int]:
+        record, _ = await read_record(js, STREAM)
+        assert record is not None
+        saved = msgspec.json.decode(record.body, type=Saved)
+        return record.epoch, saved.state.committed_seq
+
+    result: tuple[int, int] = _on_bus(url, read)
+    return result

@@ -18,7 +18,6 @@ staged file is left.  Each takeover is timed against the 30 s target.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import random
 import signal
@@ -26,12 +25,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import pytest
 
-from hourglass.bus import jetstream
-from hourglass.bus.ownership import read_loaders, read_record
-from hourglass.loader.state import Saved
 from tests.chaos.conftest import (
     SKIPPED,
     Sender,
@@ -39,6 +34,8 @@ from tests.chaos.conftest import (
     assert_exactly_once,
     lake_keys,
     lake_keys_duckdb,
+    owner_pid,
+    record_of,
     tmp_files,
     wait_until,
 )
@@ -55,38 +52,7 @@ FAST = {
     "flush_interval_s": 0.5,
     "loader_lease_ttl_s": TTL,
 }
-STREAM = jetstream.stream_name(SKIPPED)
 TAKEOVER_TARGET_S = 30.0
-
-
-def _run(url: str, work: Any) -> Any:
-    async def go() -> Any:
-        nc = await jetstream.connect(url, name="test")
-        try:
-            return await work(nc.jetstream(timeout=5))
-        finally:
-            await nc.close()
-
-    return asyncio.run(go())
-
-
-def owner_pid(url: str) -> int | None:
-    owners, _ = _run(url, read_loaders)
-    lease = owners.get(STREAM)
-    return lease.pid if lease else None
-
-
-def record_of(url: str) -> tuple[int, int]:
-    """(epoch, committed_seq) of the stream's record."""
-
-    async def read(js: Any) -> tuple[int, int]:
-        record, _ = await read_record(js, STREAM)
-        assert record is not None
-        saved = msgspec.json.decode(record.body, type=Saved)
-        return record.epoch, saved.state.committed_seq
-
-    result: tuple[int, int] = _run(url, read)
-    return result
 
 
 @pytest.mark.parametrize("seed", [7])

@@ -12,6 +12,7 @@ import pytest
 from hourglass.bus.embedded import free_port
 from hourglass.config import Settings
 from tests.integration.support import (
+    Bus,
     GatewayProcess,
     HourglassProcess,
     LoaderProcess,
@@ -34,7 +35,7 @@ def nats_server(tmp_path: Path) -> Iterator[NatsServer]:
         server.stop()
 
 
-def base_settings(nats_server: NatsServer, tmp_path: Path, **overrides: Any) -> Settings:
+def base_settings(nats_server: Bus, tmp_path: Path, **overrides: Any) -> Settings:
     base = Settings(
         data_dir=str(tmp_path / "data"),
         port=free_port(),
@@ -49,7 +50,7 @@ P = TypeVar("P", bound=HourglassProcess)
 
 
 def _starter(
-    kind: type[P], name: str, nats_server: NatsServer, tmp_path: Path
+    kind: type[P], name: str, nats_server: Bus, tmp_path: Path
 ) -> tuple[Callable[..., P], list[P]]:
     """A function starting ``kind`` processes with settings overrides, and their list."""
     started: list[P] = []

@@ -15,7 +15,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 import msgspec
@@ -31,11 +31,19 @@ from hourglass.loader.state import LoaderState
 BATCH = {"content-type": "application/cloudevents-batch+json"}
 
 
+class Bus(Protocol):
+    """What the process fixtures need of a bus: one server, or a cluster."""
+
+    @property
+    def url(self) -> str: ...
+
+
 @dataclass
 class NatsServer:
     root: Path
     port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra: str = ""  # more configuration (a cluster block)
 
     @property
     def url(self) -> str:
@@ -48,6 +56,7 @@ class NatsServer:
             server_config(
                 port=self.port, store_dir=self.root / "store", log_file=self.root / "nats.log"
             )
+            + self.extra
         )
         self.proc = subprocess.Popen([nats_server_binary(), "-c", str(conf)])
         wait_port(self.port)
@@ -64,6 +73,59 @@ class NatsServer:
                 self.proc.wait(10)
             except subprocess.TimeoutExpired:
                 self.kill()
+
+
+@dataclass
+class NatsCluster:
+    """Three ``nats-server`` processes on loopback forming one JetStream cluster."""
+
+    root: Path
+    size: int = 3
+    nodes: list[NatsServer] = field(init=False)
+
+    def __post_init__(self) -> None:
+        routes = [free_port() for _ in range(self.size)]
+        self.nodes = []
+        for i, port in enumerate(routes):
+            others = ", ".join(f"nats://127.0.0.1:{p}" for p in routes if p != port)
+            extra = (
+                f"server_name: n{i}\n"
+                f"cluster {{\n  name: hg\n  listen: 127.0.0.1:{port}\n  routes: [{others}]\n}}\n"
+            )
+            self.nodes.append(NatsServer(self.root / f"n{i}", extra=extra))
+
+    @property
+    def url(self) -> str:
+        return ",".join(node.url for node in self.nodes)
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.start()
+        self.wait_jetstream()
+
+    def wait_jetstream(self, timeout: float = 30.0) -> None:
+        """Until the cluster has a JetStream meta leader (it answers account info)."""
+
+        async def ask() -> None:
+            nc = await connect(self.url, name="test")
+            try:
+                deadline = time.monotonic() + timeout
+                while True:
+                    try:
+                        await nc.jetstream(timeout=2).account_info()
+                        return
+                    except Exception:
+                        if time.monotonic() > deadline:
+                            raise
+                        await asyncio.sleep(0.2)
+            finally:
+                await nc.close()
+
+        asyncio.run(ask())
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 @dataclass
