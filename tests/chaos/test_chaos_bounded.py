@@ -1,6 +1,6 @@
 """The bounded chaos run of ``make test``: about a minute of seeded kill -9s and
-SIGSTOPs of the gateway, the loader, nats-server and the producers (SDK and raw
-HTTP), then the end-to-end audit of the lake.
+SIGSTOPs of the gateway, two loaders (an owner and its standby), nats-server
+and the producers (SDK and raw HTTP), then the end-to-end audit of the lake.
 
 The same harness runs longer from the command line (``hourglass chaos
 --duration 600 --seed 7``, see docs/chaos.md).  On a failure the assertion
@@ -50,7 +50,11 @@ def test_schedule_is_a_function_of_the_seed() -> None:
 def test_bounded_chaos_loses_and_duplicates_nothing(tmp_path: Path) -> None:
     report = run_chaos(
         ChaosConfig(
-            directory=tmp_path / "chaos", duration_s=DURATION_S, seed=SEED, min_faults=MIN_FAULTS
+            directory=tmp_path / "chaos",
+            duration_s=DURATION_S,
+            seed=SEED,
+            min_faults=MIN_FAULTS,
+            loaders=2,  # an owner and a standby: faults hit either
         )
     )
     text = report.render()

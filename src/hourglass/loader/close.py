@@ -39,7 +39,7 @@ from hourglass import log
 from hourglass.crashpoints import crashpoint
 from hourglass.lake.layout import SUCCESS, bucket_dir
 from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
-from hourglass.loader.staging import publish, stage, sync_folders
+from hourglass.loader.staging import publish, stage, sweep, sync_folders
 from hourglass.loader.state import BucketCounts, Checkpoints, LoaderState, Saved, copy_state
 
 logger = log.get("hourglass.loader")
@@ -141,6 +141,8 @@ def close_bucket(
     counts = state.buckets.get(start, BucketCounts())
     staged: dict[str, str] = {}
     if not (folder / SUCCESS).exists():
+        if folder.exists():  # what owners fenced since this one's recovery staged here
+            sweep(folder, checkpoints.epoch - 1, keep=[])
         files = files_of(folder)
         manifest = Manifest(
             type=name,

@@ -28,6 +28,9 @@ def add_parser(sub: Any) -> None:
     chaos.add_argument("--sdk-producers", type=int, default=2, help="SDK producer processes (2)")
     chaos.add_argument("--http-producers", type=int, default=2, help="raw HTTP producers (2)")
     chaos.add_argument("--rate", type=float, default=100.0, help="events/s per producer (100)")
+    chaos.add_argument(
+        "--loaders", type=int, default=1, help="loader processes: an owner and standbys (1)"
+    )
     chaos.add_argument("--quiet", action="store_true", help="print only the result")
     chaos.set_defaults(run=cmd_chaos)
 
@@ -46,6 +49,7 @@ def cmd_chaos(args: argparse.Namespace) -> int:
         sdk_producers=args.sdk_producers,
         http_producers=args.http_producers,
         rate=args.rate,
+        loaders=args.loaders,
         out=None if args.quiet else sys.stdout,
     )
     report = run_chaos(config)

@@ -31,6 +31,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TextIO
 
@@ -39,6 +40,7 @@ import httpx
 from hourglass.bus.embedded import free_port, nats_server_binary, server_config
 from hourglass.config import MiB, Settings, bucket_seconds, settings_env
 from hourglass.exceptions import ConfigError
+from hourglass.lake.failed import FAILED_DIR
 from hourglass.lake.layout import SUCCESS, bucket_dir, bucket_dirs, bucket_of_dir
 from hourglass_tools.chaos import producers as prod
 from hourglass_tools.chaos.components import Component
@@ -56,6 +58,7 @@ class ChaosConfig:
     sdk_producers: int = 2
     http_producers: int = 2
     rate: float = 100.0  # events per second, per producer
+    loaders: int = 1  # more than one: the owner of each stream and its standbys
     lease_ttl_s: float = 3.0
     bucket: str = "1m"
     close_timeout_s: float = 90.0  # after the end of the last event's bucket
@@ -80,6 +83,10 @@ def _ready(base: str) -> bool:
         return httpx.get(base + "/readyz", timeout=1.0).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def _running(loader: Component) -> bool:
+    return "loader running" in loader.log_tail(20_000)
 
 
 class Run:
@@ -107,6 +114,7 @@ class Run:
             bus=f"nats://127.0.0.1:{bus_port}",
             bucket=config.bucket,
             lease_ttl_s=config.lease_ttl_s,
+            loader_lease_ttl_s=config.lease_ttl_s,
             marker_interval_s=0.5,
             flush_interval_s=1.0,
             stream_replicas=1,
@@ -120,7 +128,10 @@ class Run:
             "nats-server", lambda: [nats_server_binary(), "-c", str(conf)], log_dir=logs
         )
         self.gateway = Component("gateway", lambda: [*hourglass, "gateway"], log_dir=logs, env=env)
-        self.loader = Component("loader", lambda: [*hourglass, "loader"], log_dir=logs, env=env)
+        self.loaders = [
+            Component(name, lambda: [*hourglass, "loader"], log_dir=logs, env=env)
+            for name in ["loader"] + [f"loader-{i}" for i in range(1, config.loaders)]
+        ]
         self.producers: dict[str, tuple[str, Path, Component]] = {}
         kinds = ["sdk"] * config.sdk_producers + ["http"] * config.http_producers
         counts: Counter[str] = Counter()
@@ -130,7 +141,7 @@ class Run:
             folder = root / "producers" / name
             folder.mkdir(parents=True)
             self.producers[name] = (kind, folder, self._producer(kind, name, folder))
-        self.components = {c.name: c for c in (self.bus, self.gateway, self.loader)}
+        self.components = {c.name: c for c in (self.bus, self.gateway, *self.loaders)}
         self.components.update({c.name: c for _, _, c in self.producers.values()})
         self.report = ChaosReport(config.seed, config.duration_s, str(root), dict(counts))
         self.pending: list[tuple[float, str, Component, int]] = []  # (due, action, what, gen)
@@ -156,8 +167,9 @@ class Run:
         _wait(lambda: _port_open(self.bus_port), 20, "nats-server listening")
         self.gateway.start()
         _wait(lambda: _ready(self.base), 60, "the gateway ready")
-        self.loader.start()
-        _wait(lambda: "loader running" in self.loader.log_tail(20_000), 60, "the loader running")
+        for loader in self.loaders:
+            loader.start()
+            _wait(partial(_running, loader), 60, f"{loader.name} running")
         for _, _, component in self.producers.values():
             component.start()
         self.say("started", "all", f"gateway {self.base}, bus {self.settings.bus}")
@@ -211,7 +223,12 @@ class Run:
             component.start()
 
     def chaos(self) -> None:
-        faults = plan(self.config.seed, sorted(self.producers), self.config.lease_ttl_s)
+        faults = plan(
+            self.config.seed,
+            sorted(self.producers),
+            self.config.lease_ttl_s,
+            tuple(c.name for c in self.loaders),
+        )
         started = time.monotonic()
         fault = next(faults)
         while True:
@@ -307,10 +324,31 @@ class Run:
 
     def stop_all(self) -> None:
         """Clean stops in dependency order; kill whatever does not stop."""
-        order = [c for _, _, c in self.producers.values()] + [self.gateway, self.loader, self.bus]
+        order = [c for _, _, c in self.producers.values()] + [self.gateway, *self.loaders]
         for component in order:
             component.expected_down = True
             component.stop(timeout=20)
+        if len(self.loaders) > 1:
+            self._last_recovery()
+        self.bus.expected_down = True
+        self.bus.stop(timeout=20)
+
+    def _last_recovery(self) -> None:
+        """One more start of a loader, alone: its recovery deletes what owners that
+        were fenced while paused had staged (invisible to readers, but a temp file)."""
+        loader = self.loaders[0]
+        loader.start()
+        streams = [*prod.TYPES, FAILED_DIR]
+        try:
+            _wait(
+                lambda: all(f"recovered stream={t}" in loader.log_tail(20_000) for t in streams),
+                60,
+                "the last recovery",
+            )
+        finally:
+            loader.expected_down = True
+            loader.stop(timeout=20)
+        self.say("last recovery", loader.name, "staged files of fenced owners swept")
 
     def verify(self) -> Verdict:
         verdict = self.report.verdict

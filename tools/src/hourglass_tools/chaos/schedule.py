@@ -12,7 +12,8 @@ Kinds, drawn uniformly:
   SIGKILL, wait until the process is gone, restart after ``down_s`` (0–1.5 s);
 * ``pause:gateway``, ``pause:loader`` — SIGSTOP for ``lease_ttl + 1..3`` s, then
   SIGCONT: longer than a lease, so the loader gives up on a paused gateway and
-  the paused one comes back with stale receive stamps (skew).
+  the paused one comes back with stale receive stamps (skew); a paused loader
+  loses its streams' leases, to its standby if it has one, and wakes fenced.
 
 The :class:`Timeline` records every fault, restart, resume and unexpected exit
 with its wall-clock time, to ``timeline.log`` as it happens (so a run that is
@@ -47,8 +48,13 @@ class Fault:
         return self.kind.partition(":")[0]
 
 
-def plan(seed: int, producers: list[str], lease_ttl_s: float) -> Iterator[Fault]:
-    """The endless fault sequence of ``seed``; the caller decides when to stop."""
+def plan(
+    seed: int, producers: list[str], lease_ttl_s: float, loaders: tuple[str, ...] = ("loader",)
+) -> Iterator[Fault]:
+    """The endless fault sequence of ``seed``; the caller decides when to stop.
+
+    With more than one loader, a loader fault picks one of ``loaders`` (a draw
+    that one loader does not make, so its schedules stay as they were)."""
     rng = random.Random(seed)  # noqa: S311 - a reproducible schedule, not a secret
     at = 0.0
     while True:
@@ -57,6 +63,8 @@ def plan(seed: int, producers: list[str], lease_ttl_s: float) -> Iterator[Fault]
         target = kind.partition(":")[2]
         if target == "producer":
             target = rng.choice(producers)
+        elif target == "loader" and len(loaders) > 1:
+            target = rng.choice(loaders)
         if kind.startswith("pause:"):
             length = lease_ttl_s + rng.uniform(*PAUSE_EXTRA_S)
         else:
