@@ -66,3 +66,14 @@ def test_a_run_too_short_is_not_judged() -> None:
     judged = soak.verdict(nine, budget=1 << 30)
     assert judged["grows"] == [] and "not judged" in judged["note"]
     assert "GROWS" in "\n".join(soak.render({"rows": nine, "verdict": judged}))
+
+
+def test_takeover_is_the_standby_s_first_commit_after_the_kill() -> None:
+    from hourglass_tools.bench.pipeline import takeover_s
+
+    def at(t: float, owner: float, standby: float) -> dict[str, object]:
+        return {"t": t, "loader_rows_by": {"loader": owner, "loader-standby": standby}}
+
+    samples = [at(0, 10, 0), at(1, 20, 0), at(2, 20, 0), at(3, 20, 0), at(4.5, 20, 5)]
+    assert takeover_s(samples, "loader", at=1.5) == 3.0
+    assert takeover_s(samples[:4], "loader", at=1.5) is None, "no commit yet: no takeover"

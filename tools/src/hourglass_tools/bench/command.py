@@ -55,6 +55,14 @@ def add_parser(sub: Any) -> None:
         "soak: per-minute table and growth verdict",
     )
     bench.add_argument(
+        "--standby", action="store_true", help="run a second loader, every stream's standby"
+    )
+    bench.add_argument(
+        "--kill-loader-at",
+        default=None,
+        help="kill -9 the owning loader this far into the run, e.g. 15m (implies --standby)",
+    )
+    bench.add_argument(
         "--profile", default="0", help="py-spy the gateway and loader this long, e.g. 20s (off)"
     )
     bench.add_argument("--out", help="folder for result.json and report.html")
@@ -90,6 +98,8 @@ def config_from(args: argparse.Namespace) -> Any:
         bucket=args.bucket,
         close_timeout_s=parse_duration(args.close_timeout),
         stream_max_bytes=args.stream_max_bytes,
+        standby=args.standby,
+        kill_loader_at_s=parse_duration(args.kill_loader_at) if args.kill_loader_at else None,
         profile_s=parse_duration(args.profile) if args.profile not in ("0", "0s") else 0.0,
         keep=args.keep,
         out=Path(out),

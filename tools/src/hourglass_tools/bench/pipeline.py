@@ -10,6 +10,7 @@ and stream sizes that fit the run (a full stream would answer 503).
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,14 +33,20 @@ class Pipeline:
     stream_max_bytes: int = 1 << 30
     loader: bool = True  # False: ingest only, gateway and bus
     loader_nice: int | None = None  # None: the Settings default
+    standby: bool = False  # a second loader, the standby of every stream
     children: dict[str, procs.Child] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.port = procs.free_port()
         self.bus_port = procs.free_port()
         self.metrics_port = procs.free_port()
+        self.standby_port = procs.free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.loader_metrics = f"http://127.0.0.1:{self.metrics_port}/metrics"
+        # Every loader's metrics endpoint, by child name.
+        self.loaders = {"loader": self.loader_metrics}
+        if self.standby:
+            self.loaders["loader-standby"] = f"http://127.0.0.1:{self.standby_port}/metrics"
         self.settings = Settings(
             data_dir=str(self.root / "data"),
             schemas=str(write_schemas(self.root / "schemas", len(self.types))),
@@ -82,6 +89,12 @@ class Pipeline:
         loader = procs.Child("loader", procs.hourglass_argv("loader"), logs, env)
         self.children["loader"] = loader
         procs.wait_for(lambda: procs.port_open(self.metrics_port), 60, "the loader", loader)
+        if self.standby:
+            other = msgspec.structs.replace(self.settings, loader_metrics_port=self.standby_port)
+            argv = procs.hourglass_argv("loader")
+            standby = procs.Child("loader-standby", argv, logs, settings_env(other))
+            self.children["loader-standby"] = standby
+            procs.wait_for(lambda: procs.port_open(self.standby_port), 60, "the standby", standby)
         time.sleep(1.0)  # consumers created
 
     def _ready(self) -> bool:
@@ -92,7 +105,7 @@ class Pipeline:
 
     def pids(self) -> dict[str, int]:
         """Every process of the pipeline (gateway workers under their parent)."""
-        out = {name: child.pid for name, child in self.children.items()}
+        out = {name: child.pid for name, child in self.children.items() if child.alive()}
         gateway = self.children.get("gateway")
         if gateway is not None and self.workers > 1:
             for i, pid in enumerate(_descendants(gateway.pid)):
@@ -100,7 +113,7 @@ class Pipeline:
         return out
 
     def stop(self) -> None:
-        for name in ("gateway", "loader", "nats-server"):
+        for name in ("gateway", "loader", "loader-standby", "nats-server"):
             child = self.children.get(name)
             if child is not None:
                 child.stop()
@@ -140,6 +153,20 @@ class Sampler:
         self.acked = acked_before
         self.samples: list[dict[str, Any]] = []
         self._disk: tuple[float, float, float] = (-1e9, 0.0, 0.0)  # when, lake, state
+        # Each loader's last scrape: a killed loader's counters still count.
+        self._last: dict[str, str] = {}
+
+    async def _loaders(self, client: httpx.AsyncClient) -> tuple[str, dict[str, str]]:
+        """The owner's metrics now (or the first loader's), and every loader's last."""
+        owner = ""
+        for name, url in self.pipeline.loaders.items():
+            child = self.pipeline.children.get(name)
+            if child is not None and not child.alive():
+                continue
+            self._last[name] = (await client.get(url)).text
+            if _bench_streams(procs.prometheus_values(self._last[name], "hourglass_loader_owned")):
+                owner = self._last[name]
+        return owner or self._last.get("loader", ""), dict(self._last)
 
     def add(self, events: int) -> None:
         self.acked += events
@@ -149,7 +176,7 @@ class Sampler:
         row: dict[str, Any] = {"t": time.time()}
         try:
             gateway = (await client.get(p.base + "/metrics")).text
-            loader = (await client.get(p.loader_metrics)).text if p.loader else ""
+            loader, every = await self._loaders(client) if p.loader else ("", {})
         except httpx.HTTPError:
             return row
         accepted = _bench_streams(
@@ -165,24 +192,33 @@ class Sampler:
         )
         if not p.loader:
             return row
-        rows = _bench_streams(
-            procs.prometheus_values(loader, "hourglass_loader_rows_written_total")
-        )
-        dups = _bench_streams(
-            procs.prometheus_values(loader, "hourglass_loader_duplicates_dropped_total")
+        by_loader = {
+            name: _bench_streams(
+                procs.prometheus_values(text, "hourglass_loader_rows_written_total")
+            )
+            for name, text in every.items()
+        }
+        rows = sum(by_loader.values())
+        dups = sum(
+            _bench_streams(
+                procs.prometheus_values(text, "hourglass_loader_duplicates_dropped_total")
+            )
+            for text in every.values()
         )
         row.update(
             acked=self.acked,
             stream_bytes=_bench_streams(procs.prometheus_values(loader, "hourglass_stream_bytes")),
             **self._disk_usage(),
             loader_rows=rows,
+            loader_rows_by=by_loader,
             loader_duplicates=dups,
             lag_events=max(self.acked - rows - dups, 0.0),
             lag_messages=_bench_streams(
                 procs.prometheus_values(loader, "hourglass_loader_lag_messages")
             ),
-            buckets_closed=_bench_streams(
-                procs.prometheus_values(loader, "hourglass_loader_buckets_closed_total")
+            buckets_closed=sum(
+                _bench_streams(procs.prometheus_values(t, "hourglass_loader_buckets_closed_total"))
+                for t in every.values()
             ),
         )
         return row
@@ -244,3 +280,31 @@ def rss_trend(samples: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
         }
         for name, points in series.items()
     }
+
+
+def kill_owner(pipeline: Pipeline) -> str:
+    """kill -9 the loader that owns the bench's streams now; its name."""
+    for name, url in pipeline.loaders.items():
+        child = pipeline.children.get(name)
+        if child is None or not child.alive():
+            continue
+        text = httpx.get(url, timeout=2.0).text
+        if _bench_streams(procs.prometheus_values(text, "hourglass_loader_owned")):
+            child.proc.send_signal(signal.SIGKILL)
+            child.proc.wait(10)
+            return name
+    raise RuntimeError("no loader owns the bench's streams")
+
+
+def takeover_s(samples: list[dict[str, Any]], killed: str, at: float) -> float | None:
+    """Seconds from the kill to the first sample in which another loader had
+    written more rows than at the kill: its first commit as the new owner."""
+    before: dict[str, float] = {}
+    for s in samples:
+        by = s.get("loader_rows_by") or {}
+        if s["t"] <= at:
+            before = {n: v for n, v in by.items() if n != killed}
+            continue
+        if any(v > before.get(n, 0.0) for n, v in by.items() if n != killed):
+            return float(s["t"] - at)
+    return None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import statistics
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -331,6 +332,15 @@ def render(result: dict[str, Any]) -> str:
         )
         lines.append(f"RSS in window   {growth}")
     lines.append(f"CPU cores       {cores}")
+    kill = pipe.get("loader_kill")
+    if kill:
+        took = kill.get("takeover_s")
+        after = f"{took:.1f} s later" if took is not None else "NEVER (within the run)"
+        lines.append(
+            f"loader kill     {kill['victim']} (the owner) killed with SIGKILL at "
+            f"{time.strftime('%H:%M:%S', time.gmtime(kill['at']))}; the standby's first commit "
+            f"{after}"
+        )
     lines += _profile_lines(pipe.get("profile") or {})
     if "soak" in pipe:
         from hourglass_tools.bench import soak

@@ -31,7 +31,14 @@ import httpx
 from hourglass.config import GiB, bucket_seconds
 from hourglass_tools.bench import ceilings, lake, procs, profile, report, soak
 from hourglass_tools.bench.loadgen import LoadResult, Plan, drive, http_factory
-from hourglass_tools.bench.pipeline import Pipeline, Sampler, lag_trend, rss_trend
+from hourglass_tools.bench.pipeline import (
+    Pipeline,
+    Sampler,
+    kill_owner,
+    lag_trend,
+    rss_trend,
+    takeover_s,
+)
 from hourglass_tools.bench.workload import Workload, type_names
 
 
@@ -52,6 +59,8 @@ class BenchConfig:
     bucket: str = "1m"
     close_timeout_s: float = 60.0  # after the end of the last event's bucket
     stream_max_bytes: int | None = None  # None: half the free disk (at least 1 GiB)
+    standby: bool = False  # a second loader, the standby of every stream
+    kill_loader_at_s: float | None = None  # kill -9 the owning loader this far into the run
     profile_s: float = 0.0  # py-spy the gateway and the loader for this long
     keep: bool = False
     out: Path = Path("hourglass-bench")
@@ -173,6 +182,7 @@ async def _measure(config: BenchConfig, pipe: Pipeline) -> dict[str, Any]:
         profile.record(pids, config.profile_s, config.out, delay_s=config.warmup_s + 1)
     )
     began = time.monotonic()
+    killing = asyncio.create_task(_kill_owner_later(config, pipe, out))
     try:
         load = await drive(
             factory, workload, plan, parts=parts, first_request=first, on_ack=sampler.add
@@ -185,17 +195,31 @@ async def _measure(config: BenchConfig, pipe: Pipeline) -> dict[str, Any]:
     finally:
         spy.cancel()
         sampling.cancel()
-        await asyncio.gather(spy, sampling, return_exceptions=True)
+        killing.cancel()
+        await asyncio.gather(spy, sampling, killing, return_exceptions=True)
     out["loads"].append(load)
     out["load"] = load
     out["samples"] = sampler.samples
     out["lag"] = lag_trend(sampler.between(*load.window))
     out["rss_trend"] = rss_trend([s for s in sampler.samples if _within(s, load.window)])
+    if "loader_kill" in out:
+        kill = out["loader_kill"]
+        kill["takeover_s"] = takeover_s(sampler.samples, kill["victim"], kill["at"])
     if config.loader and config.duration_s >= soak.SOAK_MIN_S:
         rows = soak.per_minute(sampler.between(*load.window), load.window[0])
         budget = pipe.stream_max_bytes * len(pipe.types)
         out["soak"] = {"rows": rows, "verdict": soak.verdict(rows, budget)}
     return out
+
+
+async def _kill_owner_later(config: BenchConfig, pipe: Pipeline, out: dict[str, Any]) -> None:
+    """``--kill-loader-at``: kill -9 the owning loader that far into the run."""
+    if config.kill_loader_at_s is None:
+        return
+    await asyncio.sleep(config.warmup_s + config.kill_loader_at_s)
+    victim = await asyncio.to_thread(kill_owner, pipe)
+    out["loader_kill"] = {"victim": victim, "at": time.time()}
+    _say(config, f"  killed the owning loader ({victim}) with SIGKILL; the standby takes over")
 
 
 def _within(sample: dict[str, Any], window: tuple[float, float]) -> bool:
@@ -235,6 +259,7 @@ async def _run_in(config: BenchConfig, root: Path, result: dict[str, Any]) -> No
         stream_bytes,
         config.loader,
         loader_nice=config.loader_nice,
+        standby=config.standby or config.kill_loader_at_s is not None,
     )
     try:
         parts = "nats-server, gateway" + (", loader" if config.loader else " (no loader)")

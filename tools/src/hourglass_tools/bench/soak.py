@@ -82,6 +82,11 @@ def verdict(rows: list[dict[str, Any]], budget: float) -> dict[str, Any]:
             out["grows"].append(name)
 
     names = sorted({n for r in window for n in r["rss_mib"]})
+    loaders = [n for n in names if n.startswith("loader")]
+    if len(loaders) > 1:  # an owner and its standby: memory moves with the streams
+        names = [n for n in names if n not in loaders]
+        mib = [sum(float(r["rss_mib"].get(n) or 0.0) for n in loaders) for r in window]
+        judge("rss loaders (all) MiB", mib, GROWTH * sum(mib) / len(mib))
     for name in names:
         mib = [float(r["rss_mib"].get(name) or 0.0) for r in window]
         judge(f"rss {name} MiB", mib, GROWTH * sum(mib) / len(mib))
