@@ -119,6 +119,16 @@ class Ownership:
         self._leases = await _bucket(
             self.js, KeyValueConfig(bucket=LOADER_BUCKET, ttl=self.ttl_s), self.replicas
         )
+        with map_nats_errors("read the loader lease bucket"):
+            ttl = (await self._leases.status()).ttl
+        if ttl and abs(ttl - self.ttl_s) > 0.001:
+            # The bucket keeps the TTL it was created with; renewing at a third
+            # of another would let leases lapse between renewals.
+            logger.warning(
+                "the loader lease bucket keeps the TTL it was created with",
+                extra={"configured_s": self.ttl_s, "used_s": ttl},
+            )
+            self.ttl_s = ttl
         self._records = await _bucket(
             self.js,
             KeyValueConfig(

@@ -89,7 +89,9 @@ class KvCheckpoints:
         return cls(ownership, stream, record, revision, saved, loop, on_saved)
 
     def load(self) -> Saved:
-        return self._saved
+        """A copy of the last save: the loader changes its state in place between
+        saves, and a restart must start from what was saved, not from that."""
+        return msgspec.json.decode(msgspec.json.encode(self._saved), type=Saved)
 
     def save(self, saved: Saved) -> None:
         """Save from a worker thread (the loader's writes run in one), through the loop."""
