@@ -77,6 +77,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     lake_retention_days: int = 0
     lake_retention_check_s: float = 600.0  # how often each stream looks for buckets to delete
     loader_metrics_port: int = 0  # 0: no metrics endpoint
+    # Per stream: messages the loader cannot convert are kept up to this; at the
+    # bound the stream pauses (loader/quarantine.py), it never drops them.
+    quarantine_max_bytes: int = 1 << 30
     # The loader is a batch job that may lag by seconds; a gateway's answer is
     # what producers wait for.  On a shared machine the loader yields the CPU.
     loader_nice: int = 5

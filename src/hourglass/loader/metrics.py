@@ -41,7 +41,7 @@ class Observer(Protocol):
     def on_written(self, files: int, rows: int) -> None: ...
     def on_duplicates(self, n: int) -> None: ...
     def on_skewed(self, n: int) -> None: ...
-    def on_quarantined(self, n: int) -> None: ...
+    def on_quarantined(self, n: int, held_bytes: int) -> None: ...
     def on_closed(self, manifest: Manifest) -> None: ...
 
 
@@ -74,10 +74,10 @@ class Stats:
         if self.then is not None:
             self.then.on_skewed(n)
 
-    def on_quarantined(self, n: int) -> None:
+    def on_quarantined(self, n: int, held_bytes: int) -> None:
         self.quarantined += n
         if self.then is not None:
-            self.then.on_quarantined(n)
+            self.then.on_quarantined(n, held_bytes)
 
     def on_closed(self, manifest: Manifest) -> None:
         self.closed += 1
@@ -118,6 +118,12 @@ class LoaderMetrics:
         )
         self.open = Gauge(
             "hourglass_loader_buckets_open", "Buckets with pending rows.", ["stream"], registry=r
+        )
+        self.quarantine_bytes = Gauge(
+            "hourglass_loader_quarantine_bytes",
+            "Bytes in the stream's quarantine folder, at its last write (quarantine_max_bytes).",
+            ["stream"],
+            registry=r,
         )
         self.owned = Gauge(
             "hourglass_loader_owned",
@@ -212,8 +218,9 @@ class StreamMetrics:
     def on_skewed(self, n: int) -> None:
         self._m.skewed.labels(self._stream).inc(n)
 
-    def on_quarantined(self, n: int) -> None:
+    def on_quarantined(self, n: int, held_bytes: int) -> None:
         self._m.quarantined.labels(self._stream).inc(n)
+        self._m.quarantine_bytes.labels(self._stream).set(held_bytes)
 
     def on_closed(self, manifest: Manifest) -> None:
         self._m.closed.labels(self._stream).inc()

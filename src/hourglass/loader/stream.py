@@ -50,7 +50,6 @@ import pyarrow as pa
 from hourglass import log
 from hourglass.bus.consumer import BusMessage
 from hourglass.crashpoints import crashpoint
-from hourglass.durable import durable_write_bytes
 from hourglass.lake.layout import (
     SUCCESS,
     bucket_dir,
@@ -65,6 +64,7 @@ from hourglass.lake.parquet import read_columns, write_table
 from hourglass.loader import close
 from hourglass.loader.dedup import Deduper, hash64, keys_of
 from hourglass.loader.metrics import Observer, Stats
+from hourglass.loader.quarantine import Quarantine
 from hourglass.loader.staging import publish, stage, sweep, sync_folders
 from hourglass.loader.state import BucketCounts, Checkpoints, LoaderState, Saved, copy_state
 
@@ -86,6 +86,7 @@ class StreamLoader:
         lake: Path,
         checkpoints: Checkpoints,
         quarantine: Path,
+        quarantine_max_bytes: int = 0,
         width_s: int,
         window_s: int,
         closes: bool = True,
@@ -97,7 +98,7 @@ class StreamLoader:
         self.fmt = fmt
         self.lake = lake
         self.checkpoints = checkpoints
-        self.quarantine = quarantine
+        self.quarantine = Quarantine(quarantine, quarantine_max_bytes)
         self.width = width_s
         self.closes = closes
         self.clock = clock
@@ -123,7 +124,8 @@ class StreamLoader:
             self.fmt,
             lake=self.lake,
             checkpoints=checkpoints or self.checkpoints,
-            quarantine=self.quarantine,
+            quarantine=self.quarantine.folder,
+            quarantine_max_bytes=self.quarantine.max_bytes,
             width_s=self.width,
             window_s=self.deduper.window_s if self.deduper else 0,
             closes=self.closes,
@@ -225,9 +227,8 @@ class StreamLoader:
             try:
                 tables.append(self.fmt.to_table(message.data))
             except (pa.ArrowException, msgspec.MsgspecError, ValueError) as exc:
-                path = self.quarantine / f"{message.seq:020d}.ndjson"
-                durable_write_bytes(path, message.data)
-                self.stats.on_quarantined(1)
+                path, held = self.quarantine.keep(message.seq, message.data)
+                self.stats.on_quarantined(1, held)
                 logger.error(
                     "message quarantined",
                     extra={

@@ -1,0 +1,51 @@
+"""Bus messages the loader cannot convert, set aside: ``<data-dir>/loader/quarantine/<stream>/``.
+
+A message that no schema version can turn into rows (the gateway validated it,
+so this is a bug or a schema change gone wrong) is written whole to
+``<seq>.ndjson`` (durable: temp, fsync, rename) and the rest of its batch goes
+on.  Nothing is dropped: the file is the message.
+
+The folder is bounded by ``quarantine_max_bytes``.  At the bound the stream does
+not drop or skip: the write fails with ``EDQUOT``, which the service treats as a
+full lake (``loader/service.py``): the stream pauses, logs it once, sets
+``hourglass_loader_lake_full`` and tries again every few seconds, its messages
+unacknowledged on the bus.  Emptying the folder (after reading it) or raising
+the bound lets it go on by itself.
+"""
+
+from __future__ import annotations
+
+import errno
+from pathlib import Path
+
+from hourglass.durable import durable_write_bytes
+
+
+class Quarantine:
+    def __init__(self, folder: Path, max_bytes: int = 0) -> None:
+        self.folder = folder
+        self.max_bytes = max_bytes  # 0: no bound
+
+    def held(self, but: Path | None = None) -> int:
+        """Bytes in the folder (leaving out ``but``, about to be written again)."""
+        if not self.folder.exists():
+            return 0
+        return sum(p.stat().st_size for p in self.folder.iterdir() if p != but)
+
+    def keep(self, seq: int, data: bytes) -> tuple[Path, int]:
+        """Set message ``seq`` aside; its path and the bytes the folder holds now.
+
+        Raises ``OSError(EDQUOT)`` if that would pass ``max_bytes``.  A retry of
+        the same message rewrites the same file, so it is counted once.
+        """
+        path = self.folder / f"{seq:020d}.ndjson"
+        held = self.held(but=path)
+        if self.max_bytes and held + len(data) > self.max_bytes:
+            raise OSError(
+                errno.EDQUOT,
+                f"the quarantine {self.folder} holds {held} bytes, {len(data)} more would pass "
+                f"quarantine_max_bytes ({self.max_bytes}): the stream waits, its messages stay "
+                "on the bus; read and empty the folder, or raise the bound",
+            )
+        durable_write_bytes(path, data)
+        return path, held + len(data)
