@@ -42,9 +42,10 @@ from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.layout import bucket_dir, part_name
 from hourglass.lake.parquet import write_part
 from hourglass.loader.metrics import LakeSpace, LoaderMetrics
-from hourglass.loader.service import Stream, stored_once, until_stored
+from hourglass.loader.service import stored_once, until_stored
 from hourglass.loader.state import FileCheckpoints
 from hourglass.loader.stream import StreamLoader
+from hourglass.loader.streams import Stream
 from hourglass.schemas import DEMO_SCHEMAS_DIR
 from tests.chaos.conftest import (
     REGISTRY,

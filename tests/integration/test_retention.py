@@ -23,7 +23,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hourglass.bus.embedded import free_port
 from hourglass.bus.jetstream import stream_name
-from hourglass.bus.retention import LOADER_DURABLE
+from hourglass.bus.retention import ack_floor
 from hourglass.config import MiB
 from hourglass.status import gather_status
 from tests.chaos.conftest import (
@@ -58,10 +58,8 @@ def stream_state(url: str) -> tuple[int, int, int, int]:
         try:
             js = nc.jetstream()
             state = (await js.stream_info(STREAM)).state
-            try:
-                floor = int((await js.consumer_info(STREAM, LOADER_DURABLE)).ack_floor.stream_seq)
-            except nats.js.errors.NotFoundError:
-                floor = -1
+            floor = await ack_floor(js, STREAM)
+            floor = -1 if floor is None else floor
             return int(state.bytes), int(state.first_seq), int(state.last_seq), floor
         finally:
             await nc.close()

@@ -46,7 +46,49 @@ from hourglass.bus.errors import BusNotFound, map_nats_errors
 logger = log.get("hourglass.bus")
 
 REPLAY_SHARE = 0.5
-LOADER_DURABLE = "hg-loader"  # the loader's durable consumer on every stream
+LOADER_DURABLE = "hg-loader"  # the prefix of the loader's durable consumers
+
+
+def loader_durable(epoch: int) -> str:
+    """The durable consumer of the owner of ``epoch`` (``bus/ownership.py``).
+
+    One name per owner, not one for all: a fenced owner that wakes up fetches
+    from its own consumer, never from its successor's (a fetch takes messages
+    out of a consumer's delivery order, and the successor would see them only
+    after the ack wait, having taken the bus for drained meanwhile)."""
+    return f"{LOADER_DURABLE}-e{epoch}"
+
+
+async def loader_consumers(js: JetStreamContext, stream: str) -> dict[str, int]:
+    """Every loader consumer on ``stream`` (this owner's, and any a fenced one
+    left or made again), with its ack floor."""
+    try:
+        with map_nats_errors(f"list the consumers of {stream}"):
+            infos = await js.consumers_info(stream)
+    except BusNotFound:
+        return {}
+    return {
+        str(i.name): int(i.ack_floor.stream_seq if i.ack_floor else 0)
+        for i in infos
+        if str(i.name).startswith(LOADER_DURABLE)
+    }
+
+
+async def drop_stale_consumers(js: JetStreamContext, stream: str, durable: str) -> int:
+    """Delete the loader consumers on ``stream`` other than ``durable`` (earlier
+    owners'); how many.  Only the owner calls it, and a consumer made again by a
+    fenced owner afterwards is dropped by the owner's next call."""
+    dropped = 0
+    for name in await loader_consumers(js, stream):
+        if name == durable:
+            continue
+        try:
+            with map_nats_errors(f"delete consumer {name} of {stream}"):
+                await js.delete_consumer(stream, name)
+        except BusNotFound:
+            continue
+        dropped += 1
+    return dropped
 
 
 @dataclass(frozen=True)
@@ -147,14 +189,12 @@ async def purge_before(js: JetStreamContext, stream: str, seq: int) -> None:
 
 
 async def ack_floor(js: JetStreamContext, stream: str) -> int | None:
-    """The last sequence the loader acknowledged on ``stream`` (its checkpoint is
-    at or past it); None while it has no consumer."""
-    try:
-        with map_nats_errors(f"consumer info {stream}"):
-            info = await js.consumer_info(stream, LOADER_DURABLE)
-    except BusNotFound:
-        return None
-    return int(info.ack_floor.stream_seq)
+    """The last sequence a loader acknowledged on ``stream``; None while it has no
+    consumer.  The highest of every loader consumer's: a loader acknowledges only
+    what its checkpoint committed, and no earlier owner committed past the
+    current checkpoint, so each floor is at or below it."""
+    floors = await loader_consumers(js, stream)
+    return max(floors.values()) if floors else None
 
 
 @dataclass(frozen=True)

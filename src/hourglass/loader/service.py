@@ -27,7 +27,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 from nats.js import JetStreamContext
@@ -40,23 +39,19 @@ from hourglass.bus.embedded import resolve_bus_url
 from hourglass.bus.errors import BusError, BusUnavailable
 from hourglass.bus.marks import LeaseView
 from hourglass.bus.ownership import Ownership, read_record
-from hourglass.bus.retention import LOADER_DURABLE, retain
-from hourglass.config import Settings, bucket_seconds
+from hourglass.bus.retention import drop_stale_consumers, loader_durable, retain
+from hourglass.config import Settings
 from hourglass.exceptions import ConfigError, Fenced
-from hourglass.lake.arrow import LakeSchema
-from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.lake.layout import check_layout
 from hourglass.lake.retention import DAY, expire_buckets
 from hourglass.loader.metrics import (
     LakeSpace,
     LoaderMetrics,
-    StreamMetrics,
     is_disk_full,
     observe_retention,
 )
-from hourglass.loader.owner import KvCheckpoints, Unclaimed, announce, own
-from hourglass.loader.stream import RowFormat, StreamLoader
-from hourglass.schemas import load_registry
+from hourglass.loader.owner import KvCheckpoints, announce, own
+from hourglass.loader.streams import Stream, build_streams
 
 logger = log.get("hourglass.loader")
 
@@ -64,15 +59,6 @@ RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a
 
 
 T = TypeVar("T")
-
-
-@dataclass
-class Stream:
-    name: str  # the lake folder: the type name, or _failed
-    stream: str
-    subject: str
-    loader: StreamLoader
-    legacy: Path  # the checkpoint file an earlier version kept, imported once
 
 
 async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[], T]) -> list[T]:
@@ -194,8 +180,10 @@ class Runner:
 
     async def drive(self, s: Stream) -> None:
         await until_stored(s, self.space, "recover", s.loader.recover)
-        reader = StreamReader(self.js, s.stream, s.subject, LOADER_DURABLE)
+        durable = loader_durable(s.loader.checkpoints.epoch)
+        reader = StreamReader(self.js, s.stream, s.subject, durable)
         await reader.start(after_seq=s.loader.state.committed_seq)
+        await self._drop_stale(s, durable)
         try:
             await self._loop(s, reader)
         finally:
@@ -225,6 +213,7 @@ class Runner:
                 if time.monotonic() - retained_at >= RETAIN_EVERY_S:
                     retained_at = time.monotonic()
                     await self._retain(s)
+                    await self._drop_stale(s, reader.durable)
                 if self.settings.lake_retention_days and time.monotonic() >= expire_at:
                     expire_at = time.monotonic() + self.settings.lake_retention_check_s
                     await until_stored(s, self.space, "lake retention", partial(self._expire, s))
@@ -238,6 +227,19 @@ class Runner:
                 drained_as_of=batch.drained_as_of,
             )
             await stored_once(s, self.space, "close", close)
+
+    async def _drop_stale(self, s: Stream, durable: str) -> None:
+        try:
+            dropped = await drop_stale_consumers(self.js, s.stream, durable)
+        except (BusUnavailable, BusError) as exc:
+            logger.warning(
+                "could not drop stale consumers", extra={"stream": s.name, "error": str(exc)}
+            )
+            return
+        if dropped:
+            logger.info(
+                "dropped earlier owners' consumers", extra={"stream": s.name, "dropped": dropped}
+            )
 
     async def _retain(self, s: Stream) -> None:
         """Purge committed events outside the replay window or its share of the
@@ -287,58 +289,6 @@ def _flush_on_stop(s: Stream) -> None:
         )
     else:
         logger.info("flushed on stop", extra={"stream": s.name})
-
-
-def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
-    """One :class:`Stream` per event type, and one for the failed-events stream."""
-    registry = load_registry(settings)
-    width = bucket_seconds(settings.bucket)
-    lake = settings.lake_path
-    streams = []
-    for schema in registry:
-        fmt: RowFormat = LakeSchema(schema)
-        name = schema.type_name
-        streams.append(
-            Stream(
-                name,
-                jetstream.stream_name(name),
-                jetstream.subject(name),
-                StreamLoader(
-                    name,
-                    fmt,
-                    lake=lake,
-                    checkpoints=Unclaimed(),
-                    quarantine=settings.quarantine_path(name),
-                    quarantine_max_bytes=settings.quarantine_max_bytes,
-                    width_s=width,
-                    window_s=settings.dedup_window_s,
-                    observer=StreamMetrics(metrics, name),
-                ),
-                settings.checkpoint_path(name),
-            )
-        )
-    streams.append(
-        Stream(
-            FAILED_DIR,
-            jetstream.FAILED_STREAM,
-            jetstream.FAILED_SUBJECT + ".>",
-            StreamLoader(
-                FAILED_DIR,
-                FailedFormat(),
-                lake=lake,
-                checkpoints=Unclaimed(),
-                quarantine=settings.quarantine_path(FAILED_DIR),
-                quarantine_max_bytes=settings.quarantine_max_bytes,
-                width_s=width,
-                window_s=0,
-                closes=False,
-                dedup=False,
-                observer=StreamMetrics(metrics, FAILED_DIR),
-            ),
-            settings.checkpoint_path(FAILED_DIR),
-        )
-    )
-    return streams
 
 
 def yield_cpu(nice: int) -> None:
