@@ -101,6 +101,11 @@ class Deduper:
         self._next_chunk = 0
         self.slow_checks = 0  # lookups that needed the KeySource (for tests and metrics)
 
+    def rebind(self, source: KeySource) -> None:
+        """Look keys up in ``source`` from now on (a standby's warm index, handed to
+        the loader that owns the stream now)."""
+        self._source = source
+
     def add(self, keys: pa.Array, hours: np.ndarray, hashes: np.ndarray | None = None) -> None:
         """Remember ``keys`` as stored in ``hours`` (epoch seconds of each row's hour);
         ``hashes``: their :func:`hash64`, if the caller has it already."""

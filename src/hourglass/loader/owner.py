@@ -192,9 +192,11 @@ async def own(
     metrics: LoaderMetrics,
     owns: set[str],
     load: Callable[[], Coroutine[Any, Any, None]],
+    idle: Callable[[], Coroutine[Any, Any, None]],
 ) -> None:
     """Run ``load()`` (claim the stream, load it) while this loader holds ``stream``'s
-    lease; while another loader holds it, stand by and try again every second."""
+    lease; while another loader holds it, stand by: ``idle()`` (keep warm), and try
+    again every second."""
     standby_since: float | None = None
     while True:
         try:
@@ -207,6 +209,7 @@ async def own(
             if standby_since is None:
                 standby_since = time.monotonic()
                 await _say_standby(ownership, stream, name)
+            await idle()
             await asyncio.sleep(STANDBY_POLL_S)
             continue
         if standby_since is not None:

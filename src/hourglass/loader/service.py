@@ -50,12 +50,13 @@ from hourglass.loader.metrics import (
     is_disk_full,
     observe_retention,
 )
-from hourglass.loader.owner import KvCheckpoints, announce, own
+from hourglass.loader.owner import KvCheckpoints, Unclaimed, announce, own
 from hourglass.loader.streams import Stream, build_streams
 
 logger = log.get("hourglass.loader")
 
 RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
+WARM_EVERY_S = 5.0  # a standby reads new part files into its dedup index this often
 
 
 T = TypeVar("T")
@@ -129,8 +130,29 @@ class Runner:
     async def owned(self, s: Stream) -> None:
         """Load ``s`` while this loader owns it; be its standby while another does."""
         await own(
-            self.ownership, s.stream, s.name, self.metrics, self.owns, partial(self._claimed, s)
+            self.ownership,
+            s.stream,
+            s.name,
+            self.metrics,
+            self.owns,
+            partial(self._claimed, s),
+            partial(self._standby, s),
         )
+
+    async def _standby(self, s: Stream) -> None:
+        """While another loader owns ``s``: read the lake's new part files into the
+        dedup index every few seconds, so a takeover reads seconds of files, not
+        the whole window (a first pass reads the window once)."""
+        now = time.monotonic()
+        if now - s.warmed_at < WARM_EVERY_S:
+            return
+        s.warmed_at = now
+        try:
+            await asyncio.to_thread(s.loader.warm)
+        except OSError as exc:  # a folder deleted under the scan, a full disk: next round
+            logger.warning(
+                "standby could not read the lake", extra={"stream": s.name, "error": str(exc)}
+            )
 
     async def _claimed(self, s: Stream) -> None:
         """Claim ``s``'s checkpoint and load the stream from it."""
@@ -141,10 +163,14 @@ class Runner:
             s.legacy,
             self.metrics.checkpoint_bytes.labels(s.name).set,
         )
-        s.loader = s.loader.fresh(checkpoints)
+        s.loader = s.loader.fresh(checkpoints, warm=s.loader.processed_seq == 0)
         self.metrics.owned.labels(s.name).set(1)
         logger.info("owner of the stream", extra={"stream": s.name, "epoch": checkpoints.epoch})
-        await self.supervised(s)
+        try:
+            await self.supervised(s)
+        finally:
+            # Whatever happens next starts cold: this index holds uncommitted keys.
+            s.loader = s.loader.fresh(Unclaimed())
 
     async def supervised(self, s: Stream) -> None:
         """Restart one stream's loop after an error without touching the others.

@@ -54,14 +54,12 @@ from hourglass.lake.layout import (
     SUCCESS,
     bucket_dir,
     bucket_dirs,
-    bucket_of_dir,
-    hour_dir,
     part_name,
     part_range,
 )
 from hourglass.lake.manifest import Manifest
-from hourglass.lake.parquet import read_columns, write_table
-from hourglass.loader import close
+from hourglass.lake.parquet import write_table
+from hourglass.loader import close, lakekeys
 from hourglass.loader.dedup import Deduper, hash64, keys_of
 from hourglass.loader.metrics import Observer, Stats
 from hourglass.loader.quarantine import Quarantine
@@ -107,6 +105,7 @@ class StreamLoader:
         self.observer = observer
         self.stats = Stats(then=observer)
         self.deduper = Deduper(self, window_s=window_s) if dedup else None
+        self._known: set[Path] = set()  # part files whose keys the deduper holds
         self._pending: dict[int, list[pa.Table]] = {}
         self._pending_keys: dict[int, list[pa.Array]] = {}
         self._pending_markers: dict[str, int] = {}
@@ -116,9 +115,23 @@ class StreamLoader:
         # call at a time, so a stop-time flush never interleaves with process.
         self.lock = threading.Lock()
 
-    def fresh(self, checkpoints: Checkpoints | None = None) -> StreamLoader:
+    def fresh(self, checkpoints: Checkpoints | None = None, *, warm: bool = False) -> StreamLoader:
         """A new loader of the same stream, to start again from the checkpoint
-        (of ``checkpoints``, for a new claim of the stream)."""
+        (of ``checkpoints``, for a new claim of the stream).
+
+        ``warm``: this one was a standby that only read the lake (``warm()``);
+        the new one keeps its dedup index and recovery adds only newer files.
+        Never from a loader that processed messages: its index holds keys of
+        rows that were not committed, which would then be dropped as duplicates.
+        """
+        loader = self._fresh(checkpoints)
+        if warm and self.deduper is not None and loader.deduper is not None:
+            assert self.processed_seq == 0 and not self._pending, "only a standby's index"
+            loader.deduper, loader._known = self.deduper, self._known
+            loader.deduper.rebind(loader)
+        return loader
+
+    def _fresh(self, checkpoints: Checkpoints | None) -> StreamLoader:
         return StreamLoader(
             self.name,
             self.fmt,
@@ -154,8 +167,7 @@ class StreamLoader:
                         path.unlink()
                         removed += 1
         self._skip_closed()
-        if self.deduper is not None:
-            self._rebuild_dedup()
+        warmed = self._warm() if self.deduper is not None else 0
         logger.info(
             "recovered",
             extra={
@@ -164,6 +176,7 @@ class StreamLoader:
                 "next_close": self.state.next_close,
                 "removed_files": removed,
                 "published_files": published,
+                "dedup_files_read": warmed,
                 "epoch": self.checkpoints.epoch,
             },
         )
@@ -177,17 +190,27 @@ class StreamLoader:
         begin = dt.datetime.fromtimestamp(start, dt.UTC)
         return (bucket_dir(self.lake, self.name, begin, self.width) / SUCCESS).exists()
 
-    def _rebuild_dedup(self) -> None:
+    def warm(self) -> int:
+        """Read the keys of part files of the dedup window not read yet; how many files.
+
+        A standby calls it every few seconds, so that taking the stream over
+        costs the files of the last seconds, not the whole window.  Only
+        committed files are visible (``staging.py``), so the index holds only
+        keys that are in the lake.
+        """
+        with self.lock:
+            if self.deduper is None:
+                return 0
+            self.deduper.expire(int(self.clock()))
+            return self._warm()
+
+    def _warm(self) -> int:
         assert self.deduper is not None
         horizon = self.clock() - self.deduper.window_s - 3600
-        for folder in bucket_dirs(self.lake, self.name):
-            start = bucket_of_dir(self.lake, self.name, folder).timestamp()
-            if start < horizon:
-                continue
-            hour = int(start) - int(start) % 3600
-            for path in sorted(folder.glob("part-*.parquet")):
-                keys = self._keys_of_file(path)
-                self.deduper.add(keys, np.full(len(keys), hour, dtype=np.int64))
+        read, self._known = lakekeys.read_new(
+            self.lake, self.name, self.deduper, self._known, horizon
+        )
+        return read
 
     # ------------------------------------------------------------- processing
 
@@ -220,25 +243,9 @@ class StreamLoader:
                 "batch not convertible, checking message by message",
                 extra={"stream": self.name, "error": str(exc)},
             )
-        tables = []
-        for message in messages:
-            if message.marker is not None or not message.data:
-                continue
-            try:
-                tables.append(self.fmt.to_table(message.data))
-            except (pa.ArrowException, msgspec.MsgspecError, ValueError) as exc:
-                path, held = self.quarantine.keep(message.seq, message.data)
-                self.stats.on_quarantined(1, held)
-                logger.error(
-                    "message quarantined",
-                    extra={
-                        "stream": self.name,
-                        "stream_seq": message.seq,
-                        "path": str(path),
-                        "error": str(exc),
-                    },
-                )
-        return pa.concat_tables(tables) if tables else None
+        return self.quarantine.convert_each(
+            messages, self.fmt.to_table, self.stats.on_quarantined, self.name
+        )
 
     def _add_rows(self, table: pa.Table) -> None:
         if table.num_rows == 0:
@@ -425,19 +432,10 @@ class StreamLoader:
         Only for keys the deduper no longer holds in memory (old re-sends, hash
         collisions): it reads every file of the hour.
         """
-        parts: list[pa.Array] = list(self._pending_keys.get(hour, []))
-        begin = dt.datetime.fromtimestamp(hour, dt.UTC)
-        folder = hour_dir(self.lake, self.name, begin)
-        if folder.exists():
-            for path in sorted(folder.rglob("part-*.parquet")):
-                parts.append(self._keys_of_file(path))
-        if not parts:
-            return pa.array([], pa.large_binary())
-        return pa.concat_arrays(parts)
-
-    def _keys_of_file(self, path: Path) -> pa.Array:
-        table = read_columns(path, ["source", "id"])
-        return keys_of(table.column("source"), table.column("id"))
+        parts = list(self._pending_keys.get(hour, [])) + lakekeys.in_hour(
+            self.lake, self.name, hour
+        )
+        return pa.concat_arrays(parts) if parts else pa.array([], pa.large_binary())
 
     def expire(self) -> None:
         """Forget and seal dedup hours (may sort millions of hashes: call it in a thread)."""

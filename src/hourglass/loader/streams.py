@@ -22,6 +22,7 @@ class Stream:
     subject: str
     loader: StreamLoader
     legacy: Path  # the checkpoint file an earlier version kept, imported once
+    warmed_at: float = -1e9  # monotonic time of the standby's last read of the lake
 
 
 def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
