@@ -203,6 +203,8 @@ def test_a_stopped_loader_fills_the_budget_with_unconsumed_events_only_then_reco
         assert row.split()[1:3] == ["2.0", "MiB"], report
         unconsumed = float(row.split()[3])
         assert 1.0 < unconsumed <= 2.0, report
+        # The stopped loader gave its leases up and left: nobody loads the streams.
+        assert "loaders: none live" in report, report
 
         start_loader(stream_max_bytes=budget, **FAST)
         deadline = time.monotonic() + 60

@@ -220,6 +220,19 @@ class Ownership:
         with map_nats_errors("announce the loader"):
             await self.leases.put(f"member.{self.me.loader}", msgspec.json.encode(self.me))
 
+    async def leave(self) -> None:
+        """A clean stop: remove ``member.<loader>`` now rather than at its expiry,
+        so that ``hourglass status`` does not list a stopped loader as a standby."""
+        if not self.connected():
+            return
+        try:
+            with map_nats_errors("remove the loader's member key"):
+                await asyncio.wait_for(
+                    self.leases.delete(f"member.{self.me.loader}"), RELEASE_WAIT_S
+                )
+        except (BusError, BusUnavailable) as exc:
+            logger.info("member key not removed; it expires", extra={"error": str(exc)})
+
     # ----------------------------------------------------------------- records
 
     async def read_record(self, stream: str) -> tuple[Record | None, int]:

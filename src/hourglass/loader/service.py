@@ -380,6 +380,7 @@ async def run_loader(settings: Settings) -> None:
         logger.info("loader stopped")
     finally:
         await _stop_all(tasks)
+        await ownership.leave()
         await nc.close()
 
 
