@@ -34,6 +34,7 @@ import pytest
 from hourglass.bus.jetstream import FAILED_SUBJECT, KIND, MSG_ID, connect, stream_name, subject
 from hourglass.bus.ownership import read_loaders, read_record
 from hourglass.events import EventTypes, FailedEvent
+from hourglass.exceptions import BusUnavailable
 from hourglass.lake.manifest import Manifest
 from hourglass.loader.state import Saved
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
@@ -320,11 +321,21 @@ class Sender(threading.Thread):
 STREAM = stream_name(SKIPPED)
 
 
-def _on_bus(url: str, work: Callable[[Any], Any]) -> Any:
+def _on_bus(url: str, work: Callable[[Any], Any], patience_s: float = 30.0) -> Any:
+    """``work(js)`` on the bus, asked again while it does not answer (a cluster
+    electing a leader after a node kill takes seconds)."""
+
     async def go() -> Any:
         nc = await connect(url, name="test")
         try:
-            return await work(nc.jetstream(timeout=5))
+            deadline = time.monotonic() + patience_s
+            while True:
+                try:
+                    return await work(nc.jetstream(timeout=5))
+                except BusUnavailable:
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.5)
         finally:
             await nc.close()
 
