@@ -6,21 +6,27 @@ Feeds bus-shaped NDJSON messages (1,000 events each, as the gateway writes them)
 to one StreamLoader in fetches of 32 messages, flushing every 10 fetches, all in
 one hour bucket, and prints µs/event (wall and CPU of this process) per slice, so
 a cost that grows with the keys already in the hour shows.  Everything lives in
-a temporary folder.
+a temporary folder.  Beside it, pyarrow alone on the same bytes (its JSON reader
+per fetch, its Parquet writer per flush) and the ratio of the two; the RSS of
+the process, the keys in the dedup index and the bytes of its run files.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime as dt
+import io
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
+from pyarrow import json as pa_json
 
 from hourglass.bus.consumer import BusMessage
 from hourglass.lake.arrow import LakeSchema
+from hourglass.lake.parquet import write_table
 from hourglass.loader.state import FileCheckpoints
 from hourglass.loader.stream import StreamLoader
 from hourglass.schemas.avro import SchemaRegistry
@@ -41,11 +47,45 @@ def message(start: int, received: str, pad: str) -> bytes:
     )
 
 
+def rss_mib() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+class Baseline:
+    """pyarrow alone on the same bytes: its JSON reader per fetch, its Parquet writer
+    per flush (what the loader cannot do in less time)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.tables: list[pa.Table] = []
+        self.seconds = 0.0
+        self.files = 0
+
+    def fetch(self, payload: bytes) -> None:
+        t = time.perf_counter()
+        self.tables.append(pa_json.read_json(io.BytesIO(payload)))
+        self.seconds += time.perf_counter() - t
+
+    def flush(self) -> None:
+        t = time.perf_counter()
+        self.files += 1
+        write_table(pa.concat_tables(self.tables), self.folder / f"{self.files}.parquet")
+        (self.folder / f"{self.files}.parquet").unlink()
+        self.tables = []
+        self.seconds += time.perf_counter() - t
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=4_000_000)
     parser.add_argument("--duplicates", type=float, default=0.01)
     parser.add_argument("--slices", type=int, default=8)
+    parser.add_argument("--dedup-memory", type=int, default=1 << 30, help="bytes (default 1 GiB)")
+    parser.add_argument("--no-baseline", action="store_true", help="skip pyarrow alone")
     args = parser.parse_args()
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -61,18 +101,24 @@ def main() -> None:
             quarantine=root / "q",
             width_s=3600,
             window_s=24 * 3600,
+            dedup_memory_bytes=args.dedup_memory,
             closes=False,
             clock=lambda: hour + 60,
         )
         loader.recover()
+        baseline = None if args.no_baseline else Baseline(root)
         received = dt.datetime.fromtimestamp(hour + 30, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
         messages = args.events // PER_MESSAGE
         per_slice = max(1, messages // args.slices // PER_FETCH)
         seq = sent = 0
-        print(f"{'events in hour':>15} {'wall µs/ev':>11} {'cpu µs/ev':>10}")
+        print(
+            f"{'events sent':>13} {'wall µs/ev':>11} {'cpu µs/ev':>10} {'pyarrow µs/ev':>14}"
+            f" {'ratio':>6} {'RSS MiB':>8} {'index keys':>11} {'runs MiB':>9}"
+        )
         for _ in range(args.slices):
-            wall = cpu = 0.0
+            wall = cpu = base = 0.0
             n = 0
+            before = baseline.seconds if baseline else 0.0
             for fetch in range(per_slice):
                 batch = []
                 for _ in range(PER_FETCH):
@@ -83,14 +129,29 @@ def main() -> None:
                         start, sent = sent, sent + PER_MESSAGE
                     batch.append(BusMessage(seq, message(start, received, "x" * 60)))
                     n += PER_MESSAGE
+                flush = fetch % 10 == 9 or fetch == per_slice - 1
                 w, c = time.perf_counter(), time.process_time()
                 loader.process(batch)
-                if fetch % 10 == 9 or fetch == per_slice - 1:
+                if flush:
                     loader.flush()
                 wall += time.perf_counter() - w
                 cpu += time.process_time() - c
-            print(f"{sent:>15,} {wall / n * 1e6:>11.2f} {cpu / n * 1e6:>10.2f}")
+                if baseline is not None:
+                    baseline.fetch(b"".join(m.data for m in batch))
+                    if flush:
+                        baseline.flush()
+            assert loader.deduper is not None
+            if baseline is not None:
+                base = baseline.seconds - before
+            print(
+                f"{sent:>13,} {wall / n * 1e6:>11.2f} {cpu / n * 1e6:>10.2f}"
+                f" {base / n * 1e6:>14.2f} {wall / base if base else 0:>6.2f}"
+                f" {rss_mib():>8.0f} {loader.deduper.keys:>11,}"
+                f" {loader.deduper.disk_used / 2**20:>9.0f}",
+                flush=True,
+            )
         print(f"rows {loader.stats.rows_written:,} duplicates {loader.stats.duplicates:,}")
+        print(f"effective window {loader.deduper.effective_window_s(hour + 60) / 3600:.1f} h")
 
 
 if __name__ == "__main__":

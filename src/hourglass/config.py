@@ -72,6 +72,14 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     loader_lease_ttl_s: float = 10.0
     flush_interval_s: float = 2.0  # events are queryable in the lake within about this
     dedup_window_s: int = 24 * 3600
+    # The loader's memory: half of it is the dedup index (filters and recent keys),
+    # shared evenly by the event types; a type's index keeps its keys on disk in
+    # <lake>/<type>/_dedup, within dedup_disk_bytes for all types (0: a quarter of
+    # the lake disk's free space at start).  When either is full the oldest keys
+    # leave before dedup_window_s: the effective window (loader/dedup.py).
+    loader_memory_bytes: int = 2 * GiB
+    dedup_disk_bytes: int = 0
+    dedup_run_keys: int = 0  # keys per run file; 0: what a quarter of a type's share holds
     # Closed buckets older than this many days are deleted (0: never), recorded
     # in <lake>/<type>/_deleted.json for the audit (lake/retention.py).
     lake_retention_days: int = 0
@@ -126,6 +134,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError(
                 f"lake_retention_days ({self.lake_retention_days}) must keep at least the "
                 f"dedup window ({self.dedup_window_s} s): dedup reads the lake's recent files"
+            )
+        if self.loader_memory_bytes < 64 * MiB or self.dedup_disk_bytes < 0:
+            raise ConfigError(
+                "loader_memory_bytes must be at least 64 MiB and dedup_disk_bytes not negative"
             )
         if not 0 <= self.loader_nice <= 19:
             raise ConfigError(f"loader_nice {self.loader_nice} must be 0..19")

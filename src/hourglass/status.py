@@ -5,7 +5,9 @@ the oldest open bucket and how long ago it should have closed; the stream's
 budget (``bus/retention.py``): bytes not yet in the lake, bytes kept for
 replay and how far back they go, the inflow over one second and how long the
 budget lasts at it if the loader stopped; which gateways hold a live lease;
-and which loaders are live, which own streams and which stand by.
+the dedup index of each type: the window it holds (shorter than configured
+once its budget is full), its keys and bytes on disk; and which loaders are
+live, which own streams and which stand by.
 Read-only: safe to run against a live system.
 """
 
@@ -25,8 +27,8 @@ from hourglass.bus.ownership import read_loaders
 from hourglass.bus.retention import Usage, message_time, usage
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.failed import FAILED_DIR
-from hourglass.loader.owner import read_checkpoint
-from hourglass.loader.state import LoaderState
+from hourglass.loader.owner import read_saved
+from hourglass.loader.state import LoaderState, Saved
 from hourglass.schemas import load_registry
 
 
@@ -48,11 +50,12 @@ async def gather_status(settings: Settings) -> str:
         # One read of every stream now, one RATE_SAMPLE_S later (the inflow);
         # the checkpoints once, after the first.
         before, started = await _usages(js, names), time.monotonic()
-        states = {
-            name: await read_checkpoint(js, stream, settings.checkpoint_path(name))
+        saveds = {
+            name: await read_saved(js, stream, settings.checkpoint_path(name))
             for name, stream in names
             if name in before
         }
+        states = {name: saved.state for name, saved in saveds.items()}
         now = time.time()
         for name, _ in names:
             u = before.get(name)
@@ -76,6 +79,8 @@ async def gather_status(settings: Settings) -> str:
         await asyncio.sleep(max(0.0, RATE_SAMPLE_S - (time.monotonic() - started)))
         after, took = await _usages(js, names), time.monotonic() - started
         lines.extend(await _budgets(js, before, after, took, states))
+        lines.append("")
+        lines.extend(_dedup(saveds, settings.dedup_window_s, time.time()))
         lines.append("")
         lines.extend(await _leases(js, now))
         lines.append("")
@@ -126,6 +131,27 @@ async def _budgets(
         lines.append(
             f"{name:<28} {_size(u.budget):>9} {_size(unconsumed):>10} "
             f"{_size(u.replay_bytes(committed)):>9} {age:>10} {_size(inflow):>9} {lasts:>12}"
+        )
+    return lines
+
+
+def _dedup(saveds: dict[str, Saved], window_s: int, now: float) -> list[str]:
+    """Each type's dedup index (``loader/dedup.py``) as its last checkpoint names it:
+    the window it holds against the configured one, keys and run bytes.  Keys since
+    the last run are in the loader's memory only, and not counted here."""
+    lines = [f"{'dedup index':<28} {'window':>9} {'of':>6} {'keys':>13} {'runs':>10}  note"]
+    for name, saved in saveds.items():
+        index = saved.dedup
+        if name == FAILED_DIR:
+            continue
+        if index is None:
+            lines.append(f"{name:<28} (no run written yet)")
+            continue
+        held = index.effective_window_s(window_s, now)
+        note = "SHORT: the index budget is full (docs/lake.md)" if held < window_s else ""
+        lines.append(
+            f"{name:<28} {_duration(held):>9} {_duration(window_s):>6} {index.keys:>13,} "
+            f"{_size(index.disk_bytes):>10}  {note}"
         )
     return lines
 

@@ -235,3 +235,81 @@ def test_kill_after_the_failed_stream_s_save_publishes_at_restart(
     )
     loader.stop()
     assert tmp_files(data) == [], "a staged file survived the restart"
+
+
+def _saved(url: str) -> Saved | None:
+    async def read() -> Saved | None:
+        nc = await jetstream.connect(url, name="test")
+        try:
+            record, _ = await read_record(nc.jetstream(timeout=5), jetstream.stream_name(SKIPPED))
+        finally:
+            await nc.close()
+        return msgspec.json.decode(record.body, type=Saved | None) if record else None
+
+    return asyncio.run(read())
+
+
+INDEX_POINTS = ["loader.after_run", "loader.before_checkpoint", "loader.after_checkpoint"]
+
+
+@pytest.mark.parametrize("point", INDEX_POINTS)
+def test_kill_loader_around_a_dedup_run_then_restart(
+    point: str,
+    nats_server: NatsServer,
+    start_gateway: StartGateway,
+    start_loader: StartLoader,
+    one_type_schemas: str,
+    tmp_path: Path,
+) -> None:
+    """Runs of 10 keys: the first flush writes its keys as a run, staged with the
+    part files (``loader/dedup.py``).  Killed before the save, the run is deleted
+    and its keys come again; killed after it, the run is published at restart.
+    Either way the restarted loader finds every earlier key in its index: a
+    re-send of the whole backlog, much later, adds nothing to the lake."""
+    settings: dict[str, Any] = {**FAST, "schemas": one_type_schemas, "dedup_run_keys": 10}
+    data = tmp_path / "data"
+    lake = data / "lake"
+    away_from_minute_edge(4)
+    current = minute_start(time.time())
+    gw = start_gateway(**settings)
+    first = [skipped(source="/gateway") for _ in range(30)]
+    assert post(gw.base, first).json() == {"accepted": 30, "rejected": []}
+    backlog = [skipped(source="/backlog") for _ in range(40)]
+    publish_events(nats_server.url, backlog, current - 3 * MINUTE + dt.timedelta(seconds=5))
+
+    crashing = start_loader(env={"HOURGLASS_CRASHPOINT": point}, **settings)
+    assert crashing.wait_exit(20) == -signal.SIGKILL, crashing.log_tail()
+    runs = [p.name for p in tmp_files(lake) if p.parent.name == "_dedup"]
+    saved = _saved(nats_server.url)
+    assert runs and all(n.startswith(".tmp-e1-run-") for n in runs), runs
+    if point == "loader.after_checkpoint":
+        assert saved is not None and saved.dedup is not None
+        assert [r.name for s in saved.dedup.slices for r in s.runs] == [
+            n.removeprefix(".tmp-e1-") for n in runs
+        ]
+    else:
+        assert saved is None
+
+    loader = start_loader(**settings)
+    expected = keys_of_events(first + backlog)
+    wait_until(lambda: set(lake_keys(lake, SKIPPED)) >= set(expected), 20, "every event loaded")
+    wait_until(lambda: (_saved(nats_server.url) or Saved()).dedup is not None, 10, "a run")
+    loader.stop()
+    assert tmp_files(data) == [], "a staged file survived the restart"
+    index = _saved(nats_server.url)
+    assert index is not None and index.dedup is not None and index.dedup.keys >= 10
+    assert sorted(p.name for p in (lake / SKIPPED / "_dedup").glob("run-*")) == sorted(
+        r.name for s in index.dedup.slices for r in s.runs
+    ), "the folder holds exactly the runs the checkpoint names"
+
+    # Another restart: now nothing is in memory, every key is in a run or is read
+    # back from a part file committed after the last run.
+    again = start_loader(**settings)
+    publish_events(nats_server.url, backlog + first, current + dt.timedelta(seconds=30))
+    more = [skipped(source="/later") for _ in range(5)]
+    assert post(gw.base, more).json()["accepted"] == 5
+    expected += keys_of_events(more)
+    wait_until(lambda: set(lake_keys(lake, SKIPPED)) >= set(expected), 20, "the later events")
+    again.stop()
+    assert_exactly_once(lake_keys(lake, SKIPPED), expected)
+    assert_exactly_once(lake_keys_duckdb(lake, SKIPPED), expected)

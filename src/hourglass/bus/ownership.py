@@ -170,6 +170,10 @@ class Ownership:
         try:
             with map_nats_errors(f"take the lease of {stream}"):
                 revision = await self.leases.create(key, value)
+        except BusNotFound:
+            # nats-py's create() re-reads a key it found taken, to see whether it
+            # was deleted; the lease expired in between (seen in CI).  Next poll.
+            return None
         except BusConflict:
             held = await self.owner_of(stream)
             if held is None or held[0].loader != self.me.loader:

@@ -5,6 +5,7 @@ Layout (a contract; see docs/lake.md)::
     <lake>/<type>/date=YYYY-MM-DD/hour=HH[/minute=MM]/part-<first>-<last>.parquet
     <lake>/<type>/date=YYYY-MM-DD/hour=HH[/minute=MM]/_SUCCESS.json
     <lake>/<type>/_deleted.json     buckets removed by lake retention (retention.py)
+    <lake>/<type>/_dedup/           the loader's dedup index (loader/dedup.py): not rows
 
 ``<first>-<last>`` is the range of bus (stream) sequence numbers whose events
 the file holds: every file of one loader flush carries the same range, so after

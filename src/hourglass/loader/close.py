@@ -40,7 +40,14 @@ from hourglass.crashpoints import crashpoint
 from hourglass.lake.layout import SUCCESS, bucket_dir
 from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
 from hourglass.loader.staging import publish, stage, sweep, sync_folders
-from hourglass.loader.state import BucketCounts, Checkpoints, LoaderState, Saved, copy_state
+from hourglass.loader.state import (
+    BucketCounts,
+    Checkpoints,
+    DedupState,
+    LoaderState,
+    Saved,
+    copy_state,
+)
 
 logger = log.get("hourglass.loader")
 
@@ -124,6 +131,7 @@ def close_bucket(
     state: LoaderState,
     checkpoints: Checkpoints,
     now: float,
+    dedup: DedupState | None = None,
 ) -> tuple[Manifest, LoaderState]:
     """Close the bucket at ``state.next_close``: its manifest staged, the checkpoint
     that moves past it saved, the manifest published (``staging.py``).
@@ -131,6 +139,7 @@ def close_bucket(
     Returns the manifest (the one found, if the bucket has one already) and the
     checkpoint now saved; ``state`` itself is not changed, so a failed write
     leaves the caller's checkpoint as it was and the close is simply tried again.
+    ``dedup``: the stream's dedup index as it stands, saved along unchanged.
     Rows still pending for the bucket came after every live gateway's marker:
     they are late, and the next flush moves them to an open bucket.
     """
@@ -165,7 +174,7 @@ def close_bucket(
     closed = copy_state(state)
     closed.buckets.pop(start, None)
     closed.next_close = end
-    checkpoints.save(Saved(state=closed, staged=staged))
+    checkpoints.save(Saved(state=closed, staged=staged, dedup=dedup))
     crashpoint("loader.after_close_checkpoint")
     publish(lake, staged)
     if staged:

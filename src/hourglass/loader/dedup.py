@@ -1,55 +1,86 @@
-"""Exact deduplication by ``(source, id)`` within a time window.
+"""Exact deduplication by ``(source, id)`` within a time window, in bounded memory.
 
-A duplicate is an event whose ``(source, id)`` is already in the lake (or in the
-loader's unflushed rows) within the window, or earlier in the same batch.
+A duplicate is an event whose ``(source, id)`` the lake already holds from a
+commit within the window, or that the loader holds unflushed, or that came
+earlier in the same batch.
 
-How, without a Python loop per event:
+Where the keys are (a key is ``len(source):source:id``, hashed to 64 bits by
+DuckDB's vectorised ``hash()``):
 
-1. keys ``len(source):source:id`` are built by Arrow and hashed to 64 bits by
-   DuckDB's vectorised ``hash()`` (C++, ~0.06 µs a key);
-2. first occurrences within the batch come from ``np.unique`` over the hashes;
-   rows whose hash repeats an earlier row's are compared byte for byte with
-   that row (a hash collision falls back to an exact Arrow group-by);
-3. each hour of the window has a :class:`HashIndex` from hash to where the key's
-   bytes are kept: a *chunk* (the keys of one ``add`` call) and a row in it.
-   A key whose hash no hour holds is new — the common case, decided in numpy;
-4. a hash some hour holds is checked **byte for byte** against the key it
-   points at, if that chunk is still in memory (chunks are kept, newest first,
-   up to ``memory_bytes``: re-sends mostly follow their first copy closely).
-   When the chunk was evicted, or the bytes differ (a 64-bit collision), the
-   key is looked up in the hour's stored keys from the :class:`KeySource` (the
-   lake's files and unflushed rows), so no hash ever decides alone.
+* the **memtable** (``memtable.py``): keys since the last run, in memory,
+  confirmed byte for byte;
+* **runs** (``runs.py``): once the memtable holds ``run_keys`` keys, the next
+  flush writes them, sorted by hash with their bytes, as one file in
+  ``<lake>/<type>/_dedup/``, committed with that flush's part files;
+* a run is also written once the memtable's first key is a slice span old, so
+  keys leave memory, and the window, at any rate; a key is recognised for at
+  least the window and at most about two spans more;
+* **slices**: runs are grouped by commit time into at most ``slices`` slices of
+  ``window / (slices - 1)`` each (a slice also seals when its filter column is
+  full); a **filter** (``filter.py``) in memory says for every slice at once
+  whether it may hold a key, so only a "maybe" (~0.4 % of keys per slice) looks
+  at a run, and a run confirms the bytes before a row is dropped.
 
-Cost per key: ~0.1 µs to hash, a few numpy passes to probe, and 16 bytes of
-index at most half full (32–64 bytes per key) for the current and previous
-hour, 8 bytes per key for older hours of the window (sealed: hashes only, so a
-hit there takes the slow path), plus the chunk bytes within ``memory_bytes``.
+The bounds: memory is ``memory_bytes`` (¾ filter, ¼ memtable) whatever the rate;
+the runs' bytes stay under ``disk_bytes``.  A slice leaves when it is older than
+the window, or earlier when a new slice needs its filter column or the disk
+budget needs its bytes: the **effective window** (:meth:`effective_window_s`)
+is then shorter than the configured one, which the loader logs and exports.
 
-Nothing here is persisted: after a restart the loader rebuilds the indexes
-from the lake's files within the window (``add`` with the stored keys), so
-dedup survives restarts exactly as far as the files do.
+Crash safety (the invariant: *the index never holds a key the lake does not*,
+so it can let a duplicate through, never drop an event):
+
+* memtable keys are of rows processed: a crash loses them with the rows, and
+  what is re-read at recovery is only what the lake holds;
+* a run is staged, named by the checkpoint of the flush whose part files hold
+  its keys (``DedupState.indexed_seq`` moves to that flush's last sequence),
+  and published after (``staging.py``): the run and the rows commit together;
+* a slice that leaves is left out of the checkpoint first, its files deleted
+  after the save; a crash between leaves files no checkpoint names, which the
+  next recovery deletes (only those of its own epoch or earlier: a later
+  owner's files are not ours to judge);
+* recovery reads the runs the checkpoint names, the saved filter columns of
+  sealed slices, rebuilds the open slice's column from its runs, and reads the
+  keys of part files committed after ``indexed_seq`` back into the memtable:
+  no rebuild from the whole window's Parquet, and the same memory as running.
 """
 
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable
-from typing import Any, Protocol
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
 
 import duckdb
+import msgspec
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from hourglass.loader.hashindex import HashIndex, SealedIndex, nonzero
+from hourglass import log
+from hourglass.crashpoints import crashpoint
+from hourglass.durable import TMP_PREFIX
+from hourglass.loader.filter import SliceFilter
+from hourglass.loader.hashindex import nonzero
+from hourglass.loader.memtable import Memtable
+from hourglass.loader.metrics import IndexReport
+from hourglass.loader.runs import Run, RunError, write_run
+from hourglass.loader.staging import epoch_of, stage
+from hourglass.loader.state import DedupState, RunRef, SliceState
+
+logger = log.get("hourglass.loader")
 
 MEMORY_BYTES = 256 * 1024 * 1024
-SEAL_AFTER_S = 3600  # an hour that ended this long ago takes no more keys, normally
-_ROW_BITS = np.uint64(32)
-_ROW_MASK = np.uint64((1 << 32) - 1)
+SLICES = 16
+KEY_BYTES = 128  # memtable cost per key, to size it: table slots, bytes, hashes
+PROBE_KEY = b"hourglass dedup probe"
 
 _duck = threading.local()
+
+HashFn = Callable[[pa.Array], np.ndarray]
 
 
 def keys_of(source: pa.ChunkedArray | pa.Array, ids: pa.ChunkedArray | pa.Array) -> pa.Array:
@@ -69,8 +100,8 @@ def hash64(keys: pa.Array) -> np.ndarray:
     """A 64-bit hash of each key's bytes (never 0), computed in C by DuckDB.
 
     One in-memory DuckDB per thread (a connection must not be shared between
-    threads); the hash only has to agree within this process, since the
-    indexes are rebuilt at start-up.
+    threads).  Runs keep these hashes on disk, so each records the hash of
+    :data:`PROBE_KEY` and one written by another hash function is refused.
     """
     con: Any = getattr(_duck, "con", None)
     if con is None:
@@ -82,128 +113,314 @@ def hash64(keys: pa.Array) -> np.ndarray:
     return nonzero(np.asarray(hashes, dtype=np.uint64))
 
 
-class KeySource(Protocol):
-    def keys_in_hour(self, hour: int) -> pa.Array:
-        """Every stored or unflushed key whose row is in this hour (epoch seconds)."""
-        ...
+def probe_of(hash_fn: HashFn) -> int:
+    return int(hash_fn(pa.array([PROBE_KEY], pa.large_binary()))[0])
+
+
+@dataclass
+class Plan:
+    """What one flush changes in the index: made durable by the checkpoint save
+    (``state``, ``staged``), applied in memory after it (:meth:`Deduper.apply`)."""
+
+    state: DedupState
+    staged: dict[str, str] = field(default_factory=dict)  # final → staged, from the lake
+    run: tuple[str, np.ndarray] | None = None  # the new run's name and hashes
+    new_slice: int | None = None  # a column that starts afresh (its old slice left)
+    dropped: list[SliceState] = field(default_factory=list)
 
 
 class Deduper:
-    """Dedup state of one event type."""
+    """Dedup index of one event type (see the module docstring)."""
 
-    def __init__(self, source: KeySource, *, window_s: int, memory_bytes: int = MEMORY_BYTES):
-        self._source = source
+    def __init__(
+        self,
+        lake: Path,
+        stream: str,
+        *,
+        window_s: int,
+        memory_bytes: int = MEMORY_BYTES,
+        disk_bytes: int = 1 << 40,
+        slices: int = SLICES,
+        run_keys: int | None = None,
+        hash_fn: HashFn = hash64,
+    ) -> None:
+        self.lake = lake
+        self.folder = lake / stream / "_dedup"
         self.window_s = window_s
         self.memory_bytes = memory_bytes
-        self._hours: dict[int, HashIndex | SealedIndex] = {}
-        self._chunks: OrderedDict[int, tuple[int, pa.Array]] = OrderedDict()  # id: hour, keys
-        self._chunk_bytes = 0
-        self._next_chunk = 0
-        self.slow_checks = 0  # lookups that needed the KeySource (for tests and metrics)
+        self.disk_bytes = disk_bytes
+        self.hash = hash_fn
+        self.probe = probe_of(hash_fn)
+        self.filter = SliceFilter(memory_bytes * 3 // 4, slices)
+        self.run_keys = run_keys or max(1024, memory_bytes // 4 // KEY_BYTES)
+        self.span_s = max(1.0, window_s / max(1, slices - 1))
+        self.memtable = Memtable(self.run_keys)
+        self.state = DedupState(probe=self.probe)
+        self._runs: dict[str, Run] = {}
+        self.run_lookups = 0  # keys a run was asked about (the filter said maybe)
 
-    def rebind(self, source: KeySource) -> None:
-        """Look keys up in ``source`` from now on (a standby's warm index, handed to
-        the loader that owns the stream now)."""
-        self._source = source
-
-    def add(self, keys: pa.Array, hours: np.ndarray, hashes: np.ndarray | None = None) -> None:
-        """Remember ``keys`` as stored in ``hours`` (epoch seconds of each row's hour);
-        ``hashes``: their :func:`hash64`, if the caller has it already."""
-        if hashes is None:
-            hashes = hash64(keys)
-        distinct = np.unique(hours)
-        for hour in distinct:
-            rows = hours == hour
-            some = keys if len(distinct) == 1 else keys.filter(pa.array(rows))
-            chunk = self._keep_chunk(int(hour), some)
-            refs = (np.uint64(chunk) << _ROW_BITS) | np.arange(len(some), dtype=np.uint64)
-            index = self._hours.get(int(hour))
-            if isinstance(index, SealedIndex):  # a restart, or skew into an old hour
-                index = index.unseal()
-            elif index is None:
-                # Sized like the newest hour so far: at a steady rate it never grows.
-                newest = max(self._hours, default=None)
-                index = HashIndex(self._hours[newest].count if newest is not None else 0)
-            index.insert(hashes if len(distinct) == 1 else hashes[rows], refs)
-            self._hours[int(hour)] = index
-
-    def _keep_chunk(self, hour: int, keys: pa.Array) -> int:
-        chunk = self._next_chunk
-        self._next_chunk += 1
-        self._chunks[chunk] = (hour, keys)
-        self._chunk_bytes += keys.nbytes
-        while self._chunk_bytes > self.memory_bytes and self._chunks:
-            _, (_, old) = self._chunks.popitem(last=False)
-            self._chunk_bytes -= old.nbytes
-        return chunk
+    # ------------------------------------------------------------------ probe
 
     def fresh(self, keys: pa.Array, hashes: np.ndarray | None = None) -> np.ndarray:
-        """Mask of rows to keep: first in the batch and not stored within the window."""
-        n = len(keys)
-        if n == 0:
+        """Mask of rows to keep: first in the batch and held nowhere in the window."""
+        if not len(keys):
             return np.zeros(0, dtype=bool)
         if hashes is None:
-            hashes = hash64(keys)
+            hashes = self.hash(keys)
         keep = _first_in_batch(keys, hashes)
-        for hour in sorted(self._hours):
-            candidates = np.flatnonzero(keep)
-            if not len(candidates):
-                break
-            slots = self._hours[hour].find(hashes[candidates])
-            hit = slots >= 0
-            if hit.any():
-                suspects = candidates[hit]
-                refs = self._hours[hour].refs(slots[hit])
-                same, unsure = self._compare(keys, suspects, refs)
-                keep[suspects[same]] = False
-                if unsure.any():
-                    self.slow_checks += 1
-                    doubtful = suspects[unsure]
-                    stored = self._source.keys_in_hour(hour)
-                    found = pc.is_in(keys.take(pa.array(doubtful)), value_set=stored)
-                    keep[doubtful[found.to_numpy(zero_copy_only=False)]] = False
+        todo = np.flatnonzero(keep)
+        if self.memtable.count and len(todo):
+            held = self.memtable.holds(keys.take(pa.array(todo)), hashes[todo])
+            keep[todo[held]] = False
+            todo = todo[~held]
+        if not self.state.slices or not len(todo):
+            return keep
+        rows, match = self.filter.candidates(hashes[todo])
+        for s in self.state.slices:
+            maybe = todo[rows[match[:, s.column]]]
+            for ref in s.runs:
+                if not len(maybe):
+                    break
+                self.run_lookups += len(maybe)
+                held = self._runs[ref.name].holds(keys.take(pa.array(maybe)), hashes[maybe])
+                keep[maybe[held]] = False
+                maybe = maybe[~held]
         return keep
 
-    def _compare(
-        self, keys: pa.Array, suspects: np.ndarray, refs: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Byte comparison of each suspect with the key its hash points at:
-        (equal, unknown); unknown where that chunk is gone or the bytes differ."""
-        same = np.zeros(len(suspects), dtype=bool)
-        unsure = np.ones(len(suspects), dtype=bool)
-        chunk_of = refs >> _ROW_BITS
-        for chunk in np.unique(chunk_of):
-            kept = self._chunks.get(int(chunk))
-            if kept is None:
+    def add(self, keys: pa.Array, hashes: np.ndarray | None = None, now: float = 0.0) -> None:
+        """Remember ``keys`` (rows kept: pending now, committed by the next flush)."""
+        self.memtable.add(keys, self.hash(keys) if hashes is None else hashes, now)
+
+    # ------------------------------------------------------------------ flush
+
+    def due(self) -> bool:
+        return self.memtable.count >= self.run_keys
+
+    def plan(self, epoch: int, last_seq: int, now: float, *, force: bool = False) -> Plan:
+        """The index once the flush that commits everything up to ``last_seq`` is
+        saved: a new run if the memtable is full (or ``force``) or its slice's time
+        is up, slices that left, a sealed slice's filter column.  Changes nothing
+        here; the files it stages are named in ``Plan.staged``."""
+        state = msgspec.convert(msgspec.to_builtins(self.state), DedupState)
+        plan = Plan(state)
+        self._expire(plan, now)
+        current = state.slices[-1] if state.slices and state.slices[-1].bloom is None else None
+        time_up = current is not None and now - current.start >= self.span_s
+        if current is not None and time_up:
+            self._seal(plan, current, epoch)  # the memtable's keys start the next slice
+            current = None
+        count = self.memtable.count
+        since = self.memtable.since
+        old = since is not None and now - since >= self.span_s  # keys age out by slices
+        if count and (force or time_up or old or count >= self.run_keys):
+            if current is None or (current.keys and current.keys + count > self.filter.capacity):
+                if current is not None:
+                    self._seal(plan, current, epoch)
+                current = self._open_slice(plan, now)
+            name = f"run-e{epoch}-{state.indexed_seq + 1:020d}-{last_seq:020d}.hgr"
+            hashes = self.memtable.hashes()
+            keys = self.memtable.keys()
+            temp = stage(self.folder / name, epoch, partial(_write, keys, hashes, self.probe))
+            crashpoint("loader.after_run")
+            current.runs.append(RunRef(name=name, keys=count, nbytes=temp.stat().st_size))
+            current.keys += count
+            current.end = now
+            plan.run = (name, hashes)
+            plan.staged[self._rel(self.folder / name)] = self._rel(temp)
+            state.indexed_seq = last_seq
+        elif not count:
+            state.indexed_seq = last_seq
+        self._fit_disk(plan)
+        return plan
+
+    def _rel(self, path: Path) -> str:
+        return path.relative_to(self.lake).as_posix()
+
+    def _expire(self, plan: Plan, now: float) -> None:
+        for s in list(plan.state.slices):
+            if s.end < now - self.window_s:
+                plan.state.slices.remove(s)
+                plan.dropped.append(s)
+
+    def _open_slice(self, plan: Plan, now: float) -> SliceState:
+        state = plan.state
+        free = sorted(set(range(self.filter.slices)) - {s.column for s in state.slices})
+        if not free:  # every column in use: the oldest slice gives way (the budget)
+            oldest = state.slices.pop(0)
+            plan.dropped.append(oldest)
+            state.evicted_until = max(state.evicted_until, oldest.end)
+            free = [oldest.column]
+        s = SliceState(id=state.next_id, column=free[0], start=now, end=now)
+        state.next_id += 1
+        state.slices.append(s)
+        plan.new_slice = s.column
+        return s
+
+    def _seal(self, plan: Plan, s: SliceState, epoch: int) -> None:
+        """Save the slice's filter column, so a restart loads it instead of
+        re-reading the slice's runs.  A slice seals before this plan's run is
+        added, so its column in memory is whole."""
+        column = self.filter.words[:, s.column].copy()
+        name = f"slice-e{epoch}-{s.id:010d}.bloom"
+        temp = stage(self.folder / name, epoch, partial(_write_bytes, column.tobytes()))
+        plan.staged[self._rel(self.folder / name)] = self._rel(temp)
+        s.bloom = name
+
+    def _fit_disk(self, plan: Plan) -> None:
+        state = plan.state
+        while len(state.slices) > 1 and state.disk_bytes > self.disk_bytes:
+            oldest = state.slices.pop(0)
+            plan.dropped.append(oldest)
+            state.evicted_until = max(state.evicted_until, oldest.end)
+
+    def apply(self, plan: Plan, now: float) -> None:
+        """The plan's checkpoint is saved and its files published: take it on."""
+        for s in plan.dropped:
+            if s.column not in {kept.column for kept in plan.state.slices}:
+                self.filter.clear(s.column)
+            for ref in s.runs:
+                self._runs.pop(ref.name, None)
+            for name in [ref.name for ref in s.runs] + ([s.bloom] if s.bloom else []):
+                (self.folder / name).unlink(missing_ok=True)
+        if plan.new_slice is not None:
+            self.filter.clear(plan.new_slice)
+        if plan.run is not None:
+            name, hashes = plan.run
+            column = next(s.column for s in plan.state.slices for r in s.runs if r.name == name)
+            self.filter.add(column, hashes)
+            self._runs[name] = Run(self.folder / name, self.probe)
+            self.memtable.clear()
+        was_short = self.effective_window_s(now) < self.window_s
+        self.state = plan.state
+        for run in self._runs.values():
+            run.forget_pages()
+        if not was_short and self.effective_window_s(now) < self.window_s:
+            logger.warning(
+                "dedup window shorter than configured: the index budget is full",
+                extra={
+                    "folder": str(self.folder),
+                    "effective_window_s": round(self.effective_window_s(now)),
+                    "window_s": self.window_s,
+                    "memory_bytes": self.memory_bytes,
+                    "disk_bytes": self.disk_bytes,
+                },
+            )
+
+    # --------------------------------------------------------------- recovery
+
+    def restore(self, state: DedupState | None, epoch: int) -> int:
+        """Take on the index a checkpoint names; delete this folder's files no
+        checkpoint names (of ``epoch`` or earlier); how many files were deleted.
+        A run that cannot be read (or was written with another hash) takes its
+        slice out of the window: dedup gets shorter, nothing is dropped."""
+        if state is None or state.probe != self.probe:
+            if state is not None:
+                logger.error(
+                    "dedup index written with another key hash: starting a new one",
+                    extra={"folder": str(self.folder)},
+                )
+                state = DedupState(
+                    probe=self.probe,
+                    indexed_seq=state.indexed_seq,
+                    next_id=state.next_id,
+                    evicted_until=max((s.end for s in state.slices), default=0.0),
+                )
+            else:
+                state = DedupState(probe=self.probe)
+        self.memtable.clear()
+        self._runs.clear()
+        self.filter = SliceFilter(self.filter.nbytes, self.filter.slices)  # untouched pages
+        kept: list[SliceState] = []
+        for s in state.slices:
+            try:
+                runs = {ref.name: Run(self.folder / ref.name, self.probe) for ref in s.runs}
+                if s.bloom is not None:
+                    self.filter.load_column(s.column, (self.folder / s.bloom).read_bytes())
+                else:
+                    for run in runs.values():
+                        self.filter.add(s.column, np.asarray(run.hashes))
+                        run.forget_pages()
+            except (OSError, RunError, ValueError) as exc:
+                logger.error(
+                    "dedup slice unreadable, left out of the window",
+                    extra={"folder": str(self.folder), "slice": s.id, "error": str(exc)},
+                )
+                self.filter.clear(s.column)
+                state.evicted_until = max(state.evicted_until, s.end)
                 continue
-            at = np.flatnonzero(chunk_of == chunk)
-            theirs = kept[1].take(pa.array(refs[at] & _ROW_MASK))
-            equal = pc.equal(keys.take(pa.array(suspects[at])), theirs)
-            equal_np = equal.to_numpy(zero_copy_only=False)
-            same[at] = equal_np
-            unsure[at] = ~equal_np
-        return same, unsure
+            self._runs.update(runs)
+            kept.append(s)
+        state.slices = kept
+        self.state = state
+        return self._sweep(epoch)
 
-    def expire(self, now_s: int) -> list[int]:
-        """Forget hours that ended before the window, seal those that ended an hour
-        ago (their key bytes are dropped too); returns the hours forgotten."""
-        old = [h for h in self._hours if h + 3600 <= now_s - self.window_s]
-        for hour in old:
-            del self._hours[hour]
-        for hour, index in self._hours.items():
-            if isinstance(index, HashIndex) and hour + 3600 + SEAL_AFTER_S <= now_s:
-                self._hours[hour] = SealedIndex(index)
-        live = {h for h, index in self._hours.items() if isinstance(index, HashIndex)}
-        for chunk in [c for c, (hour, _) in self._chunks.items() if hour not in live]:
-            self._chunk_bytes -= self._chunks.pop(chunk)[1].nbytes
-        return old
+    def _sweep(self, epoch: int) -> int:
+        if not self.folder.exists():
+            return 0
+        named = {r.name for s in self.state.slices for r in s.runs}
+        named |= {s.bloom for s in self.state.slices if s.bloom}
+        removed = 0
+        for path in self.folder.iterdir():
+            name = path.name
+            if name.startswith(TMP_PREFIX):
+                stamped = epoch_of(name)
+                final = name[len(TMP_PREFIX) :].partition("-")[2]
+                if stamped is not None and (stamped > epoch or final in named):
+                    continue  # a later owner's, or committed (published by recovery)
+            else:
+                stamped = _epoch_in_name(name)
+                if name in named or stamped is None or stamped > epoch:
+                    continue
+            path.unlink(missing_ok=True)
+            removed += 1
+        return removed
 
-    def hours(self) -> Iterable[int]:
-        return self._hours.keys()
+    # ------------------------------------------------------------- reporting
+
+    def effective_window_s(self, now: float) -> float:
+        return self.state.effective_window_s(self.window_s, now)
+
+    def report(self, now: float) -> IndexReport:
+        """How the index stands, for metrics; run lookups counted since the last report."""
+        lookups, self.run_lookups = self.run_lookups, 0
+        return IndexReport(
+            window_s=float(self.window_s),
+            effective_window_s=self.effective_window_s(now),
+            keys=self.keys,
+            memory_bytes=self.nbytes,
+            disk_bytes=self.disk_used,
+            disk_budget_bytes=self.disk_bytes,
+            run_lookups=lookups,
+        )
+
+    @property
+    def disk_used(self) -> int:
+        return self.state.disk_bytes
 
     @property
     def nbytes(self) -> int:
-        return sum(index.nbytes for index in self._hours.values()) + self._chunk_bytes
+        return self.filter.nbytes + self.memtable.nbytes
+
+    @property
+    def keys(self) -> int:
+        return self.state.keys + self.memtable.count
+
+
+def _write(keys: pa.Array, hashes: np.ndarray, probe: int, path: Path) -> None:
+    write_run(path, keys, hashes, probe)
+
+
+def _write_bytes(data: bytes, path: Path) -> None:
+    path.write_bytes(data)
+
+
+def _epoch_in_name(name: str) -> int | None:
+    """``run-e<epoch>-…`` / ``slice-e<epoch>-…``; None for a name of neither kind."""
+    head, _, rest = name.partition("-e")
+    if head not in ("run", "slice"):
+        return None
+    digits = rest.split("-", 1)[0]
+    return int(digits) if digits.isdigit() else None
 
 
 def _first_in_batch(keys: pa.Array, hashes: np.ndarray) -> np.ndarray:

@@ -8,12 +8,9 @@ under ~2.5.  Each probing round is a handful of numpy operations over the keys
 still unresolved, so a batch of *n* keys costs O(n) C work and a few dozen
 Python steps however large the table is.
 
-An hour that takes no more keys is *sealed* into a :class:`SealedIndex`: its
-hashes alone, sorted (8 bytes a key instead of 32–64), found by binary search;
-its refs are gone, so a hit there is settled by the caller's slow path.
-
-Nothing here is persisted: the deduper rebuilds its tables from the lake's
-files at start-up.
+It holds the dedup memtable (``memtable.py``): keys since the last run, sized
+for them up front so it does not grow on the hot path.  Nothing here is
+persisted.
 """
 
 from __future__ import annotations
@@ -21,7 +18,6 @@ from __future__ import annotations
 import numpy as np
 
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-GONE = np.uint64(0xFFFFFFFF)  # the chunk part of a ref whose key bytes are not kept
 _MIN_BITS = 10
 
 
@@ -105,32 +101,3 @@ class HashIndex:
     @property
     def nbytes(self) -> int:
         return self._slots.nbytes
-
-
-class SealedIndex:
-    """The hashes of a :class:`HashIndex`, sorted; every ref is ``GONE``."""
-
-    def __init__(self, index: HashIndex) -> None:
-        slots = index._slots
-        self._sorted = np.sort(slots[slots[:, 0] != 0, 0])
-        self.count = len(self._sorted)
-
-    def find(self, hashes: np.ndarray) -> np.ndarray:
-        at = np.searchsorted(self._sorted, hashes)
-        inside = at < len(self._sorted)
-        hit = np.zeros(len(hashes), dtype=bool)
-        hit[inside] = self._sorted[at[inside]] == hashes[inside]
-        return np.where(hit, at, -1)
-
-    def refs(self, slots: np.ndarray) -> np.ndarray:
-        return (GONE << np.uint64(32)) | np.arange(len(slots), dtype=np.uint64)
-
-    def unseal(self) -> HashIndex:
-        """Back to a table that takes keys (refs unique, all ``GONE``)."""
-        index = HashIndex()
-        index.insert(self._sorted, self.refs(self._sorted))
-        return index
-
-    @property
-    def nbytes(self) -> int:
-        return self._sorted.nbytes

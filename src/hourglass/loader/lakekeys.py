@@ -1,16 +1,14 @@
-"""Dedup keys read back from the lake: at recovery, by a standby, and for slow checks."""
+"""Dedup keys read back from the lake's part files, for a recovering loader."""
 
 from __future__ import annotations
 
-import datetime as dt
 from pathlib import Path
 
-import numpy as np
 import pyarrow as pa
 
-from hourglass.lake.layout import bucket_dirs, bucket_of_dir, hour_dir
+from hourglass.lake.layout import bucket_dirs, bucket_of_dir, part_range
 from hourglass.lake.parquet import read_columns
-from hourglass.loader.dedup import Deduper, keys_of
+from hourglass.loader.dedup import keys_of
 
 
 def of_file(path: Path) -> pa.Array:
@@ -18,32 +16,16 @@ def of_file(path: Path) -> pa.Array:
     return keys_of(table.column("source"), table.column("id"))
 
 
-def in_hour(lake: Path, name: str, hour: int) -> list[pa.Array]:
-    """The keys of every part file of ``hour`` (epoch s) of stream ``name``."""
-    folder = hour_dir(lake, name, dt.datetime.fromtimestamp(hour, dt.UTC))
-    if not folder.exists():
-        return []
-    return [of_file(path) for path in sorted(folder.rglob("part-*.parquet"))]
-
-
-def read_new(
-    lake: Path, name: str, deduper: Deduper, known: set[Path], horizon: float
-) -> tuple[int, set[Path]]:
-    """Add to ``deduper`` the keys of part files in buckets from ``horizon`` on that
-    are not in ``known``; how many files were read, and the files it holds now
-    (those of buckets before the horizon drop out)."""
-    seen: set[Path] = set()
-    read = 0
+def committed_after(lake: Path, name: str, seq: int, horizon: float) -> list[tuple[int, Path]]:
+    """Part files of stream ``name`` whose range starts after ``seq``, in buckets from
+    ``horizon`` (epoch s) on, by range: (last seq of its range, path)."""
+    found: list[tuple[int, int, Path]] = []
     for folder in bucket_dirs(lake, name):
-        start = bucket_of_dir(lake, name, folder).timestamp()
-        if start < horizon:
+        if bucket_of_dir(lake, name, folder).timestamp() < horizon:
             continue
-        hour = int(start) - int(start) % 3600
-        for path in sorted(folder.glob("part-*.parquet")):
-            seen.add(path)
-            if path in known:
-                continue
-            keys = of_file(path)
-            deduper.add(keys, np.full(len(keys), hour, dtype=np.int64))
-            read += 1
-    return read, seen
+        for path in folder.glob("part-*.parquet"):
+            span = part_range(path.name)
+            if span is not None and span[0] > seq:
+                found.append((span[0], span[1], path))
+    found.sort()
+    return [(last, path) for _, last, path in found]

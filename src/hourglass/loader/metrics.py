@@ -35,6 +35,19 @@ def is_disk_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
 
 
+@dataclass(frozen=True)
+class IndexReport:
+    """The dedup index of a stream after a flush (``dedup.py``)."""
+
+    window_s: float  # configured
+    effective_window_s: float  # what the budgets hold: a re-send this old is still found
+    keys: int
+    memory_bytes: int
+    disk_bytes: int
+    disk_budget_bytes: int
+    run_lookups: int  # since the last report: keys the filter sent to a run file
+
+
 class Observer(Protocol):
     """What a stream's loader reports as it goes (``metrics.StreamMetrics`` for Prometheus)."""
 
@@ -43,6 +56,7 @@ class Observer(Protocol):
     def on_skewed(self, n: int) -> None: ...
     def on_quarantined(self, n: int, held_bytes: int) -> None: ...
     def on_closed(self, manifest: Manifest) -> None: ...
+    def on_index(self, report: IndexReport) -> None: ...
 
 
 @dataclass
@@ -56,6 +70,7 @@ class Stats:
     skewed: int = 0
     quarantined: int = 0
     closed: int = 0
+    index: IndexReport | None = None
     then: Observer | None = None
 
     def on_written(self, files: int, rows: int) -> None:
@@ -83,6 +98,11 @@ class Stats:
         self.closed += 1
         if self.then is not None:
             self.then.on_closed(manifest)
+
+    def on_index(self, report: IndexReport) -> None:
+        self.index = report
+        if self.then is not None:
+            self.then.on_index(report)
 
 
 class LoaderMetrics:
@@ -146,6 +166,47 @@ class LoaderMetrics:
         self.checkpoint_bytes = Gauge(
             "hourglass_loader_checkpoint_bytes",
             "Size of the stream's checkpoint record on the bus (bounded: 1 MiB).",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_window = Gauge(
+            "hourglass_loader_dedup_window_seconds",
+            "Effective dedup window: a re-send this old is still recognised (below the "
+            "configured window once the index's memory or disk budget is full).",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_window_configured = Gauge(
+            "hourglass_loader_dedup_window_configured_seconds",
+            "The configured dedup window (dedup_window_s).",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_keys = Gauge(
+            "hourglass_loader_dedup_keys", "Keys in the dedup index.", ["stream"], registry=r
+        )
+        self.dedup_memory = Gauge(
+            "hourglass_loader_dedup_memory_bytes",
+            "Memory of the dedup index: filters and recent keys (half of loader_memory_bytes, "
+            "shared by the types).",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_disk = Gauge(
+            "hourglass_loader_dedup_disk_bytes",
+            "Bytes of the dedup index's run files in <lake>/<type>/_dedup.",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_disk_budget = Gauge(
+            "hourglass_loader_dedup_disk_budget_bytes",
+            "The stream's share of dedup_disk_bytes.",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_run_lookups = Counter(
+            "hourglass_loader_dedup_run_lookups",
+            "Keys looked up in run files (the filter said maybe: ~0.4 % per slice).",
             ["stream"],
             registry=r,
         )
@@ -225,6 +286,16 @@ class StreamMetrics:
     def on_closed(self, manifest: Manifest) -> None:
         self._m.closed.labels(self._stream).inc()
         self._m.close_delay.observe(max(0.0, manifest.close_delay_s))
+
+    def on_index(self, report: IndexReport) -> None:
+        m, s = self._m, self._stream
+        m.dedup_window.labels(s).set(report.effective_window_s)
+        m.dedup_window_configured.labels(s).set(report.window_s)
+        m.dedup_keys.labels(s).set(report.keys)
+        m.dedup_memory.labels(s).set(report.memory_bytes)
+        m.dedup_disk.labels(s).set(report.disk_bytes)
+        m.dedup_disk_budget.labels(s).set(report.disk_budget_bytes)
+        m.dedup_run_lookups.labels(s).inc(report.run_lookups)
 
 
 def observe_retention(metrics: LoaderMetrics, stream: str, kept: Retained, committed: int) -> None:

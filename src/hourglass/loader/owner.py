@@ -178,11 +178,16 @@ class Unclaimed:
 async def read_checkpoint(js: JetStreamContext, stream: str, legacy: Path) -> LoaderState:
     """``stream``'s checkpoint as its owner last saved it (for ``status`` and ``audit``);
     an earlier version's local file if the bus has none yet; empty if neither."""
+    return (await read_saved(js, stream, legacy)).state
+
+
+async def read_saved(js: JetStreamContext, stream: str, legacy: Path) -> Saved:
+    """Like :func:`read_checkpoint`, with the staged files and the dedup index."""
     record, _ = await read_record(js, stream)
     saved = msgspec.json.decode(record.body, type=Saved | None) if record else None
     if saved is None:
         saved = legacy_saved(legacy) or Saved()
-    return saved.state
+    return saved
 
 
 async def own(

@@ -56,7 +56,6 @@ from hourglass.loader.streams import Stream, build_streams
 logger = log.get("hourglass.loader")
 
 RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
-WARM_EVERY_S = 5.0  # a standby reads new part files into its dedup index this often
 
 
 T = TypeVar("T")
@@ -140,19 +139,9 @@ class Runner:
         )
 
     async def _standby(self, s: Stream) -> None:
-        """While another loader owns ``s``: read the lake's new part files into the
-        dedup index every few seconds, so a takeover reads seconds of files, not
-        the whole window (a first pass reads the window once)."""
-        now = time.monotonic()
-        if now - s.warmed_at < WARM_EVERY_S:
-            return
-        s.warmed_at = now
-        try:
-            await asyncio.to_thread(s.loader.warm)
-        except OSError as exc:  # a folder deleted under the scan, a full disk: next round
-            logger.warning(
-                "standby could not read the lake", extra={"stream": s.name, "error": str(exc)}
-            )
+        """While another loader owns ``s``: nothing to keep warm.  The dedup index
+        is in the lake (``dedup.py``) and a takeover reads it as it stands."""
+        return None
 
     async def _claimed(self, s: Stream) -> None:
         """Claim ``s``'s checkpoint and load the stream from it."""
@@ -163,13 +152,14 @@ class Runner:
             s.legacy,
             self.metrics.checkpoint_bytes.labels(s.name).set,
         )
-        s.loader = s.loader.fresh(checkpoints, warm=s.loader.processed_seq == 0)
+        s.loader = s.loader.fresh(checkpoints)
         self.metrics.owned.labels(s.name).set(1)
         logger.info("owner of the stream", extra={"stream": s.name, "epoch": checkpoints.epoch})
         try:
             await self.supervised(s)
         finally:
-            # Whatever happens next starts cold: this index holds uncommitted keys.
+            # Whatever happens next starts from the checkpoint: this index holds
+            # uncommitted keys, and its memory is given back.
             s.loader = s.loader.fresh(Unclaimed())
 
     async def supervised(self, s: Stream) -> None:
@@ -235,7 +225,6 @@ class Runner:
                 open_buckets.set(len(s.loader.open_buckets()))
                 await until_stored(s, self.space, "flush", s.loader.flush)
                 await reader.ack()
-                await asyncio.to_thread(s.loader.expire)
                 if time.monotonic() - retained_at >= RETAIN_EVERY_S:
                     retained_at = time.monotonic()
                     await self._retain(s)

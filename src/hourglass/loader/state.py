@@ -48,11 +48,61 @@ class LoaderState(msgspec.Struct, kw_only=True):
     buckets: dict[int, BucketCounts] = {}
 
 
+class RunRef(msgspec.Struct):
+    """A dedup run file (``runs.py``) in ``<lake>/<type>/_dedup/``."""
+
+    name: str
+    keys: int
+    nbytes: int
+
+
+class SliceState(msgspec.Struct, kw_only=True):
+    """The runs of one time slice of the dedup window, and its filter column."""
+
+    id: int
+    column: int  # of the in-memory filter (filter.py)
+    start: float  # epoch s of its first commit
+    end: float  # epoch s of its last commit
+    keys: int = 0
+    runs: list[RunRef] = []
+    bloom: str | None = None  # the saved filter column, once sealed (takes no more runs)
+
+
+class DedupState(msgspec.Struct, kw_only=True):
+    """The persisted dedup index of a stream (``dedup.py``): every key of every
+    commit up to ``indexed_seq`` is in a run of ``slices`` (or was in a slice
+    that left the window); keys of later commits are read back from their part
+    files at recovery."""
+
+    probe: int  # hash64 of a fixed key when written: another hash function is refused
+    indexed_seq: int = 0
+    next_id: int = 1
+    slices: list[SliceState] = []
+    # Keys committed before this (epoch s) were dropped for the budget, not age.
+    evicted_until: float = 0.0
+
+    def effective_window_s(self, window_s: float, now: float) -> float:
+        """How far back a re-send is recognised for sure: the window, or less once
+        the budget pushed slices out before their time."""
+        if self.evicted_until > now - window_s:
+            return max(0.0, now - self.evicted_until)
+        return float(window_s)
+
+    @property
+    def keys(self) -> int:
+        return sum(s.keys for s in self.slices)
+
+    @property
+    def disk_bytes(self) -> int:
+        return sum(r.nbytes for s in self.slices for r in s.runs)
+
+
 class Saved(msgspec.Struct, kw_only=True):
     """What a checkpoint store holds: the state, and the files its commit staged."""
 
     state: LoaderState = msgspec.field(default_factory=LoaderState)
     staged: dict[str, str] = {}  # final path → staged path, both relative to the lake
+    dedup: DedupState | None = None  # None: no index yet (a new stream, or an upgrade)
     # Imported from a local file of an earlier version: the first recovery also
     # deletes part files above committed_seq (that version renamed before it saved).
     legacy: bool = False

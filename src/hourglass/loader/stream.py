@@ -60,11 +60,18 @@ from hourglass.lake.layout import (
 from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import write_table
 from hourglass.loader import close, lakekeys
-from hourglass.loader.dedup import Deduper, hash64, keys_of
+from hourglass.loader.dedup import MEMORY_BYTES, Deduper, keys_of
 from hourglass.loader.metrics import Observer, Stats
 from hourglass.loader.quarantine import Quarantine
 from hourglass.loader.staging import publish, stage, sweep, sync_folders
-from hourglass.loader.state import BucketCounts, Checkpoints, LoaderState, Saved, copy_state
+from hourglass.loader.state import (
+    BucketCounts,
+    Checkpoints,
+    DedupState,
+    LoaderState,
+    Saved,
+    copy_state,
+)
 
 logger = log.get("hourglass.loader")
 
@@ -87,6 +94,9 @@ class StreamLoader:
         quarantine_max_bytes: int = 0,
         width_s: int,
         window_s: int,
+        dedup_memory_bytes: int = MEMORY_BYTES,
+        dedup_disk_bytes: int = 1 << 40,
+        dedup_run_keys: int | None = None,
         closes: bool = True,
         dedup: bool = True,
         clock: Callable[[], float] = time.time,
@@ -104,10 +114,19 @@ class StreamLoader:
         self.processed_seq = 0
         self.observer = observer
         self.stats = Stats(then=observer)
-        self.deduper = Deduper(self, window_s=window_s) if dedup else None
-        self._known: set[Path] = set()  # part files whose keys the deduper holds
+        self.deduper = (
+            Deduper(
+                lake,
+                name,
+                window_s=window_s,
+                memory_bytes=dedup_memory_bytes,
+                disk_bytes=dedup_disk_bytes,
+                run_keys=dedup_run_keys,
+            )
+            if dedup
+            else None
+        )
         self._pending: dict[int, list[pa.Table]] = {}
-        self._pending_keys: dict[int, list[pa.Array]] = {}
         self._pending_markers: dict[str, int] = {}
         self._pending_counts: dict[int, BucketCounts] = {}
         self.last_flush = clock()
@@ -115,23 +134,10 @@ class StreamLoader:
         # call at a time, so a stop-time flush never interleaves with process.
         self.lock = threading.Lock()
 
-    def fresh(self, checkpoints: Checkpoints | None = None, *, warm: bool = False) -> StreamLoader:
+    def fresh(self, checkpoints: Checkpoints | None = None) -> StreamLoader:
         """A new loader of the same stream, to start again from the checkpoint
-        (of ``checkpoints``, for a new claim of the stream).
-
-        ``warm``: this one was a standby that only read the lake (``warm()``);
-        the new one keeps its dedup index and recovery adds only newer files.
-        Never from a loader that processed messages: its index holds keys of
-        rows that were not committed, which would then be dropped as duplicates.
-        """
-        loader = self._fresh(checkpoints)
-        if warm and self.deduper is not None and loader.deduper is not None:
-            assert self.processed_seq == 0 and not self._pending, "only a standby's index"
-            loader.deduper, loader._known = self.deduper, self._known
-            loader.deduper.rebind(loader)
-        return loader
-
-    def _fresh(self, checkpoints: Checkpoints | None) -> StreamLoader:
+        (of ``checkpoints``, for a new claim of the stream): its dedup index is
+        the one the checkpoint names, read at ``recover()``."""
         return StreamLoader(
             self.name,
             self.fmt,
@@ -141,6 +147,9 @@ class StreamLoader:
             quarantine_max_bytes=self.quarantine.max_bytes,
             width_s=self.width,
             window_s=self.deduper.window_s if self.deduper else 0,
+            dedup_memory_bytes=self.deduper.memory_bytes if self.deduper else MEMORY_BYTES,
+            dedup_disk_bytes=self.deduper.disk_bytes if self.deduper else 1 << 40,
+            dedup_run_keys=self.deduper.run_keys if self.deduper else None,
             closes=self.closes,
             dedup=self.deduper is not None,
             clock=self.clock,
@@ -151,7 +160,7 @@ class StreamLoader:
 
     def recover(self) -> None:
         """Load the checkpoint, publish what it committed, delete what an interrupted
-        write left, rebuild dedup."""
+        write left, load the dedup index it names and catch it up."""
         saved = self.checkpoints.load()
         self.state = saved.state
         self.processed_seq = self.state.committed_seq
@@ -166,8 +175,10 @@ class StreamLoader:
                     if span and span[0] > self.state.committed_seq:
                         path.unlink()
                         removed += 1
+        if self.deduper is not None:
+            removed += self.deduper.restore(saved.dedup, self.checkpoints.epoch)
         self._skip_closed()
-        warmed = self._warm() if self.deduper is not None else 0
+        read = self._catch_up(imported=saved.dedup is None) if self.deduper is not None else 0
         logger.info(
             "recovered",
             extra={
@@ -176,7 +187,8 @@ class StreamLoader:
                 "next_close": self.state.next_close,
                 "removed_files": removed,
                 "published_files": published,
-                "dedup_files_read": warmed,
+                "dedup_files_read": read,
+                "dedup_keys": self.deduper.keys if self.deduper else 0,
                 "epoch": self.checkpoints.epoch,
             },
         )
@@ -184,33 +196,45 @@ class StreamLoader:
     def _skip_closed(self) -> None:
         """A crash after a manifest but before the checkpoint: that bucket is closed."""
         if self.closes and close.skip_closed(self.state, self.width, self._has_manifest):
-            self.checkpoints.save(Saved(state=self.state))
+            self.checkpoints.save(Saved(state=self.state, dedup=self._index_state()))
 
     def _has_manifest(self, start: int) -> bool:
         begin = dt.datetime.fromtimestamp(start, dt.UTC)
         return (bucket_dir(self.lake, self.name, begin, self.width) / SUCCESS).exists()
 
-    def warm(self) -> int:
-        """Read the keys of part files of the dedup window not read yet; how many files.
+    def _index_state(self) -> DedupState | None:
+        return self.deduper.state if self.deduper is not None else None
 
-        A standby calls it every few seconds, so that taking the stream over
-        costs the files of the last seconds, not the whole window.  Only
-        committed files are visible (``staging.py``), so the index holds only
-        keys that are in the lake.
-        """
-        with self.lock:
-            if self.deduper is None:
-                return 0
-            self.deduper.expire(int(self.clock()))
-            return self._warm()
-
-    def _warm(self) -> int:
+    def _catch_up(self, *, imported: bool) -> int:
+        """Read into the memtable the keys of part files committed after the index's
+        last run (``imported``: a stream with no index yet, e.g. after an upgrade:
+        every part file of the window), writing runs as it fills; how many files."""
         assert self.deduper is not None
-        horizon = self.clock() - self.deduper.window_s - 3600
-        read, self._known = lakekeys.read_new(
-            self.lake, self.name, self.deduper, self._known, horizon
+        deduper = self.deduper
+        now = self.clock()
+        horizon = now - deduper.window_s - self.width
+        if not imported and self.state.next_close is not None:
+            horizon = min(horizon, self.state.next_close - self.width)
+        files = lakekeys.committed_after(self.lake, self.name, deduper.state.indexed_seq, horizon)
+        for i, (last, path) in enumerate(files):
+            deduper.add(lakekeys.of_file(path), now=now)
+            # A flush's files share one range: a run ends only where a range does.
+            if deduper.due() and (i + 1 == len(files) or files[i + 1][0] != last):
+                self._commit_index(last, now)
+        if imported and files:
+            self._commit_index(files[-1][0], now)
+        return len(files)
+
+    def _commit_index(self, through_seq: int, now: float) -> None:
+        """Write the memtable as a run now (it holds every key up to ``through_seq``)."""
+        assert self.deduper is not None
+        plan = self.deduper.plan(self.checkpoints.epoch, through_seq, now, force=True)
+        sync_folders(self.lake / temp for temp in plan.staged.values())
+        self.checkpoints.save(
+            Saved(state=copy_state(self.state), staged=plan.staged, dedup=plan.state)
         )
-        return read
+        publish(self.lake, plan.staged)
+        self.deduper.apply(plan, now)
 
     # ------------------------------------------------------------- processing
 
@@ -261,7 +285,7 @@ class StreamLoader:
             buckets[late] = self.state.next_close
         if self.deduper is not None:
             keys = keys_of(table.column("source"), table.column("id"))
-            hashes = hash64(keys)
+            hashes = self.deduper.hash(keys)
             keep = self.deduper.fresh(keys, hashes)
             dropped = ~keep
             if dropped.any():
@@ -271,7 +295,7 @@ class StreamLoader:
                 table = table.filter(pa.array(keep))
                 keys = keys.filter(pa.array(keep))
                 buckets, late, hashes = buckets[keep], late[keep], hashes[keep]
-            self._remember(keys, buckets, hashes)
+            self.deduper.add(keys, hashes, self.clock())
         if late.any():  # counted after dedup: a late duplicate is only a duplicate
             assert self.state.next_close is not None
             self._counts(self.state.next_close).skewed += int(late.sum())
@@ -279,18 +303,6 @@ class StreamLoader:
         for bucket in np.unique(buckets):
             rows = table.filter(pa.array(buckets == bucket))
             self._pending.setdefault(int(bucket), []).append(rows)
-
-    def _remember(
-        self, keys: pa.Array, buckets: np.ndarray, hashes: np.ndarray | None = None
-    ) -> None:
-        """Keys now stored (or pending) in ``buckets``, for later dedup checks."""
-        assert self.deduper is not None
-        hours = buckets - buckets % 3600
-        self.deduper.add(keys, hours, hashes)
-        distinct = np.unique(hours)
-        for hour in distinct:
-            some = keys if len(distinct) == 1 else keys.filter(pa.array(hours == hour))
-            self._pending_keys.setdefault(int(hour), []).append(some)
 
     def _bucket_of(self, seconds: float) -> int:
         return int(seconds) - int(seconds) % self.width
@@ -337,6 +349,10 @@ class StreamLoader:
             staged[path.relative_to(self.lake).as_posix()] = temp.relative_to(self.lake).as_posix()
             crashpoint("loader.after_part")
             rows, files = rows + table.num_rows, files + 1
+        plan = None
+        if self.deduper is not None:
+            plan = self.deduper.plan(epoch, last, self.clock())
+            staged.update(plan.staged)
         sync_folders(self.lake / temp for temp in staged.values())
         state = copy_state(self.state)
         state.committed_seq = last
@@ -346,13 +362,15 @@ class StreamLoader:
             kept.duplicates += counts.duplicates
             kept.skewed += counts.skewed
         crashpoint("loader.before_checkpoint")
-        self.checkpoints.save(Saved(state=state, staged=staged))
+        self.checkpoints.save(Saved(state=state, staged=staged, dedup=plan.state if plan else None))
         crashpoint("loader.after_checkpoint")
         publish(self.lake, staged)
+        if plan is not None and self.deduper is not None:
+            self.deduper.apply(plan, self.clock())
+            self.stats.on_index(self.deduper.report(self.clock()))
         self.state = state
         self.stats.on_written(files, rows)
         self._pending.clear()
-        self._pending_keys.clear()
         self._pending_markers.clear()
         self._pending_counts.clear()
         return last
@@ -368,11 +386,6 @@ class StreamLoader:
             counts = self._pending_counts.pop(bucket, None)
             if counts is not None:
                 self._counts(target).duplicates += counts.duplicates
-            if self.deduper is not None and target // 3600 != bucket // 3600:
-                # Their keys now live in another hour's folder: remember them there.
-                for table in tables:
-                    keys = keys_of(table.column("source"), table.column("id"))
-                    self._remember(keys, np.full(len(keys), target, dtype=np.int64))
 
     # ------------------------------------------------------------------ close
 
@@ -418,27 +431,14 @@ class StreamLoader:
         closed = []
         for _ in starts:
             manifest, self.state = close.close_bucket(
-                self.lake, self.name, self.width, self.state, self.checkpoints, now
+                self.lake,
+                self.name,
+                self.width,
+                self.state,
+                self.checkpoints,
+                now,
+                self._index_state(),
             )
             self.stats.on_closed(manifest)
             closed.append(manifest)
         return closed
-
-    # ------------------------------------------------------------------ dedup
-
-    def keys_in_hour(self, hour: int) -> pa.Array:
-        """KeySource for the deduper: stored and pending keys of rows in ``hour``.
-
-        Only for keys the deduper no longer holds in memory (old re-sends, hash
-        collisions): it reads every file of the hour.
-        """
-        parts = list(self._pending_keys.get(hour, [])) + lakekeys.in_hour(
-            self.lake, self.name, hour
-        )
-        return pa.concat_arrays(parts) if parts else pa.array([], pa.large_binary())
-
-    def expire(self) -> None:
-        """Forget and seal dedup hours (may sort millions of hashes: call it in a thread)."""
-        with self.lock:
-            if self.deduper is not None:
-                self.deduper.expire(int(self.clock()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,6 @@ class Stream:
     subject: str
     loader: StreamLoader
     legacy: Path  # the checkpoint file an earlier version kept, imported once
-    warmed_at: float = -1e9  # monotonic time of the standby's last read of the lake
 
 
 def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
@@ -30,6 +30,8 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
     registry = load_registry(settings)
     width = bucket_seconds(settings.bucket)
     lake = settings.lake_path
+    types = max(1, len(list(registry)))
+    memory, disk = dedup_budgets(settings, types)
     streams = []
     for schema in registry:
         fmt: RowFormat = LakeSchema(schema)
@@ -48,6 +50,9 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                     quarantine_max_bytes=settings.quarantine_max_bytes,
                     width_s=width,
                     window_s=settings.dedup_window_s,
+                    dedup_memory_bytes=memory,
+                    dedup_disk_bytes=disk,
+                    dedup_run_keys=settings.dedup_run_keys or None,
                     observer=StreamMetrics(metrics, name),
                 ),
                 settings.checkpoint_path(name),
@@ -75,3 +80,13 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
         )
     )
     return streams
+
+
+def dedup_budgets(settings: Settings, types: int) -> tuple[int, int]:
+    """Each type's share of the dedup memory and disk budgets (``config.py``)."""
+    disk = settings.dedup_disk_bytes
+    if not disk:
+        lake = settings.lake_path
+        lake.mkdir(parents=True, exist_ok=True)
+        disk = shutil.disk_usage(lake).free // 4
+    return settings.loader_memory_bytes // 2 // types, disk // types

@@ -1,153 +1,237 @@
-"""The Deduper against a Python set model; ``keys_of``, ``hash64`` and the hash index."""
+"""The Deduper against a set model (Hypothesis), with real run files in a temp
+folder, crashes at every step of a flush, a deliberately terrible hash and tiny
+budgets; ``keys_of``, ``hash64`` and the hash index."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hourglass.loader import dedup
-from hourglass.loader.dedup import Deduper, hash64, keys_of
+from hourglass.loader.dedup import Deduper, HashFn, hash64, keys_of
 from hourglass.loader.hashindex import HashIndex, nonzero
+from hourglass.loader.staging import publish
+from hourglass.loader.state import DedupState
 
 HOUR = 3600
+T0 = 1_700_000_000.0
 
 
-class Store:
-    """KeySource: the keys stored per hour, as the lake would hold them."""
-
-    def __init__(self) -> None:
-        self.by_hour: dict[int, list[bytes]] = {}
-        self.queries = 0
-
-    def keys_in_hour(self, hour: int) -> pa.Array:
-        self.queries += 1
-        return pa.array(self.by_hour.get(hour, []), pa.large_binary())
+def terrible_hash(keys: pa.Array) -> np.ndarray:
+    """Three values for every key there is: nearly every lookup is a collision."""
+    lengths = pc.binary_length(keys).to_numpy(zero_copy_only=False)
+    return (lengths % 3 + 1).astype(np.uint64)
 
 
-def _run_model(
-    batches: list[list[tuple[bytes, int]]],
-    window_s: int = 10 * HOUR,
-    memory_bytes: int = 1 << 20,
-    now: int | None = None,
-) -> Store:
-    """Feed batches of (key, hour index); check every keep mask against a set model."""
-    store = Store()
-    deduper = Deduper(store, window_s=window_s, memory_bytes=memory_bytes)
-    seen: dict[bytes, int] = {}  # key -> hour stored
-    for batch in batches:
-        keys = pa.array([k for k, _ in batch], pa.large_binary())
-        hours = np.array([h * HOUR for _, h in batch], dtype=np.int64)
-        keep = deduper.fresh(keys)
-        want, in_batch = [], set()
-        for k, _ in batch:
-            want.append(k not in seen and k not in in_batch)
-            in_batch.add(k)
-        assert keep.tolist() == want
-        kept = pa.array(keep)
-        deduper.add(keys.filter(kept), hours[keep])
-        for (k, h), kept_one in zip(batch, keep.tolist(), strict=True):
-            if kept_one:
-                seen[k] = h * HOUR
-                store.by_hour.setdefault(h * HOUR, []).append(k)
-        if now is not None:
-            assert deduper.expire(now) == []
-    return store
+class Sim:
+    """A stream's loader reduced to its dedup steps, against a model of the lake.
+
+    ``committed``: key → commit time of every key the lake holds; ``pending``:
+    keys processed, not flushed.  A crash keeps only what a checkpoint saved.
+    """
+
+    def __init__(self, lake: Path, hash_fn: HashFn, **budget: int) -> None:
+        self.lake, self.hash_fn, self.budget = lake, hash_fn, budget
+        self.window = budget["window_s"]
+        self.now = T0
+        self.seq = 0
+        self.saved: DedupState | None = None
+        self.saved_staged: dict[str, str] = {}
+        self.parts: list[tuple[int, list[bytes]]] = []  # committed flushes: seq, keys
+        self.committed: dict[bytes, float] = {}
+        self.pending: list[bytes] = []
+        self.dropped_late = 0  # re-sends let through because they were beyond the window
+        self.d = self._start()
+
+    def _start(self) -> Deduper:
+        d = Deduper(self.lake, "t", hash_fn=self.hash_fn, **self.budget)
+        d.restore(self.saved, epoch=0)
+        for seq, keys in self.parts:
+            if seq > d.state.indexed_seq:
+                d.add(pa.array(keys, pa.large_binary()), now=self.now)
+        return d
+
+    def batch(self, keys: list[bytes]) -> None:
+        array = pa.array(keys, pa.large_binary())
+        keep = self.d.fresh(array).tolist()
+        floor = max(self.now - self.window, self.d.state.evicted_until)
+        seen = set(self.pending)
+        for key, kept in zip(keys, keep, strict=True):
+            if key in seen:
+                assert not kept, f"{key!r} kept twice (pending or earlier in the batch)"
+            elif key not in self.committed:
+                assert kept, f"{key!r} dropped, but the lake does not hold it"
+            elif self.committed[key] > floor:
+                assert not kept, f"{key!r} kept, but it was committed within the window"
+            elif kept:
+                self.dropped_late += 1
+            seen.add(key)
+        new = [k for k, kept in zip(keys, keep, strict=True) if kept]
+        self.d.add(pa.array(new, pa.large_binary()), now=self.now)
+        self.pending += new
+
+    def flush(self, crash: str | None = None) -> None:
+        """One flush; ``crash``: stop after staging ("staged") or after the save
+        ("saved"), before the files are published."""
+        seq = self.seq + 1
+        plan = self.d.plan(0, seq, self.now)
+        if crash == "staged":
+            return self.crash()
+        self.seq = seq
+        self.saved, self.saved_staged = plan.state, plan.staged
+        self.parts.append((seq, self.pending))
+        for key in self.pending:
+            self.committed[key] = self.now
+        self.pending = []
+        if crash == "saved":
+            return self.crash()
+        publish(self.lake, plan.staged)
+        self.d.apply(plan, self.now)
+        return None
+
+    def crash(self) -> None:
+        self.pending = []
+        publish(self.lake, self.saved_staged)  # what recovery does first
+        self.d = self._start()
 
 
-_keys = st.binary(min_size=1, max_size=6)  # short keys: many collisions of bytes
-_batches = st.lists(st.lists(st.tuples(_keys, st.integers(0, 3)), max_size=40), max_size=8)
+_KEYS = st.binary(min_size=1, max_size=6)
+_OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("batch"), st.lists(_KEYS, max_size=40)),
+        st.tuples(st.just("flush"), st.sampled_from([None, None, None, "staged", "saved"])),
+        st.tuples(st.just("tick"), st.floats(1, 2 * HOUR)),
+        st.tuples(st.just("crash"), st.none()),
+    ),
+    max_size=60,
+)
 
 
-@settings(max_examples=150, deadline=None)
-@given(_batches)
-def test_fresh_matches_a_set_model(batches: list[list[tuple[bytes, int]]]) -> None:
-    _run_model(batches)
+def _play(sim: Sim, ops: list[tuple[str, object]]) -> Sim:
+    for op, arg in ops:
+        if op == "batch":
+            assert isinstance(arg, list)
+            sim.batch(arg)
+        elif op == "flush":
+            sim.flush(arg if isinstance(arg, str) else None)
+        elif op == "tick":
+            assert isinstance(arg, float)
+            sim.now += arg
+        else:
+            sim.crash()
+    for s in sim.d.state.slices:  # what the state names is on disk, and nothing else
+        for ref in s.runs:
+            assert (sim.d.folder / ref.name).stat().st_size == ref.nbytes
+    return sim
 
 
-def _weak_hash(keys: pa.Array) -> np.ndarray:
-    """A terrible hash (the key's length, 1..3): nearly every key collides."""
-    lengths = pc.binary_length(keys).to_numpy(zero_copy_only=False).astype(np.uint64)
-    return lengths % np.uint64(3) + np.uint64(1)
+_SETTINGS = settings(
+    max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 
 
-@settings(max_examples=100, deadline=None)
-@given(_batches)
-def test_hash_collisions_never_drop_a_new_key(
-    batches: list[list[tuple[bytes, int]]],
+@_SETTINGS
+@given(_OPS)
+def test_the_index_matches_a_set_model_across_crashes(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, object]]
 ) -> None:
-    """With a hash that collides for most keys, only byte comparisons decide."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(dedup, "hash64", _weak_hash)
-        _run_model(batches)
+    lake = tmp_path_factory.mktemp("lake")
+    _play(Sim(lake, hash64, window_s=4 * HOUR, memory_bytes=1 << 16, run_keys=5, slices=4), ops)
 
 
-@settings(max_examples=100, deadline=None)
-@given(_batches)
-def test_keys_out_of_memory_are_checked_in_the_store(
-    batches: list[list[tuple[bytes, int]]],
+@_SETTINGS
+@given(_OPS)
+def test_a_terrible_hash_never_drops_a_new_key(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, object]]
 ) -> None:
-    """No chunk kept in memory: every suspect is settled by the KeySource."""
-    _run_model(batches, memory_bytes=0)
+    lake = tmp_path_factory.mktemp("lake")
+    _play(
+        Sim(lake, terrible_hash, window_s=4 * HOUR, memory_bytes=1 << 16, run_keys=3, slices=3), ops
+    )
 
 
-@settings(max_examples=100, deadline=None)
-@given(_batches, st.integers(2, 6))
-def test_sealed_hours_still_find_every_key(
-    batches: list[list[tuple[bytes, int]]], now_h: int
+@_SETTINGS
+@given(_OPS)
+def test_tiny_budgets_shorten_the_window_and_drop_nothing_new(
+    tmp_path_factory: pytest.TempPathFactory, ops: list[tuple[str, object]]
 ) -> None:
-    """Hours sealed (hashes only) between batches, and keys added to them after."""
-    _run_model(batches, now=now_h * HOUR)
+    lake = tmp_path_factory.mktemp("lake")
+    sim = Sim(
+        lake, hash64, window_s=4 * HOUR, memory_bytes=1 << 12, run_keys=2, slices=2, disk_bytes=300
+    )
+    _play(sim, ops)
+    assert sim.d.disk_used <= 300 or len(sim.d.state.slices) == 1
 
 
-def test_sealing_keeps_hashes_only() -> None:
-    store = Store()
-    deduper = Deduper(store, window_s=10 * HOUR)
-    keys = pa.array([b"%d:k" % i for i in range(1000)], pa.large_binary())
-    deduper.add(keys, np.zeros(len(keys), dtype=np.int64))
-    store.by_hour[0] = keys.to_pylist()
-    before = deduper.nbytes
-    deduper.expire(2 * HOUR)
-    assert deduper.nbytes <= 8 * len(keys) < before
-    assert not deduper.fresh(keys.slice(0, 10)).any()
-    assert store.queries == 1  # settled from the store: the bytes are gone
-    deduper.add(pa.array([b"new"], pa.large_binary()), np.zeros(1, dtype=np.int64))
-    store.by_hour[0].append(b"new")
-    assert not deduper.fresh(keys.slice(990, 10)).any()
-    assert deduper.fresh(pa.array([b"other"], pa.large_binary())).tolist() == [True]
+def test_a_resend_within_the_window_is_dropped_one_beyond_it_is_kept(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, hash64, window_s=6 * HOUR, memory_bytes=1 << 16, run_keys=2, slices=7)
+    sim.batch([b"early", b"a", b"b"])
+    sim.flush()
+    sim.now += 5 * HOUR  # hours later: in a run of an older slice, not in memory
+    sim.batch([b"x", b"y"])
+    sim.flush()
+    assert sim.d.memtable.count == 0 and len(sim.d.state.slices) >= 2
+    sim.crash()  # and after a restart, read from the run files
+    assert sim.d.fresh(pa.array([b"early", b"new"], pa.large_binary())).tolist() == [False, True]
+    sim.now += 2 * HOUR  # "early" was committed 7 h ago: beyond the window
+    sim.batch([b"z"])
+    sim.flush()
+    assert sim.d.fresh(pa.array([b"early", b"x"], pa.large_binary())).tolist() == [True, False]
+    assert sim.d.effective_window_s(sim.now) == 6 * HOUR
 
 
-def test_collisions_and_evictions_are_resolved_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Many keys, a weak hash and a small memory: the slow path runs, no key is lost."""
-    monkeypatch.setattr(dedup, "hash64", _weak_hash)
-    rng = np.random.default_rng(7)
-    batches = [
-        [
-            (b"k%d" % i, int(h))
-            for i, h in zip(range(n, n + 500), rng.integers(0, 3, 500), strict=True)
-        ]
-        for n in range(0, 5000, 500)
-    ]
-    store = _run_model(batches, memory_bytes=20_000)
-    assert store.queries > 5, "the exact check against the store was not exercised"
-    # And every key of the last batches is then correctly a duplicate.
-    _run_model(batches + batches[-2:], memory_bytes=20_000)
+def test_a_full_disk_budget_is_reported_as_a_shorter_effective_window(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, hash64, window_s=24 * HOUR, run_keys=2, slices=4, disk_bytes=200)
+    for i in range(12):  # a run of ~74 bytes an hour, a slice every 8 hours
+        sim.batch([b"k%d" % i, b"l%d" % i])
+        sim.flush()
+        sim.now += HOUR
+    assert sim.d.disk_used <= 200 or len(sim.d.state.slices) == 1
+    assert 0 < sim.d.effective_window_s(sim.now) < 24 * HOUR
+    assert sim.d.fresh(pa.array([b"k11", b"k0"], pa.large_binary())).tolist() == [False, True]
 
 
-def test_recent_duplicates_need_no_store_lookup() -> None:
-    """The common case: a re-send of keys still in memory is settled in memory."""
-    store = Store()
-    deduper = Deduper(store, window_s=2 * HOUR)
-    keys = pa.array([b"%d:src:%d" % (i, i) for i in range(10_000)], pa.large_binary())
-    hours = np.zeros(len(keys), dtype=np.int64)
-    assert deduper.fresh(keys).all()
-    deduper.add(keys, hours)
-    again = pa.concat_arrays([keys.slice(100, 50), pa.array([b"new"], pa.large_binary())])
-    assert deduper.fresh(again).tolist() == [False] * 50 + [True]
-    assert store.queries == 0 and deduper.slow_checks == 0
+def test_full_filter_columns_are_reported_as_a_shorter_effective_window(tmp_path: Path) -> None:
+    # 2 columns of 192 blocks: a slice holds 768 keys, then the next one starts.
+    sim = Sim(tmp_path, hash64, window_s=24 * HOUR, memory_bytes=1 << 12, run_keys=200, slices=2)
+    assert sim.d.filter.capacity == 768
+    for i in range(12):
+        sim.batch([b"%d-%d" % (i, j) for j in range(200)])
+        sim.flush()
+        sim.now += 60
+    assert len(sim.d.state.slices) == 2 and sim.d.state.evicted_until > 0
+    assert sim.d.effective_window_s(sim.now) < 12 * 60
+    assert not sim.d.fresh(pa.array([b"11-5"], pa.large_binary())).any()
+
+
+def test_a_run_written_with_another_hash_is_not_used(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, hash64, window_s=HOUR, memory_bytes=1 << 16, run_keys=1, slices=2)
+    sim.batch([b"a"])
+    sim.flush()
+    sim.hash_fn = terrible_hash  # an upgrade changed the hash function
+    sim.crash()
+    assert sim.d.state.slices == [] and sim.d.effective_window_s(sim.now) < HOUR
+    assert sim.d.fresh(pa.array([b"b"], pa.large_binary())).tolist() == [True]
+
+
+def test_recovery_deletes_files_no_checkpoint_names_of_its_epoch_only(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, hash64, window_s=HOUR, memory_bytes=1 << 16, run_keys=1, slices=2)
+    sim.batch([b"a"])
+    sim.flush(crash="staged")  # a staged run no checkpoint names
+    folder = sim.d.folder
+    later = folder / "run-e7-00000000000000000001-00000000000000000001.hgr"
+    later.write_bytes(b"a later owner's")
+    mine = folder / "run-e0-00000000000000000009-00000000000000000009.hgr"
+    mine.write_bytes(b"an expired run")
+    d = Deduper(tmp_path, "t", window_s=HOUR, memory_bytes=1 << 16)
+    assert d.restore(None, epoch=3) == 1
+    assert later.exists() and not mine.exists()
+    assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]
 
 
 def test_the_index_grows_and_finds_every_key() -> None:
@@ -162,19 +246,6 @@ def test_the_index_grows_and_finds_every_key() -> None:
     others = nonzero(rng.integers(2**63, 2**64 - 1, 1000, dtype=np.uint64))
     assert (index.find(others) == -1).all()
     assert index.count == len(hashes) and index.nbytes <= 16 * 4 * len(hashes)
-
-
-def test_expired_hours_are_forgotten() -> None:
-    store = Store()
-    deduper = Deduper(store, window_s=2 * HOUR)
-    keys = pa.array([b"a", b"b"], pa.large_binary())
-    deduper.add(keys, np.array([0, 5 * HOUR], dtype=np.int64))
-    store.by_hour = {0: [b"a"], 5 * HOUR: [b"b"]}
-    assert deduper.expire(3 * HOUR - 1) == []  # hour 0 ended 2h - 1s ago: still in the window
-    assert deduper.fresh(keys).tolist() == [False, False]
-    assert deduper.expire(3 * HOUR) == [0]
-    assert set(deduper.hours()) == {5 * HOUR}
-    assert deduper.fresh(keys).tolist() == [True, False]
 
 
 # ----------------------------------------------------------------- keys, hashes

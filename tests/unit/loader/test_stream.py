@@ -103,13 +103,15 @@ def test_dedup_window_expires(tmp_path: Path) -> None:
     h = Harness(tmp_path, window_s=3600)
     e = skipped()
     h.load(h.rows([e], H0 + 1))
+    for minute in range(10, 180, 10):  # traffic goes on: keys move to runs, slices age
+        h.clock.now = H0 + minute * 60
+        h.load(h.rows([skipped()], h.clock.now))
     h.clock.now = H0 + 3 * 3600
-    h.loader.expire()
     h.load(h.rows([e], H0 + 3 * 3600))  # beyond the window: a new event again
-    assert h.keys() == [key(e), key(e)]
-    h.restart()  # and the rebuilt filters do not reach back past the window either
+    assert sorted(h.keys()).count(key(e)) == 2
+    h.restart()  # and the index read back does not reach back past the window either
     h.load(h.rows([e], H0 + 3 * 3600 + 1))
-    assert len(h.keys()) == 2
+    assert sorted(h.keys()).count(key(e)) == 2
 
 
 def test_duplicate_of_a_row_moved_to_another_hour_is_dropped(tmp_path: Path) -> None:

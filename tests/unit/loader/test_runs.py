@@ -1,0 +1,51 @@
+"""Run files: sorted keys with their bytes, exact lookups, refused when damaged."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hourglass.loader.runs import Run, RunError, write_run
+
+
+@settings(
+    max_examples=80, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(st.binary(min_size=0, max_size=12), unique=True, max_size=60),
+    st.lists(st.binary(min_size=0, max_size=12), max_size=30),
+    st.integers(1, 4),
+)
+def test_a_run_holds_exactly_its_keys_whatever_the_collisions(
+    tmp_path_factory: pytest.TempPathFactory, stored: list[bytes], asked: list[bytes], spread: int
+) -> None:
+    path = tmp_path_factory.mktemp("run") / "r.hgr"
+    hash_of = {k: len(k) % spread + 1 for k in stored + asked}  # many keys per hash
+    keys = pa.array(stored, pa.large_binary())
+    size = write_run(path, keys, np.array([hash_of[k] for k in stored], dtype=np.uint64), 42)
+    assert path.stat().st_size == size
+    run = Run(path, 42)
+    query = asked + stored
+    found = run.holds(
+        pa.array(query, pa.large_binary()), np.array([hash_of[k] for k in query], dtype=np.uint64)
+    )
+    assert found.tolist() == [k in set(stored) for k in query]
+    run.forget_pages()
+
+
+def test_a_truncated_run_or_one_of_another_hash_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "r.hgr"
+    write_run(path, pa.array([b"a", b"bc"], pa.large_binary()), np.array([5, 3], np.uint64), 1)
+    with pytest.raises(RunError, match="another key hash"):
+        Run(path, 2)
+    path.write_bytes(path.read_bytes()[:-1])
+    with pytest.raises(RunError, match="not a whole run"):
+        Run(path, 1)
+    path.write_bytes(b"short")
+    with pytest.raises(RunError, match="shorter"):
+        Run(path, 1)
