@@ -60,9 +60,9 @@ def build(lake: Path, total: int, memory: int) -> DedupState:
         seq += 1
         if d.due() or done == total:
             plan = d.plan(0, seq, now, force=done == total)
-            d.apply(plan, now)
-            for final, temp in plan.staged.items():
+            for final, temp in plan.staged.items():  # saved (nowhere), then published
                 (lake / temp).rename(lake / final)
+            d.apply(plan, now)
         if seq % 100 == 0:
             rate = done / (time.perf_counter() - started)
             print(f"  built {done:,} keys ({rate / 1e6:.2f} M/s)", flush=True)

@@ -81,6 +81,9 @@ class Memtable:
             found[doubtful[held.to_numpy(zero_copy_only=False)]] = True
         return found
 
+    def chunks(self) -> list[pa.Array]:
+        return list(self._chunks)
+
     def keys(self) -> pa.Array:
         if not self._chunks:
             return pa.array([], pa.large_binary())

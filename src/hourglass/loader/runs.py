@@ -1,11 +1,18 @@
-"""A run: the dedup keys of a span of commits, sorted by hash, in one file.
+"""A run: the dedup keys of a span of commits, in one file, searchable by hash.
 
 Layout (little-endian)::
 
-    magic "HGRUN001" | count u64 | blob bytes u64 | probe u64
-    hashes   count × u64, ascending
-    offsets  (count + 1) × u64 into the blob
-    blob     the keys' bytes, in hash order
+    magic "HGRUN002" | count u64 | blob bytes u64 | probe u64 | bits u64
+    hashes   count × u64, in order of (hash >> bits), ties by position
+    order    count × u32 (padded to 8 bytes): the position of each hash's key
+    offsets  (count + 1) × u64 into the blob, keys in the order they came
+    blob     the keys' bytes
+
+Sorting is one ``np.sort`` of the hashes with each key's position packed into
+their low ``bits`` bits (an argsort and a reorder of the key bytes cost ~4x
+more, measured); the keys stay as they came.  So ``hashes`` is sorted by its
+top ``64 - bits`` bits only: a lookup searches the range of the query's prefix
+and compares whole hashes, then the bytes (``holds``).
 
 ``probe`` is the hash of a fixed key when the run was written: a run whose
 probe differs from this process's hash function (DuckDB's ``hash`` changed in
@@ -20,6 +27,7 @@ hands back to the page cache so they do not count in the loader's memory.
 from __future__ import annotations
 
 import mmap
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -28,33 +36,61 @@ import pyarrow.compute as pc
 
 from hourglass.exceptions import HourglassError
 
-MAGIC = b"HGRUN001"
-_HEADER = 32
+MAGIC = b"HGRUN002"
+_HEADER = 40
 
 
 class RunError(HourglassError):
     """A run file that cannot be used (truncated, or written with another hash)."""
 
 
-def write_run(path: Path, keys: pa.Array, hashes: np.ndarray, probe: int) -> int:
-    """Write ``keys`` (large_binary) with their ``hashes``, sorted; the file's size."""
-    order = np.argsort(hashes, kind="stable")
-    sorted_keys = keys.take(pa.array(order))
-    if not isinstance(sorted_keys, pa.LargeBinaryArray):
-        sorted_keys = sorted_keys.cast(pa.large_binary())
-    offsets = np.frombuffer(sorted_keys.buffers()[1], dtype=np.int64)[
-        sorted_keys.offset : sorted_keys.offset + len(sorted_keys) + 1
-    ]
-    base = int(offsets[0]) if len(offsets) else 0
-    blob = memoryview(sorted_keys.buffers()[2] or b"")[base : base + int(offsets[-1]) - base]
-    header = np.array([0, len(keys), len(blob), probe], dtype=np.uint64)
-    header[0] = np.frombuffer(MAGIC, dtype=np.uint64)[0]
+def sort_hashes(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
+    """(hashes in prefix order, the position of each, bits): see the module docstring."""
+    n = len(hashes)
+    bits = max(1, (n - 1).bit_length())
+    low = np.uint64((1 << bits) - 1)
+    packed = (hashes.astype(np.uint64, copy=False) & ~low) | np.arange(n, dtype=np.uint64)
+    packed.sort()
+    order = packed & low
+    return hashes[order], order.astype(np.uint32), bits
+
+
+def write_run(
+    path: Path, chunks: Sequence[pa.Array], hashes: np.ndarray, probe: int
+) -> tuple[int, np.ndarray]:
+    """Write the keys of ``chunks`` (large_binary, in order) with their ``hashes``;
+    the file's size and the hashes in the file's order (to fill a filter)."""
+    count = sum(len(c) for c in chunks)
+    assert count == len(hashes)
+    ordered, order, bits = sort_hashes(hashes)
+    pad = (-4 * count) % 8
+    blob = 0
     with path.open("wb") as f:
+        total = sum(int(_offsets(c)[-1] - _offsets(c)[0]) for c in chunks if len(c))
+        header = np.array([0, count, total, probe, bits], dtype=np.uint64)
+        header[0] = np.frombuffer(MAGIC, dtype=np.uint64)[0]
         f.write(header.tobytes())
-        f.write(np.ascontiguousarray(hashes[order], dtype=np.uint64).tobytes())
-        f.write((offsets - base).astype(np.uint64).tobytes())
-        f.write(blob)
-    return _HEADER + 8 * len(keys) + 8 * (len(keys) + 1) + len(blob)
+        f.write(ordered.tobytes())
+        f.write(order.tobytes() + b"\0" * pad)
+        f.write(np.zeros(1, dtype=np.uint64).tobytes())
+        for chunk in chunks:  # offsets, rebased: chunk after chunk
+            if len(chunk):
+                offsets = _offsets(chunk)
+                f.write((offsets[1:] - offsets[0] + blob).astype(np.uint64).tobytes())
+                blob += int(offsets[-1] - offsets[0])
+        for chunk in chunks:
+            offsets = _offsets(chunk) if len(chunk) else np.zeros(1, dtype=np.int64)
+            data = chunk.buffers()[2]
+            if data is not None and offsets[-1] > offsets[0]:
+                f.write(memoryview(data)[int(offsets[0]) : int(offsets[-1])])
+    return _HEADER + 12 * count + pad + 8 * (count + 1) + blob, ordered
+
+
+def _offsets(chunk: pa.Array) -> np.ndarray:
+    if not isinstance(chunk, pa.LargeBinaryArray):
+        raise TypeError(f"keys must be large_binary, not {chunk.type}")
+    raw = np.frombuffer(chunk.buffers()[1], dtype=np.int64)
+    return raw[chunk.offset : chunk.offset + len(chunk) + 1]
 
 
 class Run:
@@ -65,20 +101,27 @@ class Run:
             raise RunError(f"{path}: {size} bytes, shorter than a run's header")
         self._map = np.memmap(path, dtype=np.uint8, mode="r")
         header = self._map[:_HEADER].view(np.uint64)
-        count, blob, theirs = int(header[1]), int(header[2]), int(header[3])
-        if self._map[:8].tobytes() != MAGIC or size != _HEADER + 16 * count + 8 + blob:
+        count, blob, theirs, bits = (int(v) for v in header[1:5])
+        pad = (-4 * count) % 8
+        if (
+            self._map[:8].tobytes() != MAGIC
+            or size != _HEADER + 12 * count + pad + 8 + 8 * count + blob
+        ):
             raise RunError(f"{path}: not a whole run file ({size} bytes)")
         if theirs != probe:
             raise RunError(f"{path}: written with another key hash (an upgrade of DuckDB?)")
         self.count = count
         self.nbytes = size
-        end = _HEADER + 8 * count
-        self.hashes = self._map[_HEADER:end].view(np.uint64)
-        offsets = self._map[end : end + 8 * (count + 1)].view(np.int64)
+        self._low = np.uint64((1 << bits) - 1)
+        at = _HEADER
+        self.hashes = self._map[at : at + 8 * count].view(np.uint64)
+        at += 8 * count
+        self._order = self._map[at : at + 4 * count].view(np.uint32)
+        at += 4 * count + pad
+        offsets = self._map[at : at + 8 * (count + 1)].view(np.int64)
+        at += 8 * (count + 1)
         self._keys = pa.Array.from_buffers(
-            pa.large_binary(),
-            count,
-            [None, pa.py_buffer(offsets), pa.py_buffer(self._map[end + 8 * (count + 1) :])],
+            pa.large_binary(), count, [None, pa.py_buffer(offsets), pa.py_buffer(self._map[at:])]
         )
 
     def holds(self, keys: pa.Array, hashes: np.ndarray) -> np.ndarray:
@@ -86,16 +129,20 @@ class Run:
         found = np.zeros(len(keys), dtype=bool)
         if not self.count or not len(keys):
             return found
-        at = np.searchsorted(self.hashes, hashes, side="left")
-        end = np.searchsorted(self.hashes, hashes, side="right")
+        prefix = hashes.astype(np.uint64, copy=False) & ~self._low
+        at = np.searchsorted(self.hashes, prefix, side="left")
+        end = np.searchsorted(self.hashes, prefix | self._low, side="right")
         todo = np.flatnonzero(at < end)
-        # Usually one entry per hash; a 64-bit collision in the run takes a second round.
+        # Usually none or one entry per prefix; more take more rounds.
         while len(todo):
-            same = pc.equal(keys.take(pa.array(todo)), self._keys.take(pa.array(at[todo])))
-            equal = same.to_numpy(zero_copy_only=False)
-            found[todo[equal]] = True
+            same = self.hashes[at[todo]] == hashes[todo]
+            check = todo[same]
+            if len(check):
+                theirs = self._keys.take(pa.array(self._order[at[check]]))
+                equal = pc.equal(keys.take(pa.array(check)), theirs)
+                found[check[equal.to_numpy(zero_copy_only=False)]] = True
             at[todo] += 1
-            todo = todo[~equal & (at[todo] < end[todo])]
+            todo = todo[~found[todo] & (at[todo] < end[todo])]
         return found
 
     def forget_pages(self) -> None:

@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hourglass.loader.filter import SliceFilter
+from hourglass.loader.runs import sort_hashes
 
 _HASHES = st.lists(st.integers(1, 2**64 - 1), max_size=300)
 
@@ -56,3 +57,12 @@ def test_a_saved_column_loads_back_and_a_wrong_size_is_refused() -> None:
         assert "blocks" in str(exc)
     else:
         raise AssertionError("a column of another size was loaded")
+
+
+def test_hashes_in_a_run_s_order_fill_the_same_column_as_in_any_order() -> None:
+    rng = np.random.default_rng(11)
+    hashes = rng.integers(1, 2**64 - 1, 50_000, dtype=np.uint64)
+    a, b = SliceFilter(1 << 16, 2), SliceFilter(1 << 16, 2)
+    a.add(0, hashes)
+    b.add(0, sort_hashes(hashes)[0], in_order=True)
+    assert (a.words == b.words).all()

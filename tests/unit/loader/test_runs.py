@@ -20,15 +20,26 @@ from hourglass.loader.runs import Run, RunError, write_run
     st.lists(st.binary(min_size=0, max_size=12), unique=True, max_size=60),
     st.lists(st.binary(min_size=0, max_size=12), max_size=30),
     st.integers(1, 4),
+    st.integers(0, 5),
+    st.booleans(),
 )
 def test_a_run_holds_exactly_its_keys_whatever_the_collisions(
-    tmp_path_factory: pytest.TempPathFactory, stored: list[bytes], asked: list[bytes], spread: int
+    tmp_path_factory: pytest.TempPathFactory,
+    stored: list[bytes],
+    asked: list[bytes],
+    spread: int,
+    cut: int,
+    wide: bool,
 ) -> None:
     path = tmp_path_factory.mktemp("run") / "r.hgr"
-    hash_of = {k: len(k) % spread + 1 for k in stored + asked}  # many keys per hash
-    keys = pa.array(stored, pa.large_binary())
-    size = write_run(path, keys, np.array([hash_of[k] for k in stored], dtype=np.uint64), 42)
+    # Many keys per hash; ``wide``: hashes that differ only in their top bits.
+    hash_of = {k: (len(k) % spread + 1) << (60 if wide else 0) for k in stored + asked}
+    keys = pa.array([b"pad"] + stored, pa.large_binary()).slice(1)  # a non-zero offset
+    chunks = [keys.slice(0, min(cut, len(keys))), keys.slice(min(cut, len(keys)))]
+    hashes = np.array([hash_of[k] for k in stored], dtype=np.uint64)
+    size, ordered = write_run(path, chunks, hashes, 42)
     assert path.stat().st_size == size
+    assert sorted(ordered.tolist()) == sorted(hashes.tolist())
     run = Run(path, 42)
     query = asked + stored
     found = run.holds(
@@ -40,7 +51,7 @@ def test_a_run_holds_exactly_its_keys_whatever_the_collisions(
 
 def test_a_truncated_run_or_one_of_another_hash_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "r.hgr"
-    write_run(path, pa.array([b"a", b"bc"], pa.large_binary()), np.array([5, 3], np.uint64), 1)
+    write_run(path, [pa.array([b"a", b"bc"], pa.large_binary())], np.array([5, 3], np.uint64), 1)
     with pytest.raises(RunError, match="another key hash"):
         Run(path, 2)
     path.write_bytes(path.read_bytes()[:-1])
