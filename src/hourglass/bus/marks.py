@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Iterable
 
 import msgspec
 from nats.js import JetStreamContext
@@ -76,15 +77,25 @@ async def read_leases(js: JetStreamContext) -> dict[str, Marker]:
         return {}
     with map_nats_errors("open the lease bucket"):
         kv = await js.key_value(LEASE_BUCKET)
-    leases = {}
+    return {
+        key: msgspec.json.decode(value, type=Marker)
+        for key, value in (await read_entries(kv, keys)).items()
+    }
+
+
+async def read_entries(kv: KeyValue, keys: Iterable[str]) -> dict[str, bytes]:
+    """The value of each of ``keys`` still there: an entry may expire (a lease) or be
+    deleted between the listing and the read, which is not an error."""
+    values = {}
     for key in keys:
         try:
-            with map_nats_errors(f"read the lease of {key}"):
+            with map_nats_errors(f"read {key}"):
                 entry = await kv.get(key)
         except BusNotFound:
-            continue  # expired since it was listed
-        leases[key] = msgspec.json.decode(entry.value or b"{}", type=Marker)
-    return leases
+            continue
+        if entry.value:
+            values[key] = entry.value
+    return values
 
 
 class LeaseView:

@@ -51,6 +51,7 @@ from nats.js.kv import KeyValue
 
 from hourglass import log
 from hourglass.bus.errors import BusConflict, BusError, BusNotFound, BusUnavailable, map_nats_errors
+from hourglass.bus.marks import read_entries
 from hourglass.exceptions import ConfigError, Fenced
 
 __all__ = ["CHECKPOINT_BUCKET", "LOADER_BUCKET", "Held", "Lease", "Ownership", "Record"]
@@ -213,9 +214,7 @@ class Ownership:
                 await asyncio.wait_for(
                     self.leases.delete(f"owner.{held.stream}", last=held.revision), RELEASE_WAIT_S
                 )
-        except BusError as exc:  # taken over already, or the bus is gone: it expires
-            logger.info("lease not released", extra={"stream": held.stream, "error": str(exc)})
-        except BusUnavailable as exc:
+        except (BusError, BusUnavailable) as exc:  # taken over already, or no bus: it expires
             logger.info("lease not released", extra={"stream": held.stream, "error": str(exc)})
 
     async def announce(self, owns: list[str]) -> None:
@@ -309,15 +308,8 @@ async def read_loaders(js: JetStreamContext) -> tuple[dict[str, Lease], list[Lea
         return {}, []
     owners: dict[str, Lease] = {}
     members: list[Lease] = []
-    for key in keys:
-        try:
-            with map_nats_errors(f"read {key}"):
-                entry = await kv.get(key)
-        except BusNotFound:
-            continue  # expired since it was listed
-        if entry.value is None:
-            continue
-        lease = msgspec.json.decode(entry.value, type=Lease)
+    for key, value in (await read_entries(kv, keys)).items():
+        lease = msgspec.json.decode(value, type=Lease)
         kind, _, name = key.partition(".")
         if kind == "owner":
             owners[name] = lease

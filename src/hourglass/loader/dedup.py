@@ -182,7 +182,9 @@ class Deduper:
                 if not len(maybe):
                     break
                 self.run_lookups += len(maybe)
-                held = self._runs[ref.name].holds(keys.take(pa.array(maybe)), hashes[maybe])
+                run = self._runs[ref.name]
+                held = run.holds(keys.take(pa.array(maybe)), hashes[maybe])
+                run.forget_pages()  # a page per lookup: mapped only for this batch
                 keep[maybe[held]] = False
                 maybe = maybe[~held]
         return keep
@@ -293,8 +295,6 @@ class Deduper:
             self.memtable.clear()
         was_short = self.effective_window_s(now) < self.window_s
         self.state = plan.state
-        for run in self._runs.values():
-            run.forget_pages()
         if not was_short and self.effective_window_s(now) < self.window_s:
             logger.warning(
                 "dedup window shorter than configured: the index budget is full",

@@ -161,6 +161,7 @@ class StreamLoader:
     def recover(self) -> None:
         """Load the checkpoint, publish what it committed, delete what an interrupted
         write left, load the dedup index it names and catch it up."""
+        started = time.monotonic()
         saved = self.checkpoints.load()
         self.state = saved.state
         self.processed_seq = self.state.committed_seq
@@ -178,6 +179,7 @@ class StreamLoader:
         if self.deduper is not None:
             removed += self.deduper.restore(saved.dedup, self.checkpoints.epoch)
         self._skip_closed()
+        indexed = time.monotonic()
         read = self._catch_up(imported=saved.dedup is None) if self.deduper is not None else 0
         logger.info(
             "recovered",
@@ -189,6 +191,8 @@ class StreamLoader:
                 "published_files": published,
                 "dedup_files_read": read,
                 "dedup_keys": self.deduper.keys if self.deduper else 0,
+                "index_s": round(indexed - started, 2),
+                "catch_up_s": round(time.monotonic() - indexed, 2),
                 "epoch": self.checkpoints.epoch,
             },
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hourglass.loader.runs import Run, RunError, write_run
+from hourglass.loader.runs import PAGE, Run, RunError, write_run
 
 
 @settings(
@@ -60,3 +61,35 @@ def test_a_truncated_run_or_one_of_another_hash_is_refused(tmp_path: Path) -> No
     path.write_bytes(b"short")
     with pytest.raises(RunError, match="shorter"):
         Run(path, 1)
+
+
+@pytest.mark.parametrize("kind", ["random", "few hashes", "few prefixes"])
+def test_lookups_across_fence_blocks_find_exactly_the_stored_keys(
+    tmp_path: Path, kind: str
+) -> None:
+    """Thousands of keys (several PAGE blocks): hashes spread, or shared by long runs
+    of keys (groups that span blocks), or differing only below the prefix."""
+    rng = np.random.default_rng(3)
+    stored = [b"s%d" % i for i in range(3 * PAGE + 17)]
+    asked = [b"n%d" % i for i in range(500)] + stored[::7]
+    everything = stored + asked
+    if kind == "random":
+        hash_of = dict(
+            zip(
+                everything,
+                rng.integers(1, 2**64 - 1, len(everything), dtype=np.uint64).tolist(),
+                strict=True,
+            )
+        )
+    elif kind == "few hashes":
+        hash_of = {k: (len(k) % 3 + 1) << 40 for k in everything}
+    else:  # the same top bits, other low bits: one prefix group for all
+        hash_of = {k: (7 << 50) | (zlib.crc32(k) & 0xFFF) for k in everything}
+    path = tmp_path / "r.hgr"
+    keys = pa.array(stored, pa.large_binary())
+    write_run(path, [keys], np.array([hash_of[k] for k in stored], dtype=np.uint64), 9)
+    run = Run(path, 9)
+    found = run.holds(
+        pa.array(asked, pa.large_binary()), np.array([hash_of[k] for k in asked], dtype=np.uint64)
+    )
+    assert found.tolist() == [k in set(stored) for k in asked]
