@@ -14,8 +14,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
+from nats.js.api import KeyValueConfig
 
 from hourglass.bus.jetstream import connect
+from hourglass.bus.marks import LEASE_BUCKET, live_gateways
 from hourglass.bus.ownership import Ownership, read_loaders
 from hourglass.exceptions import ConfigError, Fenced
 from hourglass.loader.owner import KvCheckpoints
@@ -117,5 +119,27 @@ def test_a_checkpoint_file_of_an_earlier_version_is_imported_once(
         assert not legacy.exists() and legacy.with_name("t.json.imported").exists()
         again = await KvCheckpoints.claim(b, STREAM, tmp_path / "lake", legacy)
         assert again.load().state.committed_seq == 41 and again.epoch == 2
+
+    asyncio.run(run())
+
+
+def test_listing_leases_leaves_no_consumer_and_skips_deleted_keys(nats_server: NatsServer) -> None:
+    """Loaders list the gateway leases twice a second: a listing must not leave a
+    consumer behind on the server (nats-py's ``keys()`` leaves one for 5 minutes)."""
+
+    async def run() -> None:
+        nc = await connect(nats_server.url, name="test")
+        try:
+            js = nc.jetstream(timeout=5)
+            kv = await js.create_key_value(KeyValueConfig(bucket=LEASE_BUCKET, ttl=30))
+            await kv.put("gw-a", b"{}")
+            await kv.put("gw-b", b"{}")
+            await kv.delete("gw-b")  # a clean stop: a delete marker stays
+            for _ in range(30):
+                assert await live_gateways(js) == {"gw-a"}
+            info = await js.stream_info(f"KV_{LEASE_BUCKET}")
+            assert info.state.consumer_count == 0
+        finally:
+            await nc.close()
 
     asyncio.run(run())

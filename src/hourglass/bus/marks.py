@@ -124,6 +124,23 @@ async def live_gateways(js: JetStreamContext) -> set[str]:
     try:
         with map_nats_errors("list the gateway leases"):
             kv = await js.key_value(LEASE_BUCKET)
-            return set(await kv.keys())
-    except BusNotFound:  # no bucket (no gateway ever ran), or no keys
+    except BusNotFound:  # no bucket: no gateway ever ran
         return set()
+    return set(await read_entries(kv, await list_keys(js, LEASE_BUCKET)))
+
+
+async def list_keys(js: JetStreamContext, bucket: str) -> list[str]:
+    """The keys of a KV bucket with an entry (a delete marker included: read them).
+
+    From the stream's per-subject counts, not ``KeyValue.keys()``: that creates
+    a consumer each call which the server keeps for nats-py's 5-minute
+    inactivity threshold, so a loader listing leases twice a second ran into
+    "maximum consumers limit reached" within minutes (815 consumers, measured).
+    """
+    prefix = f"$KV.{bucket}."
+    try:
+        with map_nats_errors(f"list the keys of {bucket}"):
+            info = await js.stream_info(f"KV_{bucket}", subjects_filter=prefix + ">")
+    except BusNotFound:
+        return []
+    return [subject.removeprefix(prefix) for subject in info.state.subjects or {}]

@@ -51,7 +51,7 @@ from nats.js.kv import KeyValue
 
 from hourglass import log
 from hourglass.bus.errors import BusConflict, BusError, BusNotFound, BusUnavailable, map_nats_errors
-from hourglass.bus.marks import read_entries
+from hourglass.bus.marks import list_keys, read_entries
 from hourglass.exceptions import ConfigError, Fenced
 
 __all__ = ["CHECKPOINT_BUCKET", "LOADER_BUCKET", "Held", "Lease", "Ownership", "Record"]
@@ -303,9 +303,9 @@ async def read_loaders(js: JetStreamContext) -> tuple[dict[str, Lease], list[Lea
     try:
         with map_nats_errors("list the loaders"):
             kv = await js.key_value(LOADER_BUCKET)
-            keys = await kv.keys()
     except BusNotFound:
         return {}, []
+    keys = await list_keys(js, LOADER_BUCKET)
     owners: dict[str, Lease] = {}
     members: list[Lease] = []
     for key, value in (await read_entries(kv, keys)).items():

@@ -8,7 +8,7 @@ import pyarrow as pa
 
 from hourglass.lake.layout import bucket_dirs, bucket_of_dir, part_range
 from hourglass.lake.parquet import read_columns
-from hourglass.loader.dedup import keys_of
+from hourglass.loader.keys import keys_of
 
 
 def of_file(path: Path) -> pa.Array:

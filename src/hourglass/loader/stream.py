@@ -60,7 +60,8 @@ from hourglass.lake.layout import (
 from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import write_table
 from hourglass.loader import close, lakekeys
-from hourglass.loader.dedup import MEMORY_BYTES, Deduper, keys_of
+from hourglass.loader.dedup import MEMORY_BYTES, Deduper
+from hourglass.loader.keys import keys_of
 from hourglass.loader.metrics import Observer, Stats
 from hourglass.loader.quarantine import Quarantine
 from hourglass.loader.staging import publish, stage, sweep, sync_folders

@@ -13,8 +13,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hourglass.loader.dedup import Deduper, HashFn, hash64, keys_of
+from hourglass.loader.dedup import Deduper
 from hourglass.loader.hashindex import HashIndex, nonzero
+from hourglass.loader.keys import HashFn, hash64, keys_of
 from hourglass.loader.staging import publish
 from hourglass.loader.state import DedupState
 
