@@ -35,6 +35,8 @@ so it can let a duplicate through, never drop an event):
 * a run is staged, named by the checkpoint of the flush whose part files hold
   its keys (``DedupState.indexed_seq`` moves to that flush's last sequence),
   and published after (``staging.py``): the run and the rows commit together;
+* a fenced owner's staged run is never named; the owner that fenced it deletes
+  it at its next run (any staged file of an earlier epoch);
 * a slice that leaves is left out of the checkpoint first, its files deleted
   after the save; a crash between leaves files no checkpoint names, which the
   next recovery deletes (only those of its own epoch or earlier: a later
@@ -79,6 +81,7 @@ class Plan:
     (``state``, ``staged``), applied in memory after it (:meth:`Deduper.apply`)."""
 
     state: DedupState
+    epoch: int
     staged: dict[str, str] = field(default_factory=dict)  # final → staged, from the lake
     run: tuple[str, np.ndarray] | None = None  # the new run's name, its hashes in its order
     new_slice: int | None = None  # a column that starts afresh (its old slice left)
@@ -160,7 +163,7 @@ class Deduper:
         is up, slices that left, a sealed slice's filter column.  Changes nothing
         here; the files it stages are named in ``Plan.staged``."""
         state = msgspec.convert(msgspec.to_builtins(self.state), DedupState)
-        plan = Plan(state)
+        plan = Plan(state, epoch)
         self._expire(plan, now)
         current = state.slices[-1] if state.slices and state.slices[-1].bloom is None else None
         time_up = current is not None and now - current.start >= self.span_s
@@ -249,6 +252,7 @@ class Deduper:
             self.filter.add(column, hashes, in_order=True)
             self._runs[name] = Run(self.folder / name, self.probe)
             self.memtable.clear()
+            self._sweep_fenced(plan.epoch)
         was_short = self.effective_window_s(now) < self.window_s
         self.state = plan.state
         if not was_short and self.effective_window_s(now) < self.window_s:
@@ -310,6 +314,18 @@ class Deduper:
         state.slices = kept
         self.state = state
         return self._sweep(epoch)
+
+    def _sweep_fenced(self, epoch: int) -> int:
+        """Delete staged files of earlier epochs: an owner fenced after this one's
+        recovery may have staged a run it could never commit (``close.py`` does
+        the same in a bucket's folder when it closes)."""
+        removed = 0
+        for path in self.folder.glob(TMP_PREFIX + "e*"):
+            stamped = epoch_of(path.name)
+            if stamped is not None and stamped < epoch:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return removed
 
     def _sweep(self, epoch: int) -> int:
         if not self.folder.exists():

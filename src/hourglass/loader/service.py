@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import signal
 import time
@@ -56,6 +57,10 @@ from hourglass.loader.streams import Stream, build_streams
 logger = log.get("hourglass.loader")
 
 RETAIN_EVERY_S = 5.0  # a retention round per stream at most this often (after a flush)
+# After SIGTERM, streams get this long for their stop-time flush (a save waits up
+# to SAVE_TIMEOUT_S); then the process exits anyway, as from kill -9.  Below the
+# 30 s a new `hourglass up` waits for the previous run's processes.
+STOP_DEADLINE_S = 20.0
 
 
 T = TypeVar("T")
@@ -368,7 +373,17 @@ async def run_loader(settings: Settings) -> None:
     except asyncio.CancelledError:
         logger.info("loader stopped")
     finally:
-        await _stop_all(tasks)
+        if not await _stop_all(tasks):
+            # Every write is crash-safe: stopping here is a kill -9, nothing
+            # committed is lost and the next owner reads the rest again.  A
+            # worker thread may still block (a save to a bus that is gone),
+            # and the interpreter would wait for it at exit: leave now.
+            logger.error(
+                "streams did not stop in time; exiting without them",
+                extra={"deadline_s": STOP_DEADLINE_S},
+            )
+            logging.shutdown()
+            os._exit(1)
         await ownership.leave()
         await nc.close()
 
@@ -387,18 +402,24 @@ async def _check_lake(ownership: Ownership, settings: Settings, streams: list[St
             )
 
 
-async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel every task and wait until each has finished (its stop-time flush).
+async def _stop_all(tasks: list[asyncio.Task[None]]) -> bool:
+    """Cancel every task and wait until each has finished (its stop-time flush);
+    False if some still run after ``STOP_DEADLINE_S``.
 
     A task still running a second after its cancellation is cancelled again:
     a cancellation can be lost on the way.  Python 3.11's ``wait_for`` returns
     a result that arrives together with the cancellation, and nats-py waits
     through inner tasks, so a stream loop can go on, unaware, retrying a bus
     that is gone, which after ``kill -9`` of ``hourglass up`` it is (seen:
-    a loader alive for good, cancelled twice, cycling fetch and consumer_info).
+    a loader alive for good, cancelled twice, cycling fetch and consumer_info;
+    and, in CI, a loader stopped 0.2 s after start whose retention round waited
+    out two 10 s bus timeouts, past the 30 s a new ``hourglass up`` waits).
     """
     pending = set(tasks)
+    deadline = time.monotonic() + STOP_DEADLINE_S
     while pending:
+        if time.monotonic() >= deadline:
+            return False
         for task in pending:
             task.cancel()
         done, pending = await asyncio.wait(pending, timeout=1.0)
@@ -410,3 +431,4 @@ async def _stop_all(tasks: list[asyncio.Task[None]]) -> None:
                 "streams still running after cancellation; cancelling again",
                 extra={"streams": ",".join(sorted(t.get_name() for t in pending))},
             )
+    return True

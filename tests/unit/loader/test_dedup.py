@@ -304,3 +304,19 @@ def test_distinct_events_have_distinct_keys(pairs: list[tuple[str, str]]) -> Non
     by_key: dict[bytes, tuple[str, str]] = {}
     for pair, k in zip(pairs, keys.to_pylist(), strict=True):
         assert by_key.setdefault(k, pair) == pair, f"{pair} and {by_key[k]} share a key"
+
+
+def test_a_run_staged_by_a_fenced_owner_is_deleted_at_the_next_run(tmp_path: Path) -> None:
+    sim = Sim(tmp_path, hash64, window_s=HOUR, memory_bytes=1 << 16, run_keys=1, slices=2)
+    sim.batch([b"a"])
+    sim.flush()
+    fenced = sim.d.folder / ".tmp-e0-run-00000000000000000005-00000000000000000005.hgr"
+    fenced.write_bytes(b"staged by an owner fenced after our recovery")
+    later = sim.d.folder / ".tmp-e9-run-00000000000000000007-00000000000000000007.hgr"
+    later.write_bytes(b"a later owner's")
+    sim.batch([b"b"])
+    seq = sim.seq + 1
+    plan = sim.d.plan(epoch=1, last_seq=seq, now=sim.now)
+    publish(tmp_path, plan.staged)
+    sim.d.apply(plan, sim.now)
+    assert not fenced.exists() and later.exists()
