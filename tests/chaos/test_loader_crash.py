@@ -63,10 +63,10 @@ FAST = {"bucket": "1m", "marker_interval_s": 0.5, "lease_ttl_s": 3.0, "flush_int
 MINUTE = dt.timedelta(minutes=1)
 
 
-def _state(url: str, stream: str = SKIPPED) -> LoaderState | None:
-    """The stream's checkpoint as saved in its bus record (None: never saved)."""
+def _saved(url: str, stream: str = SKIPPED) -> Saved | None:
+    """The stream's checkpoint record as saved on the bus (None: never saved)."""
 
-    async def read() -> LoaderState | None:
+    async def read() -> Saved | None:
         nc = await jetstream.connect(url, name="test")
         try:
             name = (
@@ -75,10 +75,14 @@ def _state(url: str, stream: str = SKIPPED) -> LoaderState | None:
             record, _ = await read_record(nc.jetstream(timeout=5), name)
         finally:
             await nc.close()
-        saved = msgspec.json.decode(record.body, type=Saved | None) if record else None
-        return saved.state if saved else None
+        return msgspec.json.decode(record.body, type=Saved | None) if record else None
 
     return asyncio.run(read())
+
+
+def _state(url: str, stream: str = SKIPPED) -> LoaderState | None:
+    saved = _saved(url, stream)
+    return saved.state if saved else None
 
 
 def _parts(lake: Path) -> list[Path]:
@@ -235,18 +239,6 @@ def test_kill_after_the_failed_stream_s_save_publishes_at_restart(
     )
     loader.stop()
     assert tmp_files(data) == [], "a staged file survived the restart"
-
-
-def _saved(url: str) -> Saved | None:
-    async def read() -> Saved | None:
-        nc = await jetstream.connect(url, name="test")
-        try:
-            record, _ = await read_record(nc.jetstream(timeout=5), jetstream.stream_name(SKIPPED))
-        finally:
-            await nc.close()
-        return msgspec.json.decode(record.body, type=Saved | None) if record else None
-
-    return asyncio.run(read())
 
 
 INDEX_POINTS = ["loader.after_run", "loader.before_checkpoint", "loader.after_checkpoint"]
