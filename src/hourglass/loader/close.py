@@ -39,7 +39,7 @@ from hourglass import log
 from hourglass.crashpoints import crashpoint
 from hourglass.lake.layout import SUCCESS, bucket_dir
 from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
-from hourglass.loader.staging import publish, stage, sweep, sync_folders
+from hourglass.loader.staging import publish, stage, sweep, sync_folders, write_bytes
 from hourglass.loader.state import (
     BucketCounts,
     Checkpoints,
@@ -165,7 +165,7 @@ def close_bucket(
             close_delay_s=round(now - end, 3),
         )
         data = manifest_bytes(manifest)
-        temp = stage(folder / SUCCESS, checkpoints.epoch, partial(_write_bytes, data))
+        temp = stage(folder / SUCCESS, checkpoints.epoch, partial(write_bytes, data))
         sync_folders([temp])
         staged[(folder / SUCCESS).relative_to(lake).as_posix()] = temp.relative_to(lake).as_posix()
         crashpoint("loader.after_manifest")
@@ -188,10 +188,6 @@ def close_bucket(
             },
         )
     return manifest, closed
-
-
-def _write_bytes(data: bytes, path: Path) -> None:
-    path.write_bytes(data)
 
 
 def skip_closed(state: LoaderState, width: int, has_manifest: Callable[[int], bool]) -> bool:

@@ -65,7 +65,7 @@ from hourglass.loader.keys import HashFn, first_in_batch, hash64, probe_of
 from hourglass.loader.memtable import Memtable
 from hourglass.loader.metrics import IndexReport
 from hourglass.loader.runs import Run, RunError, write_run
-from hourglass.loader.staging import epoch_of, stage
+from hourglass.loader.staging import epoch_of, stage, sweep, write_bytes
 from hourglass.loader.state import DedupState, RunRef, SliceState
 
 logger = log.get("hourglass.loader")
@@ -224,7 +224,7 @@ class Deduper:
         added, so its column in memory is whole."""
         column = self.filter.words[:, s.column].copy()
         name = f"slice-e{epoch}-{s.id:010d}.bloom"
-        temp = stage(self.folder / name, epoch, partial(_write_bytes, column.tobytes()))
+        temp = stage(self.folder / name, epoch, partial(write_bytes, column.tobytes()))
         plan.staged[self._rel(self.folder / name)] = self._rel(temp)
         s.bloom = name
 
@@ -252,7 +252,10 @@ class Deduper:
             self.filter.add(column, hashes, in_order=True)
             self._runs[name] = Run(self.folder / name, self.probe)
             self.memtable.clear()
-            self._sweep_fenced(plan.epoch)
+            # An owner fenced after this one's recovery may have staged a run it
+            # could never commit: staged files of earlier epochs go, as close.py
+            # does in a bucket's folder when it closes.
+            sweep(self.folder, plan.epoch - 1, keep=[])
         was_short = self.effective_window_s(now) < self.window_s
         self.state = plan.state
         if not was_short and self.effective_window_s(now) < self.window_s:
@@ -315,18 +318,6 @@ class Deduper:
         self.state = state
         return self._sweep(epoch)
 
-    def _sweep_fenced(self, epoch: int) -> int:
-        """Delete staged files of earlier epochs: an owner fenced after this one's
-        recovery may have staged a run it could never commit (``close.py`` does
-        the same in a bucket's folder when it closes)."""
-        removed = 0
-        for path in self.folder.glob(TMP_PREFIX + "e*"):
-            stamped = epoch_of(path.name)
-            if stamped is not None and stamped < epoch:
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
-
     def _sweep(self, epoch: int) -> int:
         if not self.folder.exists():
             return 0
@@ -383,10 +374,6 @@ def _write(
     chunks: list[pa.Array], hashes: np.ndarray, probe: int, out: list[np.ndarray], path: Path
 ) -> None:
     out.append(write_run(path, chunks, hashes, probe)[1])
-
-
-def _write_bytes(data: bytes, path: Path) -> None:
-    path.write_bytes(data)
 
 
 def _epoch_in_name(name: str) -> int | None:

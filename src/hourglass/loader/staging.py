@@ -57,6 +57,11 @@ def stage(final: Path, epoch: int, write: Callable[[Path], None]) -> Path:
     return path
 
 
+def write_bytes(data: bytes, path: Path) -> None:
+    """A ``write`` for :func:`stage` of bytes already in memory (a manifest, a column)."""
+    path.write_bytes(data)
+
+
 def sync_folders(paths: Iterable[Path]) -> None:
     for folder in sorted({p.parent for p in paths}):
         fsync_dir(folder)
