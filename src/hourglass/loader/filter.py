@@ -37,6 +37,11 @@ class SliceFilter:
         # np.zeros: pages are taken as slices fill, so a loader that owns
         # nothing (a standby) holds no filter memory.
         self.words = np.zeros((blocks, slices), dtype=np.uint64)
+        # Columns with a bit set since their last clear.  Clearing a column writes
+        # one word in every row, so it touches every page of the matrix: on fresh
+        # pages that cost 2.1 s for 768 MiB (measured), all on the hot path, and
+        # took the whole budget's RSS at the first run.  Clean columns are skipped.
+        self._dirty = np.zeros(slices, dtype=bool)
 
     @property
     def blocks(self) -> int:
@@ -74,6 +79,7 @@ class SliceFilter:
             block, mask = block[order], mask[order]
         starts = np.flatnonzero(np.r_[True, block[1:] != block[:-1]])
         merged = np.bitwise_or.reduceat(mask, starts)
+        self._dirty[column] = True
         self.words[block[starts], column] |= merged
 
     def candidates(self, hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -90,7 +96,9 @@ class SliceFilter:
         return hit, rows[hit] == 0
 
     def clear(self, column: int) -> None:
-        self.words[:, column] = 0
+        if self._dirty[column]:
+            self.words[:, column] = 0
+            self._dirty[column] = False
 
     def column(self, column: int) -> bytes:
         return np.ascontiguousarray(self.words[:, column]).tobytes()
@@ -101,4 +109,5 @@ class SliceFilter:
             raise ValueError(
                 f"a filter column of {len(words)} blocks, this filter has {self.blocks}"
             )
+        self._dirty[column] = True
         self.words[:, column] = words

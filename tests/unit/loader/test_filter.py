@@ -66,3 +66,21 @@ def test_hashes_in_a_run_s_order_fill_the_same_column_as_in_any_order() -> None:
     a.add(0, hashes)
     b.add(0, sort_hashes(hashes)[0], in_order=True)
     assert (a.words == b.words).all()
+
+
+def test_a_loaded_column_cleared_holds_nothing_and_a_clean_one_clears_alone() -> None:
+    f = SliceFilter(1 << 14, 3)
+    hashes = np.arange(1, 500, dtype=np.uint64) * np.uint64(0x9E3779B97F4A7C15)
+    f.add(0, hashes)
+    g = SliceFilter(1 << 14, 3)
+    g.load_column(1, f.column(0))
+    g.clear(1)
+    g.clear(2)  # never written: skipped, and column 0 of f is untouched by g
+    assert not g.words.any()
+    f.clear(1)
+    f.clear(1)
+    assert (f.candidates(hashes)[1][:, 0]).all()
+    f.clear(0)
+    f.add(0, hashes[:10])
+    f.clear(0)
+    assert not f.words.any()
