@@ -10,7 +10,15 @@ the gateway falls back to it when a batch fails the canonical one, then makes
 the decoded data canonical (``schemas/avro.py``).
 
 On the bus, a message is NDJSON: one envelope per line, ``received_at`` set,
-``None`` attributes omitted.  The loader reads that format; the failed-events
+``None`` attributes omitted.
+
+Three extension attributes are Hourglass's own (``SEQUENCE_FIELDS``): the SDK
+and the tailer stamp ``hgproducer``, ``hgseq`` and ``hgacked`` so the loader
+deduplicates their events by sequence (``loader/producers.py``) rather than by
+key.  Each is type- and range-checked here (what the OpenAPI document can say);
+the loader uses them only when all three are present with ``hgacked < hgseq``,
+and checks any other event by its key (``loader/copies.py``): a partial set
+harms nothing, and costs no check per event here.  The loader reads that format; the failed-events
 stream holds :class:`FailedEvent` records instead.
 """
 
@@ -39,13 +47,18 @@ ENVELOPE_FIELDS: list[tuple[str, Any] | tuple[str, Any, Any]] = [
     # Any: a client-sent received_at is not validated, only overwritten.
     ("received_at", Any, None),
 ]
+SEQUENCE_FIELDS: list[tuple[str, Any, Any]] = [
+    ("hgproducer", Annotated[str, msgspec.Meta(min_length=1, max_length=256)] | None, None),
+    ("hgseq", Annotated[int, msgspec.Meta(ge=1, le=(1 << 63) - 1)] | None, None),
+    ("hgacked", Annotated[int, msgspec.Meta(ge=0, le=(1 << 63) - 1)] | None, None),
+]
 
 
 def envelope_type(
     schema: CompiledSchema, data_type: type[msgspec.Struct] | None = None
 ) -> type[msgspec.Struct]:
     """The Struct that validates one CloudEvent of ``schema``'s type."""
-    fields = list(ENVELOPE_FIELDS)
+    fields = list(ENVELOPE_FIELDS) + list(SEQUENCE_FIELDS)
     fields.insert(3, ("data", data_type or schema.data_type))
     return msgspec.defstruct(
         "Event_" + schema.type_name.replace(".", "_"),

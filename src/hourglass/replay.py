@@ -3,8 +3,12 @@
 Reads the rejected events of ``--type`` from ``lake/_failed`` (verbatim, with
 their original ``source`` and ``id``) and posts them to the gateway in batches.
 Replaying twice is harmless: the loader keeps one copy per ``(source, id)``
-within its dedup window.  Events rejected again are reported with the new reason
-(and land in ``_failed`` once more).
+within its dedup window.  The sequence attributes of Hourglass's own producers
+(``hgproducer``/``hgseq``/``hgacked``) are taken off first: the producer counted
+the rejected event as answered, so under its sequence the loader would take
+the replay for a re-send and drop it; without them it goes by its key.
+Events rejected again are reported with the new reason (and land in
+``_failed`` once more).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import msgspec
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
@@ -29,8 +34,27 @@ class ReplayResult:
     rejected: list[str] = field(default_factory=list)
 
 
+SEQUENCE_ATTRIBUTES = ("hgproducer", "hgseq", "hgacked")
+
+
+def without_sequence(event: str) -> str:
+    """``event`` (JSON text) without the producer sequence attributes."""
+    if "hgseq" not in event and "hgproducer" not in event and "hgacked" not in event:
+        return event
+    try:
+        decoded = msgspec.json.decode(event)
+    except msgspec.DecodeError:
+        return event  # not JSON: the gateway rejects it again, with the reason
+    if not isinstance(decoded, dict):
+        return event
+    for name in SEQUENCE_ATTRIBUTES:
+        decoded.pop(name, None)
+    return msgspec.json.encode(decoded).decode()
+
+
 def failed_events(lake: Path, type_name: str, since: dt.datetime | None = None) -> list[str]:
-    """The JSON text of every rejected event of ``type_name``, oldest first."""
+    """The JSON text of every rejected event of ``type_name``, oldest first, ready
+    to send again (``without_sequence``)."""
     root = lake / FAILED_DIR
     if not root.exists():
         return []
@@ -40,7 +64,7 @@ def failed_events(lake: Path, type_name: str, since: dt.datetime | None = None) 
         condition &= pc.field("received_at") >= since
     table = dataset.to_table(columns=["received_at", "event"], filter=condition)
     table = table.sort_by("received_at")
-    return [str(e) for e in table.column("event").to_pylist()]
+    return [without_sequence(str(e)) for e in table.column("event").to_pylist()]
 
 
 def replay(

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import shutil
 import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import duckdb
 import httpx
 import msgspec
 import pytest
@@ -21,8 +23,11 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from hourglass.bus.embedded import free_port
+from hourglass.lake.failed import FAILED_DIR
 from hourglass.producer import AsyncProducer, Producer, SpoolFull
-from tests.integration.conftest import StartGateway
+from hourglass.replay import replay
+from hourglass.schemas import DEMO_SCHEMAS_DIR
+from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import GatewayProcess, NatsServer, events_of, failed, post
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(90)]
@@ -233,3 +238,57 @@ async def test_async_producer(
     assert more == "async-last"  # close flushed it
     found = Counter(e["id"] for e in await asyncio.to_thread(events_of, nats_server.url, SKIPPED))
     assert_once_each(found, [*ids, more])
+
+
+def test_a_rejected_sdk_event_replayed_after_a_schema_fix_lands_once(
+    start_gateway: StartGateway, start_loader: StartLoader, tmp_path: Path
+) -> None:
+    """The SDK counts a rejected event as answered, so its sequence is below the
+    producer's floor by the time it is replayed: ``replay-failed`` sends it
+    without the sequence, and the loader keeps it by its key."""
+    strict = tmp_path / "strict"
+    strict.mkdir()
+    avro = msgspec.json.decode((DEMO_SCHEMAS_DIR / "SongSkipped.avsc").read_bytes())
+    avro["fields"].append({"name": "mood", "type": "string"})  # v1: a field no event sends
+    (strict / "SongSkipped.avsc").write_bytes(msgspec.json.encode(avro))
+    fixed = tmp_path / "fixed"
+    fixed.mkdir()
+    shutil.copy(DEMO_SCHEMAS_DIR / "SongSkipped.avsc", fixed / "SongSkipped.avsc")
+    fast = {"bucket": "1m", "flush_interval_s": 0.5, "marker_interval_s": 0.5}
+    gw = start_gateway(schemas=str(strict), **fast)  # creates the streams
+    loader = start_loader(schemas=str(fixed), **fast)
+    rejected: list[str] = []
+    spool = tmp_path / "spool"
+    with Producer(gw.base, spool_dir=spool, on_rejected=lambda e, r: rejected.append(r)) as p:
+        kept = p.emit(SKIPPED, song(0) | {"mood": "calm"})
+        lost = p.emit(SKIPPED, song(1))  # no mood: rejected by v1
+        assert p.flush(timeout=30)
+        later = p.emit(SKIPPED, song(2) | {"mood": "glad"})  # its floor is past `lost`
+        assert p.flush(timeout=30)
+    assert len(rejected) == 1 and "mood" in rejected[0], rejected
+    failed_dir = loader.lake / FAILED_DIR
+
+    def lake_ids() -> set[str]:
+        glob = f"read_parquet('{loader.lake}/{SKIPPED}/**/*.parquet', hive_partitioning=true)"
+        if not any((loader.lake / SKIPPED).rglob("part-*.parquet")):
+            return set()
+        with duckdb.connect() as con:
+            return {i for (i,) in con.sql(f"select id from {glob}").fetchall()}  # noqa: S608
+
+    wait_for(lambda: lake_ids() == {kept, later} and any(failed_dir.rglob("*.parquet")), 30)
+    gw.stop()
+    gw = start_gateway(schemas=str(fixed), **fast)
+    result = replay(loader.lake, SKIPPED, gw.base)
+    assert (result.found, result.accepted, result.rejected) == (1, 1, [])
+    wait_for(lambda: lake_ids() == {kept, lost, later}, 30)
+    time.sleep(1.0)  # a second copy would show now
+    with duckdb.connect() as con:
+        glob = f"read_parquet('{loader.lake}/{SKIPPED}/**/*.parquet', hive_partitioning=true)"
+        assert con.sql(f"select count(*) from {glob}").fetchall() == [(3,)]  # noqa: S608
+
+
+def wait_for(check: Callable[[], bool], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(0.2)

@@ -26,9 +26,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import msgspec
 import pytest
 
+from hourglass.bus.embedded import free_port
 from hourglass.producer.follow import StateDir
 from hourglass.producer.tail import MALFORMED_TYPE, file_source
 from tests.chaos.conftest import Key, assert_exactly_once, lake_keys_duckdb, wait_until
@@ -214,7 +216,8 @@ def test_tail_rotations_restarts_and_malformed_lines(
     tailers: list[Tailer],
 ) -> None:
     gw = start_gateway(**FAST)
-    loader = start_loader(**FAST)
+    metrics_port = free_port()
+    loader = start_loader(loader_metrics_port=metrics_port, **FAST)
     a, b = files
     state = tmp_path / "tail-state"
     url = ["--url", gw.base]
@@ -287,6 +290,15 @@ def test_tail_rotations_restarts_and_malformed_lines(
     assert_exactly_once(lake_keys_duckdb(loader.lake, SKIPPED), expected)
     on_bus = len(events_of(gw.settings.bus, SKIPPED))
     assert on_bus > len(expected), "the crash before a checkpoint should have re-sent lines"
+    # Lines the tailer gives ids travel with their line numbers: settled by sequence.
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert "hourglass_loader_dedup_sequenced_events_total" in metrics
+    sequenced = [
+        float(line.rsplit(" ", 1)[1])
+        for line in metrics.splitlines()
+        if line.startswith("hourglass_loader_dedup_sequenced_events_total{")
+    ]
+    assert sum(sequenced) >= len(a.valid), sequenced
     check_failed_stream(failed(gw.settings.bus), a, b)
     check_reports(ta.output.read_text() + tb.output.read_text(), a, b)
 

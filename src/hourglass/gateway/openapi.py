@@ -42,6 +42,25 @@ _ATTRIBUTES: dict[str, JsonSchema] = {
     "subject": {"type": ["string", "null"]},
     "datacontenttype": {"type": ["string", "null"]},
     "dataschema": {"type": ["string", "null"]},
+    # hourglass.events.SEQUENCE_FIELDS: all three or none, hgacked < hgseq.
+    "hgproducer": {
+        "type": "string",
+        "minLength": 1,
+        "maxLength": 256,
+        "description": "Hourglass SDK/tailer only: the producer session (dedup by sequence)",
+    },
+    "hgseq": {
+        "type": "integer",
+        "minimum": 1,
+        "maximum": 2**63 - 1,
+        "description": "Hourglass SDK/tailer only: the event's sequence in the session",
+    },
+    "hgacked": {
+        "type": "integer",
+        "minimum": 0,
+        "maximum": 2**63 - 1,
+        "description": "Hourglass SDK/tailer only: every hgseq at or below it was answered",
+    },
 }
 
 # Binary mode: the attributes travel as ce-* headers (percent-encoded), the body is data.
@@ -59,7 +78,8 @@ BINARY_HEADERS: dict[str, JsonSchema] = {
 def event_schema(schema: CompiledSchema) -> JsonSchema:
     """One CloudEvent of ``schema``'s type, as the gateway accepts it (no ``$ref``).
 
-    Extension attributes are accepted and not stored, so other members are allowed.
+    Extension attributes are accepted and not stored, so other members are allowed;
+    Hourglass's own three (``hg*``) are checked.
     """
     return {
         "type": "object",
@@ -74,6 +94,9 @@ def event_schema(schema: CompiledSchema) -> JsonSchema:
             "subject": _ATTRIBUTES["subject"],
             "datacontenttype": _ATTRIBUTES["datacontenttype"],
             "dataschema": _ATTRIBUTES["dataschema"],
+            "hgproducer": _ATTRIBUTES["hgproducer"],
+            "hgseq": _ATTRIBUTES["hgseq"],
+            "hgacked": _ATTRIBUTES["hgacked"],
             "data": data_schema(schema),
         },
     }

@@ -6,6 +6,11 @@ structs, enums dictionary-encoded strings, arrays lists, maps maps, timestamps
 UTC timestamps in the schema's unit, ``date`` date32, ``uuid`` strings,
 ``bytes``/``fixed`` binary.
 
+``to_table`` also returns the sequence attributes of Hourglass's own producers
+(``hgproducer``, ``hgseq``, ``hgacked``: ``events.py``) as three last columns,
+``SEQUENCE_COLUMNS``, null for other events.  Their names cannot be an Avro
+field's; the loader dedups by them and drops them, so no lake file holds them.
+
 Two ways in, both without a Python loop per event:
 
 * **columnar** (every schema without ``bytes``, ``fixed`` or ``map``): Arrow's
@@ -51,6 +56,12 @@ ENVELOPE = [
     pa.field("time", TS_US),
     pa.field("received_at", TS_US, nullable=False),
 ]
+SEQUENCE = [
+    pa.field("hgproducer", pa.string()),
+    pa.field("hgseq", pa.int64()),
+    pa.field("hgacked", pa.int64()),
+]
+SEQUENCE_COLUMNS = ["@" + f.name for f in SEQUENCE]  # "@": not a legal Avro name
 _ENUM = pa.dictionary(pa.int32(), pa.string())
 _PRIMITIVE: dict[str, pa.DataType] = {
     "null": pa.null(),
@@ -161,13 +172,21 @@ class LakeSchema:
         self.type_name = schema.type_name
         record: Record = parse_schema(schema.avro, location=str(schema.path or schema.type_name))
         self.data_fields = [pa.field(f.name, lake_type(f.type)) for f in record.fields]
-        self.schema = pa.schema(ENVELOPE + self.data_fields)
+        self.schema = pa.schema(ENVELOPE + self.data_fields)  # of the lake's files
+        self.rows_schema = pa.schema(
+            ENVELOPE
+            + self.data_fields
+            + [f.with_name(n) for f, n in zip(SEQUENCE, SEQUENCE_COLUMNS, strict=True)]
+        )
         json_data = _json_type(record)
         self.columnar = json_data is not None
         self._data_lake_type = pa.struct(self.data_fields)
         self._floor = _has_millis(self._data_lake_type)
-        self._read_schema = pa.schema([*ENVELOPE, pa.field("data", json_data or pa.null())])
-        self._staged = pa.schema([*ENVELOPE, pa.field("data", pa.struct(self.data_fields))])
+        data_read = pa.field("data", json_data or pa.null())
+        self._read_schema = pa.schema([*ENVELOPE, data_read, *SEQUENCE])
+        self._staged = pa.schema(
+            [*ENVELOPE, pa.field("data", pa.struct(self.data_fields)), *SEQUENCE]
+        )
         row: Any = msgspec.defstruct(
             "Row",
             [
@@ -177,15 +196,19 @@ class LakeSchema:
                 ("time", dt.datetime | None, None),
                 ("received_at", dt.datetime),
                 ("data", schema.data_type),
+                ("hgproducer", str | None, None),
+                ("hgseq", int | None, None),
+                ("hgacked", int | None, None),
             ],
             kw_only=True,
         )
         self._decoder: msgspec.json.Decoder[Any] = msgspec.json.Decoder(list[row])
 
     def to_table(self, ndjson: bytes) -> pa.Table:
-        """Rows for NDJSON lines of envelopes (as the gateway writes them)."""
+        """Rows for NDJSON lines of envelopes (as the gateway writes them), in
+        ``rows_schema``: the lake's columns, then ``SEQUENCE_COLUMNS``."""
         if not ndjson:
-            return self.schema.empty_table()
+            return self.rows_schema.empty_table()
         staged = self._columnar(ndjson) if self.columnar else self._typed(ndjson)
         data = staged.column("data")
         columns = [staged.column(f.name) for f in ENVELOPE]
@@ -193,7 +216,8 @@ class LakeSchema:
             pa.chunked_array([chunk.field(i) for chunk in data.chunks], type=f.type)
             for i, f in enumerate(self.data_fields)
         ]
-        return pa.Table.from_arrays(columns, schema=self.schema)
+        columns += [staged.column(f.name) for f in SEQUENCE]
+        return pa.Table.from_arrays(columns, schema=self.rows_schema)
 
     def _columnar(self, ndjson: bytes) -> pa.Table:
         table = pa_json.read_json(

@@ -4,6 +4,14 @@ A duplicate is an event whose ``(source, id)`` the lake already holds from a
 commit within the window, or that the loader holds unflushed, or that came
 earlier in the same batch.
 
+Events of Hourglass's own producers (with ``hgproducer``/``hgseq``/``hgacked``)
+are deduplicated by sequence instead (``producers.py``): :meth:`fresh_sequenced`,
+a table per producer session, saved as ``producers-e<epoch>-<last seq>.hgp`` at
+every flush that changed it and named by that flush's checkpoint
+(``DedupState.producers``), the previous file deleted after the save.  Their
+keys never reach the memtable or the runs; an event is checked by one of the
+two, by whether it carries the attributes.
+
 Where the keys are (a key is ``len(source):source:id``, hashed to 64 bits by
 DuckDB's vectorised ``hash()``: ``keys.py``):
 
@@ -64,6 +72,7 @@ from hourglass.loader.filter import SliceFilter
 from hourglass.loader.keys import HashFn, first_in_batch, hash64, probe_of
 from hourglass.loader.memtable import Memtable
 from hourglass.loader.metrics import IndexReport
+from hourglass.loader.producers import ProducerTable
 from hourglass.loader.runs import Run, RunError, write_run
 from hourglass.loader.staging import epoch_of, stage, sweep, write_bytes
 from hourglass.loader.state import DedupState, RunRef, SliceState
@@ -86,6 +95,7 @@ class Plan:
     run: tuple[str, np.ndarray] | None = None  # the new run's name, its hashes in its order
     new_slice: int | None = None  # a column that starts afresh (its old slice left)
     dropped: list[SliceState] = field(default_factory=list)
+    old_producers: str | None = None  # the producer table's file this plan replaces
 
 
 class Deduper:
@@ -117,6 +127,10 @@ class Deduper:
         self.state = DedupState(probe=self.probe)
         self._runs: dict[str, Run] = {}
         self.run_lookups = 0  # keys a run was asked about (the filter said maybe)
+        self.producers = ProducerTable(window_s=window_s)
+        self._producers_changed = False
+        self.sequenced = 0  # rows checked by sequence, since the last report
+        self._evicted_reported = 0
 
     # ------------------------------------------------------------------ probe
 
@@ -147,6 +161,17 @@ class Deduper:
                 keep[maybe[held]] = False
                 maybe = maybe[~held]
         return keep
+
+    def fresh_sequenced(
+        self, producers: pa.Array, seqs: np.ndarray, floors: np.ndarray, now: float
+    ) -> np.ndarray:
+        """Mask of rows of Hourglass's own producers to keep, remembered at once
+        (pending, as :meth:`add`'s keys): ``producers.py``."""
+        if not len(seqs):
+            return np.zeros(0, dtype=bool)
+        self._producers_changed = True
+        self.sequenced += len(seqs)
+        return self.producers.fresh(producers, seqs, floors, now)
 
     def add(self, keys: pa.Array, hashes: np.ndarray | None = None, now: float = 0.0) -> None:
         """Remember ``keys`` (rows kept: pending now, committed by the next flush)."""
@@ -192,6 +217,12 @@ class Deduper:
             state.indexed_seq = last_seq
         elif not count:
             state.indexed_seq = last_seq
+        if self._producers_changed:
+            name = f"producers-e{epoch}-{last_seq:020d}.hgp"
+            data = self.producers.encode()
+            temp = stage(self.folder / name, epoch, partial(write_bytes, data))
+            plan.staged[self._rel(self.folder / name)] = self._rel(temp)
+            plan.old_producers, state.producers = state.producers, name
         self._fit_disk(plan)
         return plan
 
@@ -256,6 +287,10 @@ class Deduper:
             # could never commit: staged files of earlier epochs go, as close.py
             # does in a bucket's folder when it closes.
             sweep(self.folder, plan.epoch - 1, keep=[])
+        if plan.old_producers not in (None, plan.state.producers):
+            (self.folder / plan.old_producers).unlink(missing_ok=True)
+        if plan.state.producers != self.state.producers:
+            self._producers_changed = False
         was_short = self.effective_window_s(now) < self.window_s
         self.state = plan.state
         if not was_short and self.effective_window_s(now) < self.window_s:
@@ -288,12 +323,14 @@ class Deduper:
                     indexed_seq=state.indexed_seq,
                     next_id=state.next_id,
                     evicted_until=max((s.end for s in state.slices), default=0.0),
+                    producers=state.producers,
                 )
             else:
                 state = DedupState(probe=self.probe)
         self.memtable.clear()
         self._runs.clear()
         self.filter = SliceFilter(self.filter.nbytes, self.filter.slices)  # untouched pages
+        self._restore_producers(state)
         kept: list[SliceState] = []
         for s in state.slices:
             try:
@@ -318,11 +355,30 @@ class Deduper:
         self.state = state
         return self._sweep(epoch)
 
+    def _restore_producers(self, state: DedupState) -> None:
+        self.producers = ProducerTable(window_s=self.window_s)
+        self._producers_changed = False
+        self._evicted_reported = 0
+        if state.producers is None:
+            return
+        try:
+            self.producers.load((self.folder / state.producers).read_bytes())
+        except (OSError, ValueError) as exc:
+            # Re-sends of those producers get through as duplicates until their
+            # floors are learnt again; nothing is dropped.
+            logger.error(
+                "producer sequence table unreadable, starting an empty one",
+                extra={"folder": str(self.folder), "file": state.producers, "error": str(exc)},
+            )
+            self.producers = ProducerTable(window_s=self.window_s)
+            state.producers = None
+
     def _sweep(self, epoch: int) -> int:
         if not self.folder.exists():
             return 0
         named = {r.name for s in self.state.slices for r in s.runs}
         named |= {s.bloom for s in self.state.slices if s.bloom}
+        named |= {self.state.producers} if self.state.producers else set()
         removed = 0
         for path in self.folder.iterdir():
             name = path.name
@@ -345,8 +401,11 @@ class Deduper:
         return self.state.effective_window_s(self.window_s, now)
 
     def report(self, now: float) -> IndexReport:
-        """How the index stands, for metrics; run lookups counted since the last report."""
+        """How the index stands, for metrics; counts since the last report."""
         lookups, self.run_lookups = self.run_lookups, 0
+        sequenced, self.sequenced = self.sequenced, 0
+        evicted = self.producers.evicted - self._evicted_reported
+        self._evicted_reported = self.producers.evicted
         return IndexReport(
             window_s=float(self.window_s),
             effective_window_s=self.effective_window_s(now),
@@ -355,6 +414,9 @@ class Deduper:
             disk_bytes=self.disk_used,
             disk_budget_bytes=self.disk_bytes,
             run_lookups=lookups,
+            sequenced=sequenced,
+            producers=len(self.producers),
+            producers_evicted=evicted,
         )
 
     @property
@@ -377,9 +439,10 @@ def _write(
 
 
 def _epoch_in_name(name: str) -> int | None:
-    """``run-e<epoch>-…`` / ``slice-e<epoch>-…``; None for a name of neither kind."""
+    """``run-e<epoch>-…`` / ``slice-e<epoch>-…`` / ``producers-e<epoch>-…``; None
+    for a name of none of these kinds."""
     head, _, rest = name.partition("-e")
-    if head not in ("run", "slice"):
+    if head not in ("run", "slice", "producers"):
         return None
     digits = rest.split("-", 1)[0]
     return int(digits) if digits.isdigit() else None

@@ -46,6 +46,9 @@ class IndexReport:
     disk_bytes: int
     disk_budget_bytes: int
     run_lookups: int  # since the last report: keys the filter sent to a run file
+    sequenced: int = 0  # since the last report: rows checked by producer sequence
+    producers: int = 0  # sessions in the producer sequence table (producers.py)
+    producers_evicted: int = 0  # since the last report: sessions or ranges over a bound
 
 
 class Observer(Protocol):
@@ -210,6 +213,26 @@ class LoaderMetrics:
             ["stream"],
             registry=r,
         )
+        self.dedup_sequenced = Counter(
+            "hourglass_loader_dedup_sequenced_events",
+            "Events deduplicated by producer sequence (Hourglass's SDK and tailer) "
+            "instead of by key.",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_producers = Gauge(
+            "hourglass_loader_dedup_producers",
+            "Producer sessions in the sequence table (bounded: 100,000).",
+            ["stream"],
+            registry=r,
+        )
+        self.dedup_producers_evicted = Counter(
+            "hourglass_loader_dedup_producers_evicted",
+            "Producer sessions or sequence ranges forgotten for a bound before the window "
+            "(a re-send of theirs gets through as a duplicate).",
+            ["stream"],
+            registry=r,
+        )
         self.close_delay = Histogram(
             "hourglass_loader_close_delay_seconds",
             "Bucket close time after its end.",
@@ -296,6 +319,9 @@ class StreamMetrics:
         m.dedup_disk.labels(s).set(report.disk_bytes)
         m.dedup_disk_budget.labels(s).set(report.disk_budget_bytes)
         m.dedup_run_lookups.labels(s).inc(report.run_lookups)
+        m.dedup_sequenced.labels(s).inc(report.sequenced)
+        m.dedup_producers.labels(s).set(report.producers)
+        m.dedup_producers_evicted.labels(s).inc(report.producers_evicted)
 
 
 def observe_retention(metrics: LoaderMetrics, stream: str, kept: Retained, committed: int) -> None:

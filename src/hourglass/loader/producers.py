@@ -19,19 +19,19 @@ Per producer the table holds that floor and the exact set of sequences seen
 above it, as ranges; a floor that rises prunes the ranges below it, so for the
 SDK (one batch in flight) a producer costs a few dozen bytes whatever its rate.
 
-Bounds: ``max_producers`` (a producer unseen for ``window_s`` leaves first,
-then the least recently seen) and ``max_ranges`` per producer (the lowest
+Bounds: ``max_producers`` and ``max_ranges_total`` (a producer unseen for
+``window_s`` leaves first, at a scan every ``AGE_SCAN_S``; over a bound, the
+least recently seen leave at once) and ``max_ranges`` per producer (the lowest
 ranges leave).  What leaves can only let a re-send through as a duplicate,
-counted in ``evicted``; nothing is ever dropped that was not seen.
+counted in ``evicted``; nothing is ever dropped that was not seen.  A range
+costs ~70 B in memory (two ints in lists), so the defaults bound the table at
+about 100 MB whatever the producers do; the SDK's producers hold one or two
+ranges each, a tailer's up to a batch of lines.
 
-Nothing here touches disk: the table is a value the loader saves with its
-checkpoint (:meth:`ProducerTable.encode`), taken at a flush, so it holds
-exactly the rows that flush commits; a crash loses memory and rows together.
-
-Status: the table and its proof (``tests/unit/loader/test_producers.py``) are
-here; the rest is not built yet: the SDK and tailer stamping the attributes,
-the gateway's envelopes carrying them, the loader routing such rows here
-instead of to the key window and saving the table with its checkpoint.
+Nothing here touches disk: the deduper (``dedup.py``) writes the table
+(:meth:`ProducerTable.encode`) as a file its checkpoint names, at every flush
+that changed it, so the file holds exactly the rows that flush commits; a crash
+loses memory and rows together.
 """
 
 from __future__ import annotations
@@ -43,6 +43,8 @@ import pyarrow.compute as pc
 
 MAX_PRODUCERS = 100_000
 MAX_RANGES = 1024
+MAX_RANGES_TOTAL = 1 << 20
+AGE_SCAN_S = 10.0
 
 
 class Session(msgspec.Struct, array_like=True):
@@ -59,12 +61,16 @@ class ProducerTable:
         window_s: float,
         max_producers: int = MAX_PRODUCERS,
         max_ranges: int = MAX_RANGES,
+        max_ranges_total: int = MAX_RANGES_TOTAL,
     ) -> None:
         self.window_s = window_s
         self.max_producers = max_producers
         self.max_ranges = max_ranges
+        self.max_ranges_total = max_ranges_total
         self.producers: dict[str, Session] = {}
+        self.ranges = 0  # over every producer
         self.evicted = 0  # producers or ranges forgotten for a bound, not for age
+        self._scanned = float("-inf")
 
     def __len__(self) -> int:
         return len(self.producers)
@@ -109,12 +115,14 @@ class ProducerTable:
             at = np.searchsorted(lo, seqs, side="right") - 1
             held = (at >= 0) & (seqs <= hi[np.maximum(at, 0)])
             keep &= ~held
+        before = len(state.lo)
         new = seqs[keep]
         if len(new):
             self._insert(state, new)
         state.floor = max(state.floor, int(floors.max()))
         self._prune(state)
         state.seen = max(state.seen, now)
+        self.ranges += len(state.lo) - before
         return keep
 
     def _insert(self, state: Session, new: np.ndarray) -> None:
@@ -146,16 +154,24 @@ class ProducerTable:
             self.evicted += cut
 
     def _fit(self, now: float) -> None:
-        horizon = now - self.window_s
-        gone = [name for name, p in self.producers.items() if p.seen < horizon]
-        for name in gone:
-            del self.producers[name]
-        excess = len(self.producers) - self.max_producers
-        if excess > 0:
-            oldest = sorted(self.producers, key=lambda n: self.producers[n].seen)[:excess]
-            for name in oldest:
-                del self.producers[name]
-            self.evicted += excess
+        """Age out producers unseen for the window (a scan every ``AGE_SCAN_S``,
+        not every batch: the table may hold 100,000), then the least recently
+        seen while a bound is passed."""
+        if now - self._scanned >= AGE_SCAN_S:
+            self._scanned = now
+            horizon = now - self.window_s
+            for name in [name for name, p in self.producers.items() if p.seen < horizon]:
+                self._drop(name)
+        if len(self.producers) <= self.max_producers and self.ranges <= self.max_ranges_total:
+            return
+        for name in sorted(self.producers, key=lambda n: self.producers[n].seen):
+            if len(self.producers) <= self.max_producers and self.ranges <= self.max_ranges_total:
+                break
+            self._drop(name)
+            self.evicted += 1
+
+    def _drop(self, name: str) -> None:
+        self.ranges -= len(self.producers.pop(name).lo)
 
     # ------------------------------------------------------------ persistence
 
@@ -163,4 +179,7 @@ class ProducerTable:
         return msgspec.msgpack.encode(self.producers)
 
     def load(self, data: bytes) -> None:
+        """Raises ``msgspec.DecodeError`` (a ``ValueError``) for bytes not of ``encode``."""
         self.producers = msgspec.msgpack.decode(data, type=dict[str, Session])
+        self.ranges = sum(len(p.lo) for p in self.producers.values())
+        self._scanned = float("-inf")

@@ -80,6 +80,8 @@ class DedupState(msgspec.Struct, kw_only=True):
     slices: list[SliceState] = []
     # Keys committed before this (epoch s) were dropped for the budget, not age.
     evicted_until: float = 0.0
+    # The producer sequence table's file (producers.py) in _dedup/, as of this commit.
+    producers: str | None = None
 
     def effective_window_s(self, window_s: float, now: float) -> float:
         """How far back a re-send is recognised for sure: the window, or less once

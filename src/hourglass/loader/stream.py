@@ -50,6 +50,7 @@ import pyarrow as pa
 from hourglass import log
 from hourglass.bus.consumer import BusMessage
 from hourglass.crashpoints import crashpoint
+from hourglass.lake.arrow import SEQUENCE_COLUMNS
 from hourglass.lake.layout import (
     SUCCESS,
     bucket_dir,
@@ -59,9 +60,8 @@ from hourglass.lake.layout import (
 )
 from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import write_table
-from hourglass.loader import close, lakekeys
+from hourglass.loader import close, copies, lakekeys
 from hourglass.loader.dedup import MEMORY_BYTES, Deduper
-from hourglass.loader.keys import keys_of
 from hourglass.loader.metrics import Observer, Stats
 from hourglass.loader.quarantine import Quarantine
 from hourglass.loader.staging import publish, stage, sweep, sync_folders
@@ -79,7 +79,8 @@ logger = log.get("hourglass.loader")
 
 class RowFormat(Protocol):
     def to_table(self, ndjson: bytes) -> pa.Table:
-        """Rows with at least ``id``, ``source`` and ``received_at`` (µs, UTC)."""
+        """Rows with at least ``id``, ``source`` and ``received_at`` (µs, UTC), and
+        maybe ``SEQUENCE_COLUMNS`` (``lake/arrow.py``), dropped before the lake."""
         ...
 
 
@@ -288,19 +289,17 @@ class StreamLoader:
                 self.state.next_close = int(min(buckets.min(), self._bucket_of(self.clock())))
             late = buckets < self.state.next_close
             buckets[late] = self.state.next_close
+        sequenced = copies.sequenced(table)
+        table = table.drop_columns([c for c in SEQUENCE_COLUMNS if c in table.column_names])
         if self.deduper is not None:
-            keys = keys_of(table.column("source"), table.column("id"))
-            hashes = self.deduper.hash(keys)
-            keep = self.deduper.fresh(keys, hashes)
+            keep = copies.first_copies(self.deduper, table, sequenced, self.clock())
             dropped = ~keep
             if dropped.any():
                 for bucket, n in zip(*np.unique(buckets[dropped], return_counts=True), strict=True):
                     self._counts(int(bucket)).duplicates += int(n)
                 self.stats.on_duplicates(int(dropped.sum()))
                 table = table.filter(pa.array(keep))
-                keys = keys.filter(pa.array(keep))
-                buckets, late, hashes = buckets[keep], late[keep], hashes[keep]
-            self.deduper.add(keys, hashes, self.clock())
+                buckets, late = buckets[keep], late[keep]
         if late.any():  # counted after dedup: a late duplicate is only a duplicate
             assert self.state.next_close is not None
             self._counts(self.state.next_close).skewed += int(late.sum())

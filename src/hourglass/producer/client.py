@@ -108,6 +108,9 @@ class Producer:
         self.on_rejected = on_rejected
         self.counters = Counters()
         self._encoder = msgspec.json.Encoder()
+        # One session per opening of the spool: a copied spool folder never shares
+        # its sequence numbers with the original under one name.
+        self._session = secrets.token_hex(8).encode()
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=url, timeout=timeout, headers=headers)
         self._stop = threading.Event()
@@ -127,14 +130,30 @@ class Producer:
         id: str | None = None,  # noqa: A002 - the CloudEvents attribute name
         time: dt.datetime | None = None,
     ) -> str:
-        """Spool one event; returns its id.  Raises SpoolFull after ``emit_timeout``."""
+        """Spool one event; returns its id.  Raises SpoolFull after ``emit_timeout``.
+
+        An event whose id the SDK makes can only be duplicated by a re-send of its
+        spool record, so it carries the record's sequence (``_stamp``) and the
+        loader deduplicates it by that, at no cost per event.  One given an ``id``
+        may be emitted twice by the application itself (that is what the id is
+        for): it goes without, and the loader checks its ``(source, id)``."""
         event_id = id or str(uuid7())
         event = _Event(
             "1.0", event_id, source or self.source, type, time or dt.datetime.now(dt.UTC), data
         )
-        self.spool.append(self._encoder.encode(event), timeout=self.emit_timeout)
+        body = self._encoder.encode(event)
+        if id:
+            self.spool.append(body, timeout=self.emit_timeout)
+        else:  # the stamp takes the place of the closing brace
+            self.spool.append(body[:-1], timeout=self.emit_timeout, stamp=self._stamp)
         self.counters.spooled += 1
         return event_id
+
+    def _stamp(self, seq: int, cursor: int) -> bytes:
+        """The sequence attributes (``events.py``), spliced before the event's
+        closing brace: this session, the record's seq, the floor every record at or
+        below which the gateway has answered."""
+        return b',"hgproducer":"%s","hgseq":%d,"hgacked":%d}' % (self._session, seq, cursor)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted so far was answered by the gateway."""

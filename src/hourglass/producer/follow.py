@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,9 +56,25 @@ class Checkpoint(msgspec.Struct):
     offset: int  # every line before it was answered by the gateway
     line: int  # number of the line starting at offset (1-based)
     tail: bytes = b""  # the bytes just before offset
+    # Random, per generation: its lines' producer session (``loader/producers.py``),
+    # unique whatever the source, host or inode.  Empty in a checkpoint of an
+    # earlier version: that generation's lines go without a sequence.
+    session: str = ""
 
     def line_id(self, offset: int) -> str:
         return f"{self.dev}-{self.ino}-{self.generation}-{offset}"
+
+    def stamp(self, number: int) -> bytes:
+        """Line ``number``'s sequence attributes (``events.py``): every line before
+        the checkpoint's was answered by the gateway, so its number minus one is the
+        floor; empty without a session."""
+        if not self.session:
+            return b""
+        return b',"hgproducer":"tail-%s","hgseq":%d,"hgacked":%d}' % (
+            self.session.encode(),
+            number,
+            self.line - 1,
+        )
 
 
 @dataclass(frozen=True)
@@ -193,7 +210,9 @@ class Follower:
             os.close(self.fd)
         self.fd = fd
         generation = 0 if self.cp is None else self.cp.generation + 1
-        self.cp = Checkpoint(str(self.path), *_fd_ident(fd), generation, 0, 1)
+        self.cp = Checkpoint(
+            str(self.path), *_fd_ident(fd), generation, 0, 1, session=secrets.token_hex(8)
+        )
         self.state.save(self.cp)
         return True
 
@@ -214,8 +233,13 @@ class Follower:
             chunk = read_chunk(fd, cp.offset, cp.line, final=done)
             if truncated(fd, cp.offset, cp.tail):  # checked after the read: no race with it
                 logger.warning("file truncated: reading it from 0", extra={"file": cp.path})
-                self.cp = msgspec.structs.replace(
-                    cp, generation=cp.generation + 1, offset=0, line=1, tail=b""
+                self.cp = msgspec.structs.replace(  # line numbers restart: a new session
+                    cp,
+                    generation=cp.generation + 1,
+                    offset=0,
+                    line=1,
+                    tail=b"",
+                    session=secrets.token_hex(8),
                 )
                 self.state.save(self.cp)
             elif chunk.data or not done:

@@ -40,6 +40,7 @@ import struct
 import threading
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -171,14 +172,28 @@ class Spool:
 
     # ------------------------------------------------------------------ write
 
-    def append(self, payload: bytes, *, timeout: float | None = None) -> int:
-        """Write one record; return its sequence number once durable per the policy."""
+    def append(
+        self,
+        payload: bytes,
+        *,
+        timeout: float | None = None,
+        stamp: Callable[[int, int], bytes] | None = None,
+    ) -> int:
+        """Write one record; return its sequence number once durable per the policy.
+
+        ``stamp(seq, cursor)``, if given, is appended to ``payload`` under the
+        spool's lock: the record's own sequence number and the cursor as it
+        stands (every lower record answered), sealed in the record, so a re-send
+        after a restart carries the same values (``loader/producers.py``)."""
         if not payload:
             raise ValueError("an empty record cannot be spooled")
-        record = _HEADER.pack(len(payload), _crc(len(payload), payload)) + payload
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._changed:
-            while self.pending_bytes + len(record) > self.max_bytes and self.pending_bytes:
+            while True:  # stamped again after a wait: the cursor and next seq move
+                full = payload + stamp(self.next_seq, self.cursor) if stamp else payload
+                record = _HEADER.pack(len(full), _crc(len(full), full)) + full
+                if self.pending_bytes + len(record) <= self.max_bytes or not self.pending_bytes:
+                    break
                 left = None if deadline is None else deadline - time.monotonic()
                 if (left is not None and left <= 0) or self._closed:
                     raise SpoolFull(

@@ -4,7 +4,12 @@ A line is a full CloudEvent (it has ``specversion``: sent as is) or, with ``--ty
 the ``data`` of one, wrapped with ``source`` = ``--source`` or ``file://<host><path>``.
 A line that needs an id gets ``<dev>-<inode>-<generation>-<offset>``: the same bytes
 at the same place get the same id, so a re-send after a crash is a duplicate the lake
-drops.  The *generation* is a per-path counter raised whenever the path gets a new
+drops.  Such a line also carries its line number as a sequence of the generation's
+session (``Checkpoint.stamp``): the loader then deduplicates it with state per file
+generation instead of per line (``loader/producers.py``).  A line with its own id
+goes without: the file may hold that event twice on purpose, and its key decides.
+
+The *generation* is a per-path counter raised whenever the path gets a new
 file (rename rotation) or its file shrinks under the offset (copy-truncate), so ids
 of one path (one source) are never reused, even when an inode number is.
 
@@ -129,6 +134,8 @@ class Tailer:
             event_id = cp.line_id(line.offset)
             event = encode_line(line.raw, event_id, follower.source, self.event_type)
             if isinstance(event, bytes):
+                if event is not line.raw:  # its id is ours: only a re-send repeats it
+                    event = event.rstrip()[:-1] + cp.stamp(line.number) if cp.session else event
                 events.append(event)
                 where.append(line)
             elif not self._send_malformed(follower, line, event_id, event):

@@ -41,6 +41,9 @@ BREAKS = {
     "no data": lambda e: e.pop("data"),
     "data not object": lambda e: e.__setitem__("data", [1]),
     "bad time": lambda e: e.__setitem__("time", "yesterday"),
+    "hgacked negative": lambda e: e.update(hgproducer="p", hgseq=5, hgacked=-1),
+    "hgseq zero": lambda e: e.update(hgproducer="p", hgseq=0, hgacked=0),
+    "hgproducer empty": lambda e: e.update(hgproducer="", hgseq=2, hgacked=1),
 }
 
 
@@ -77,6 +80,20 @@ def test_each_bad_event_is_named_and_neighbours_pass(
     assert all(r.reason for r in checked.rejected)
     accepted = {e.id for envs in checked.by_type.values() for e in envs}
     assert accepted == {f"e{i}" for i in range(len(events)) if i not in bad}
+
+
+def test_sequence_attributes_reach_the_bus_and_a_partial_set_is_not_refused() -> None:
+    """The loader uses them only when whole and consistent (loader/copies.py)."""
+    good, alone = _skipped(0), _skipped(1)
+    good |= {"hgproducer": "s-1", "hgseq": 7, "hgacked": 6}
+    alone["hgacked"] = 3
+    checked = VALIDATOR.check(Payload(Mode.BATCH, msgspec.json.encode([good, alone])))
+    assert checked.rejected == []
+    first, second = (
+        msgspec.json.decode(msgspec.json.encode(e)) for e in checked.by_type["music.SongSkipped"]
+    )
+    assert (first["hgproducer"], first["hgseq"], first["hgacked"]) == ("s-1", 7, 6)
+    assert second["hgacked"] == 3 and "hgseq" not in second
 
 
 def test_event_size_limit_names_index_and_limit() -> None:

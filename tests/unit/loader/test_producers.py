@@ -113,6 +113,18 @@ def test_bounds_let_duplicates_through_never_drop(
     assert all(len(p.lo) <= 1 for p in table.producers.values())
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.data(), st.integers(1, 4), st.integers(1, 80), st.lists(st.integers(0, 400)))
+def test_a_total_range_bound_holds_and_never_drops(
+    data: st.DataObject, producers: int, steps: int, cuts: list[int]
+) -> None:
+    stream = play(data, producers, steps)
+    table = ProducerTable(window_s=3600, max_ranges_total=3)
+    keep = run(table, stream, cuts)
+    assert (keep >= first_copies(stream)).all()
+    assert table.ranges == sum(len(p.lo) for p in table.producers.values()) <= 3
+
+
 def test_state_is_per_producer_not_per_event() -> None:
     """An SDK's steady traffic: one batch in flight, the floor a batch behind."""
     table = ProducerTable(window_s=3600)

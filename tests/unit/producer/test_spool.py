@@ -364,6 +364,31 @@ def test_spool_full_unblocks_when_the_gateway_answers(tmp_path: Path) -> None:
     spool.close()
 
 
+def stamp(seq: int, cursor: int) -> bytes:
+    return f"|{seq}|{cursor}".encode()
+
+
+def test_a_stamp_seals_the_record_s_seq_and_the_cursor_when_it_is_written(
+    tmp_path: Path,
+) -> None:
+    spool = open_spool(tmp_path, max_bytes=2 * (HEADER + 24))
+    fill(spool, 2)
+    spool.read(2, ALL, wait=0)
+    spool.ack(1, HEADER + 20)
+    assert spool.append(b"p" * 20, stamp=stamp) == 3
+    # Full: the stamp is made after the wait, with the cursor the answer moved.
+    timer = threading.Timer(0.2, spool.ack, args=(2, HEADER + 20))
+    timer.start()
+    try:
+        assert spool.append(b"q" * 20, stamp=stamp, timeout=5) == 4
+    finally:
+        timer.join()
+    spool.close()
+    again = open_spool(tmp_path)  # a restart re-sends the same bytes
+    assert [r for _, r in again.read(9, ALL, wait=0)] == [b"p" * 20 + b"|3|1", b"q" * 20 + b"|4|2"]
+    again.close()
+
+
 def test_close_wakes_a_blocked_append(tmp_path: Path) -> None:
     spool = open_spool(tmp_path, max_bytes=HEADER + 20)
     spool.append(payload(0))
