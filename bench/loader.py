@@ -1,6 +1,6 @@
 """Loader cost per event as an hour fills: StreamLoader alone, no bus, no HTTP.
 
-    python bench/loader.py --events 4000000 [--duplicates 0.01]
+    python bench/loader.py --events 4000000 [--duplicates 0.01] [--sequenced]
 
 Feeds bus-shaped NDJSON messages (1,000 events each, as the gateway writes them)
 to one StreamLoader in fetches of 32 messages, flushing every 10 fetches, all in
@@ -36,12 +36,25 @@ PER_MESSAGE = 1000
 PER_FETCH = 32
 
 
-def message(start: int, received: str, pad: str) -> bytes:
+def message(start: int, received: str, pad: str, *, sequenced: bool = False) -> bytes:
+    """1,000 events; ``sequenced``: as 8 SDK producers send them (``hgproducer``,
+    ``hgseq``, ``hgacked``), event ``i`` being seq ``i // 8 + 1`` of producer ``i % 8``,
+    with the floor every event before the message's first is under."""
+    floor = max(0, start // 8 - 1)
     return b"".join(
         (
             '{"specversion":"1.0","id":"%012d","source":"/bench/p%d","type":"bench.E0",'
-            '"received_at":"%s","data":{"seq":%d,"pad":"%s","sent_us":1}}\n'
-            % (i, i % 8, received, i, pad)
+            '"received_at":"%s","data":{"seq":%d,"pad":"%s","sent_us":1}%s}\n'
+            % (
+                i,
+                i % 8,
+                received,
+                i,
+                pad,
+                ',"hgproducer":"p%d","hgseq":%d,"hgacked":%d' % (i % 8, i // 8 + 1, floor)
+                if sequenced
+                else "",
+            )
         ).encode()
         for i in range(start, start + PER_MESSAGE)
     )
@@ -86,6 +99,9 @@ def main() -> None:
     parser.add_argument("--slices", type=int, default=8)
     parser.add_argument("--dedup-memory", type=int, default=1 << 30, help="bytes (default 1 GiB)")
     parser.add_argument("--no-baseline", action="store_true", help="skip pyarrow alone")
+    parser.add_argument(
+        "--sequenced", action="store_true", help="events of 8 SDK producers (dedup by sequence)"
+    )
     args = parser.parse_args()
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,7 +143,8 @@ def main() -> None:
                         start = int(rng.integers(0, sent // PER_MESSAGE)) * PER_MESSAGE
                     else:
                         start, sent = sent, sent + PER_MESSAGE
-                    batch.append(BusMessage(seq, message(start, received, "x" * 60)))
+                    data = message(start, received, "x" * 60, sequenced=args.sequenced)
+                    batch.append(BusMessage(seq, data))
                     n += PER_MESSAGE
                 flush = fetch % 10 == 9 or fetch == per_slice - 1
                 w, c = time.perf_counter(), time.process_time()
@@ -152,6 +169,9 @@ def main() -> None:
             )
         print(f"rows {loader.stats.rows_written:,} duplicates {loader.stats.duplicates:,}")
         print(f"effective window {loader.deduper.effective_window_s(hour + 60) / 3600:.1f} h")
+        print(
+            f"producers {len(loader.deduper.producers)}, ranges {loader.deduper.producers.ranges}"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ import asyncio
 import json
 import math
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -184,3 +185,27 @@ def test_rss_and_lag_trends_are_least_squares_slopes() -> None:
     assert trend["gateway"]["slope_mib_per_min"] == pytest.approx(0.0)
     assert lag_trend(samples)["slope_eps"] == pytest.approx(0.0)
     assert rss_trend(samples[:2])["loader"]["slope_mib_per_min"] == 0.0  # too few points
+
+
+def test_the_lake_check_finds_missing_twice_and_unacknowledged_rows(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hourglass_tools.bench.lake import analyze
+
+    folder = tmp_path / "bench.E0" / "date=2026-12-02" / "hour=01"
+    folder.mkdir(parents=True)
+    # requests 7 (3 events) and 8 (2 events) acknowledged; 9 never was.
+    batches = [
+        ["000000000007-00000", "000000000007-00001", "000000000008-00000"],
+        ["000000000007-00001", "000000000009-00000"],  # 7-1 twice; 7-2 and 8-1 missing
+    ]
+    for i, ids in enumerate(batches):
+        table = pa.table({"id": ids, "sent_us": [1] * len(ids)})
+        pq.write_table(table, folder / f"part-{i}.parquet")
+    result = analyze(tmp_path, ["bench.E0"], (0.0, 1.0), {7: 3, 8: 2})
+    assert result.ids_checked
+    assert (result.rows, result.distinct, result.twice) == (5, 4, 1)
+    assert (result.missing, result.unacked) == (2, 1)
+    pq.write_table(pa.table({"id": ["other"], "sent_us": [1]}), folder / "part-9.parquet")
+    assert not analyze(tmp_path, ["bench.E0"], (0.0, 1.0), {7: 3}).ids_checked

@@ -21,8 +21,32 @@ def write_part(table: pa.Table, path: Path) -> None:
 
 
 def write_table(table: pa.Table, path: Path) -> None:
-    """A part file's bytes, to ``path`` as it is (the caller makes it durable)."""
-    pq.write_table(table, path, compression="zstd", row_group_size=1 << 20, write_statistics=True)
+    """A part file's bytes, to ``path`` as it is (the caller makes it durable).
+
+    Dictionary encoding for every column but ``id``: an id is unique, so its
+    dictionary only fills up and is dropped (measured: 0.28 → 0.16 µs per event
+    for the writer, and smaller files, ``docs/performance.md``)."""
+    pq.write_table(
+        table,
+        path,
+        compression="zstd",
+        row_group_size=1 << 20,
+        write_statistics=True,
+        use_dictionary=[p for f in table.schema if f.name != "id" for p in leaf_paths(f)],
+    )
+
+
+def leaf_paths(field: pa.Field, prefix: str = "") -> list[str]:
+    """The Parquet column paths under ``field`` (what ``use_dictionary`` names)."""
+    name = prefix + field.name
+    kind = field.type
+    if pa.types.is_struct(kind):
+        return [p for i in range(kind.num_fields) for p in leaf_paths(kind.field(i), name + ".")]
+    if pa.types.is_map(kind):
+        return [name + ".key_value.key", *leaf_paths(kind.item_field, name + ".key_value.")]
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return leaf_paths(kind.value_field.with_name("element"), name + ".list.")
+    return [name]
 
 
 def row_count(path: Path) -> int:

@@ -6,7 +6,7 @@ percentiles, ratios to the ceilings, send-to-lake latency, bucket close delay,
 loader lag and peak RSS; ``--rate max`` measures the maximum itself for the
 whole duration, ``--rate 500k`` a fixed rate.  Results go to ``--out``
 (``result.json``, ``report.html``).  Exit status: 0, or 1 if an acknowledged
-event is missing from the lake, 2 if the bench itself failed.
+event is missing from the lake or one is there twice, 2 if the bench itself failed.
 """
 
 from __future__ import annotations
@@ -138,4 +138,4 @@ def cmd_bench(args: argparse.Namespace) -> int:
     print(f"\nwrote {json_path} and {html_path}")
     lake = result["pipeline"].get("lake") or {}
     grows = (result["pipeline"].get("soak") or {}).get("verdict", {}).get("grows")
-    return 1 if lake.get("missing") or grows else 0
+    return 1 if lake.get("missing") or lake.get("twice") or grows else 0

@@ -108,8 +108,13 @@ def _lake_json(lake: LakeResult, window: tuple[float, float], unique: int) -> di
             "files": lake.files,
             "rows_sent_in_window": lake.rows_in_window,
             "unique_acked_events": unique,
-            "missing": max(unique - lake.rows, 0),
-            "unacknowledged_extra": max(lake.rows - unique, 0),
+            # By id when the ids are the bench's (lake.py); else rows against acks.
+            "missing": lake.missing if lake.ids_checked else max(unique - lake.rows, 0),
+            "twice": lake.twice if lake.ids_checked else None,
+            "distinct_ids": lake.distinct if lake.ids_checked else None,
+            "unacknowledged_extra": (
+                lake.unacked if lake.ids_checked else max(lake.rows - unique, 0)
+            ),
             "read_s": round(lake.read_s, 2),
         },
         "close_delay_s": {
@@ -289,7 +294,9 @@ def _lake_lines(pipe: dict[str, Any]) -> list[str]:
     return [
         f"send to lake    p50 {s['p50']:.2f} s  p99 {s['p99']:.2f} s  max {s['max']:.2f} s"
         f"  ({lake['rows']:,} rows; unique acked "
-        f"{lake['unique_acked_events']:,}; missing {lake['missing']:,})",
+        f"{lake['unique_acked_events']:,}; missing {lake['missing']:,}"
+        + (f"; twice {lake['twice']:,}" if lake.get("twice") is not None else "; ids not checked")
+        + ")",
         f"bucket close    median {close['median']} s  max {close['max']} s "
         f"({close['buckets']} buckets)   drain {pipe.get('drain_s', 0):.1f} s",
         f"loader lag      max {lag['max']:,.0f} events  slope {lag['slope_eps']:,.0f} events/s"

@@ -274,7 +274,10 @@ async def _run_in(config: BenchConfig, root: Path, result: dict[str, Any]) -> No
     lake_result = None
     if config.loader:
         _say(config, "lake: reading the files ...")
-        lake_result = await asyncio.to_thread(lake.analyze, pipe.lake, types, load.window)
+        acked: dict[int, int] = {}
+        for x in loads:
+            acked.update(x.acked_by_request)
+        lake_result = await asyncio.to_thread(lake.analyze, pipe.lake, types, load.window, acked)
     result["pipeline"] = report.pipeline_json(measured, load, lake_result, unique)
     result["ratios"] = report.ratios(result)
     result["targets"] = report.targets(result)
