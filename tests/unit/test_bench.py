@@ -80,6 +80,34 @@ def test_bodies_are_valid_sized_and_unique() -> None:
     assert not {e["id"] for e in events} & {e["id"] for e in other}
 
 
+def test_sequenced_bodies_carry_a_session_per_request_and_pass_the_gateway() -> None:
+    from hourglass.events import EventTypes
+    from hourglass.gateway.validate import Limits, Validator
+    from hourglass.gateway.wire import Mode, Payload
+    from hourglass.schemas import SchemaRegistry
+    from hourglass_tools.bench.workload import write_schemas
+
+    w = Workload(events_per_request=30, event_bytes=200, types=2, sequenced=True)
+    batch, ndjson = w.templates()
+    body = w.build(batch, 42, 1_764_158_400_000_000)
+    events = json.loads(body)
+    assert {len(json.dumps(e, separators=(",", ":"))) for e in events} == {200}
+    assert [(e["hgproducer"], e["hgseq"], e["hgacked"]) for e in events] == [
+        ("000000000042", i + 1, 0) for i in range(30)
+    ]
+    lines = w.build(ndjson, 42, 1_764_158_400_000_000).splitlines()
+    assert [json.loads(line)["hgseq"] for line in lines] == list(range(1, 31))
+    import tempfile
+    from pathlib import Path as P
+
+    with tempfile.TemporaryDirectory() as tmp:
+        registry = SchemaRegistry.load(write_schemas(P(tmp), 2))
+    checked = Validator(EventTypes(registry), Limits(1 << 20, 1000)).check(
+        Payload(Mode.BATCH, body)
+    )
+    assert checked.rejected == [] and checked.count == 30
+
+
 def test_schedule_and_parsing() -> None:
     interval = request_interval(100_000, 1000)
     assert interval == pytest.approx(0.01)

@@ -164,8 +164,11 @@ class ProducerTable:
                 self._drop(name)
         if len(self.producers) <= self.max_producers and self.ranges <= self.max_ranges_total:
             return
+        # Down to 90 % of the bounds, so the sort runs once per tenth of them, not
+        # once per batch of a fleet larger than the table.
+        producers, ranges = self.max_producers * 9 // 10, self.max_ranges_total * 9 // 10
         for name in sorted(self.producers, key=lambda n: self.producers[n].seen):
-            if len(self.producers) <= self.max_producers and self.ranges <= self.max_ranges_total:
+            if len(self.producers) <= producers and self.ranges <= ranges:
                 break
             self._drop(name)
             self.evicted += 1

@@ -65,6 +65,11 @@ def add_parser(sub: Any) -> None:
     bench.add_argument(
         "--profile", default="0", help="py-spy the gateway and loader this long, e.g. 20s (off)"
     )
+    bench.add_argument(
+        "--sequenced",
+        action="store_true",
+        help="events with the SDK's producer sequence (the loader dedups them by sequence)",
+    )
     bench.add_argument("--out", help="folder for result.json and report.html")
     bench.add_argument("--keep", action="store_true", help="keep the temporary data folder")
     bench.set_defaults(run=cmd_bench)
@@ -80,6 +85,7 @@ def config_from(args: argparse.Namespace) -> Any:
         event_bytes=args.event_bytes,
         types=args.types,
         duplicates=args.duplicates,
+        sequenced=args.sequenced,
     )
     out = args.out or f"hourglass-bench-{time.strftime('%Y%m%d-%H%M%S')}"
     return BenchConfig(

@@ -25,7 +25,7 @@ from typing import Protocol, cast
 import msgspec
 
 from hourglass_tools.bench.hist import Histogram
-from hourglass_tools.bench.workload import Workload, build, request_interval, scheduled_at
+from hourglass_tools.bench.workload import Workload, request_interval, scheduled_at
 
 
 class Channel(Protocol):
@@ -199,6 +199,7 @@ class _Run:
         self.slots = itertools.count()
         self.numbers = itertools.count(first_request)
         self.every = workload.resend_every
+        self.build = workload.build
         rate, n = plan.rate_eps, workload.events_per_request
         self.interval = request_interval(rate, n) if rate else 0.0
         self.mono0 = self.loop.time() + 0.05
@@ -266,7 +267,8 @@ class _Run:
                     self.result.resends += 1
                 else:
                     number = next(self.numbers)
-                    body = build(self.parts, number, int((self.wall0 + due - self.mono0) * 1e6))
+                    sent_us = int((self.wall0 + due - self.mono0) * 1e6)
+                    body = self.build(self.parts, number, sent_us)
                     last = (number, body)
                 if not self.interval:
                     due = self.loop.time()

@@ -10,6 +10,14 @@ split at the one place that changes per request, ``<sent_us>},"id":"<request>``
 (``sent_us`` is the last field of ``data``, ``id`` follows it), and one
 ``bytes.join`` with that separator builds the body.  Each event's id is
 ``<request:012d>-<index:05d>``, unique per request.
+
+``sequenced``: events as Hourglass's SDK sends them, with the producer sequence
+attributes (``hgproducer``/``hgseq``/``hgacked``), each request its own session
+(``hgproducer`` is the request number, in the separator; ``hgseq`` the index
+plus one; ``hgacked`` 0), so the loader deduplicates them by sequence.  A
+session per request is the worst case for the loader's table (a new session
+per 1,000 events; 100,000 sessions are reached after 100 M events and the
+oldest leave, counted as evicted); an SDK keeps one session for its life.
 """
 
 from __future__ import annotations
@@ -53,6 +61,7 @@ class Workload:
     event_bytes: int = 160
     types: int = 2
     duplicates: float = 0.01  # share of requests that resend an earlier request
+    sequenced: bool = False  # with the SDK's sequence attributes (see the module)
 
     def __post_init__(self) -> None:
         if self.events_per_request < 1 or self.events_per_request > 99_999:
@@ -78,7 +87,12 @@ class Workload:
         """Padding that brings one event (as sent) to ``event_bytes``."""
         fixed = len(self._head(index)) + len('","sent_us":') + _TS_WIDTH
         fixed += len('},"id":"') + _ID_WIDTH + len("-00000") + len('"}')
+        if self.sequenced:
+            fixed += len(_PRODUCER) + _ID_WIDTH + len('"') + len(self._sequence(index))
         return "x" * max(self.event_bytes - fixed, 0)
+
+    def _sequence(self, index: int) -> str:
+        return f',"hgseq":{index + 1},"hgacked":0' if self.sequenced else ""
 
     def _parts(self, ndjson: bool) -> list[bytes]:
         """Text between the separators; ``len(parts) == events + 1``."""
@@ -92,7 +106,7 @@ class Workload:
             else:
                 parts.append(tail + ("\n" if ndjson else ",") + head)
             stamp = f',"received_at":"{_PLACEHOLDER_RECEIVED}"' if ndjson else ""
-            tail = f'-{i:05d}"{stamp}}}'
+            tail = f'-{i:05d}"{self._sequence(i)}{stamp}}}'
         parts.append(tail + ("\n" if ndjson else "]"))
         return [p.encode() for p in parts]
 
@@ -100,13 +114,24 @@ class Workload:
         """(HTTP batch parts, bus NDJSON parts)."""
         return self._parts(False), self._parts(True)
 
+    def build(self, parts: list[bytes], request: int, sent_us: int) -> bytes:
+        """The body of request ``request`` scheduled at ``sent_us``."""
+        if not self.sequenced:
+            return build(parts, request, sent_us)
+        number = f"{request:0{_ID_WIDTH}d}"
+        sep = f'{sent_us:0{_TS_WIDTH}d}}}{_PRODUCER}{number}","id":"{number}'.encode()
+        return sep.join(parts)
+
+
+_PRODUCER = ',"hgproducer":"'
+
 
 def separator(request: int, sent_us: int) -> bytes:
     return f'{sent_us:0{_TS_WIDTH}d}}},"id":"{request:0{_ID_WIDTH}d}'.encode()
 
 
 def build(parts: list[bytes], request: int, sent_us: int) -> bytes:
-    """The body of request ``request`` scheduled at ``sent_us``."""
+    """The body of request ``request`` scheduled at ``sent_us`` (not sequenced)."""
     return separator(request, sent_us).join(parts)
 
 
