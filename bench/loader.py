@@ -1,10 +1,12 @@
 """Loader cost per event as an hour fills: StreamLoader alone, no bus, no HTTP.
 
     python bench/loader.py --events 4000000 [--duplicates 0.01] [--sequenced]
+        [--per-fetch 32] [--per-message 1000]
 
 Feeds bus-shaped NDJSON messages (1,000 events each, as the gateway writes them)
-to one StreamLoader in fetches of 32 messages, flushing every 10 fetches, all in
-one hour bucket, and prints µs/event (wall and CPU of this process) per slice, so
+to one StreamLoader in fetches of 32 messages (a loader behind; one not behind
+gets what a fetch finds: ``--per-fetch 1``), flushing every ~320,000 events, all
+in one hour bucket, and prints µs/event (wall and CPU of this process) per slice, so
 a cost that grows with the keys already in the hour shows.  Everything lives in
 a temporary folder.  Beside it, pyarrow alone on the same bytes (its JSON reader
 per fetch, its Parquet writer per flush) and the ratio of the two; the RSS of
@@ -36,7 +38,9 @@ PER_MESSAGE = 1000
 PER_FETCH = 32
 
 
-def message(start: int, received: str, pad: str, *, sequenced: bool = False) -> bytes:
+def message(
+    start: int, received: str, pad: str, *, sequenced: bool = False, count: int = PER_MESSAGE
+) -> bytes:
     """1,000 events; ``sequenced``: as 8 SDK producers send them (``hgproducer``,
     ``hgseq``, ``hgacked``), event ``i`` being seq ``i // 8 + 1`` of producer ``i % 8``,
     with the floor every event before the message's first is under."""
@@ -56,7 +60,7 @@ def message(start: int, received: str, pad: str, *, sequenced: bool = False) -> 
                 else "",
             )
         ).encode()
-        for i in range(start, start + PER_MESSAGE)
+        for i in range(start, start + count)
     )
 
 
@@ -100,9 +104,15 @@ def main() -> None:
     parser.add_argument("--dedup-memory", type=int, default=1 << 30, help="bytes (default 1 GiB)")
     parser.add_argument("--no-baseline", action="store_true", help="skip pyarrow alone")
     parser.add_argument(
+        "--per-fetch", type=int, default=PER_FETCH, help="messages per process() call"
+    )
+    parser.add_argument("--per-message", type=int, default=PER_MESSAGE, help="events per message")
+    parser.add_argument(
         "--sequenced", action="store_true", help="events of 8 SDK producers (dedup by sequence)"
     )
     args = parser.parse_args()
+    per_message, per_fetch = args.per_message, args.per_fetch
+    flush_every = max(1, 320_000 // (per_message * per_fetch))  # fetches: ~320 k events
     rng = np.random.default_rng(1)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
@@ -124,8 +134,8 @@ def main() -> None:
         loader.recover()
         baseline = None if args.no_baseline else Baseline(root)
         received = dt.datetime.fromtimestamp(hour + 30, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-        messages = args.events // PER_MESSAGE
-        per_slice = max(1, messages // args.slices // PER_FETCH)
+        messages = args.events // per_message
+        per_slice = max(1, messages // args.slices // per_fetch)
         seq = sent = 0
         print(
             f"{'events sent':>13} {'wall µs/ev':>11} {'cpu µs/ev':>10} {'pyarrow µs/ev':>14}"
@@ -137,16 +147,18 @@ def main() -> None:
             before = baseline.seconds if baseline else 0.0
             for fetch in range(per_slice):
                 batch = []
-                for _ in range(PER_FETCH):
+                for _ in range(per_fetch):
                     seq += 1
                     if sent and rng.random() < args.duplicates:  # resend an earlier message
-                        start = int(rng.integers(0, sent // PER_MESSAGE)) * PER_MESSAGE
+                        start = int(rng.integers(0, sent // per_message)) * per_message
                     else:
-                        start, sent = sent, sent + PER_MESSAGE
-                    data = message(start, received, "x" * 60, sequenced=args.sequenced)
+                        start, sent = sent, sent + per_message
+                    data = message(
+                        start, received, "x" * 60, sequenced=args.sequenced, count=per_message
+                    )
                     batch.append(BusMessage(seq, data))
-                    n += PER_MESSAGE
-                flush = fetch % 10 == 9 or fetch == per_slice - 1
+                    n += per_message
+                flush = fetch % flush_every == flush_every - 1 or fetch == per_slice - 1
                 w, c = time.perf_counter(), time.process_time()
                 loader.process(batch)
                 if flush:

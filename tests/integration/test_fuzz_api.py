@@ -456,7 +456,11 @@ def test_ingest_fuzz(bed: Bed, mode: GenerationMode) -> None:
     answered = sum(n for (p, _), n in bed.tally.statuses.items() if p == phase)
     assert answered >= EXAMPLES // 2, bed.tally.statuses
     if mode is GenerationMode.POSITIVE:  # the generator is not vacuous
-        assert sum(bed.tally.accepted.values()) - accepted >= EXAMPLES // 2, bed.tally
+        # Seen once in CI (20 of 60, not reproduced since): say what was answered.
+        assert sum(bed.tally.accepted.values()) - accepted >= EXAMPLES // 2, (
+            sorted(bed.tally.statuses.items()),
+            bed.tally.reasons.most_common(20),
+        )
     else:
         assert bed.tally.statuses[phase, 400] > 0 and bed.tally.rejected > rejected, bed.tally
 

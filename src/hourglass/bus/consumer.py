@@ -47,6 +47,14 @@ logger = log.get("hourglass.bus")
 # client with more than its max_pending (64 MiB by default) in flight to it.
 FETCH_BATCH = 32
 FETCH_WAIT_S = 0.5
+# A fetch returns what the server holds at once: a loader that keeps up gets one or
+# two messages a fetch, and the loader's cost per call is mostly fixed (measured
+# with ``bench/loader.py --per-message 530``: 15.7 µs/event a message per call,
+# 6.0 four, 3.1 thirty-two).  So ``gather`` fetches on, for up to GATHER_S or
+# GATHER_BYTES, before the caller processes: ~0.1 s more to the lake, a fraction
+# of the CPU.
+GATHER_S = 0.1
+GATHER_BYTES = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -101,7 +109,28 @@ class StreamReader:
                 ),
             )
 
-    async def fetch(self, expected_seq: int) -> Batch:
+    async def gather(self, expected_seq: int) -> Batch:
+        """:meth:`fetch`, then more fetches for up to ``GATHER_S`` while the messages
+        hold under ``GATHER_BYTES``: one batch, in order, for the caller to process
+        at once.  The pending count and drain time are the last fetch's."""
+        batch = await self.fetch(expected_seq)
+        messages = list(batch.messages)
+        size = sum(len(m.data) for m in messages)
+        deadline = time.monotonic() + GATHER_S
+        while messages and size < GATHER_BYTES:
+            left = deadline - time.monotonic()
+            if left < 0.005:
+                break
+            batch = await self.fetch(messages[-1].seq + 1, wait=left)
+            # A redelivered message below the last one is already in the batch.
+            more = [m for m in batch.messages if m.seq > messages[-1].seq]
+            messages += more
+            size += sum(len(m.data) for m in more)
+            if not batch.messages:
+                break
+        return Batch(messages, batch.pending, batch.drained_as_of)
+
+    async def fetch(self, expected_seq: int, wait: float = FETCH_WAIT_S) -> Batch:
         """The next messages; ``expected_seq`` is the first the caller has not processed.
 
         Messages below it (redelivered) are returned too: the caller skips them.
@@ -110,7 +139,7 @@ class StreamReader:
         asked = time.time()
         with map_nats_errors(f"fetch {self.stream}"):
             try:
-                msgs = await self._sub.fetch(FETCH_BATCH, timeout=FETCH_WAIT_S)
+                msgs = await self._sub.fetch(FETCH_BATCH, timeout=wait)
             except asyncio.TimeoutError:  # nats-py's own TimeoutError is one too
                 msgs = []
         if not msgs:

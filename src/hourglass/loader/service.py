@@ -220,7 +220,7 @@ class Runner:
         retained_at = -RETAIN_EVERY_S
         expire_at = 0.0
         while True:
-            batch = await reader.fetch(s.loader.processed_seq + 1)
+            batch = await reader.gather(s.loader.processed_seq + 1)
             lag.set(batch.pending)
             if batch.messages:
                 work = partial(s.loader.process, batch.messages)

@@ -146,3 +146,14 @@ def test_producers_unseen_for_the_window_leave() -> None:
     table.fresh(pa.array(["new"]), one, one - 1, T0 + 61)
     assert set(table.producers) == {"new"}
     assert table.evicted == 0
+
+
+def test_over_a_bound_the_least_recently_seen_leave_down_to_nine_tenths() -> None:
+    table = ProducerTable(window_s=3600, max_producers=10)
+    one = np.ones(1, dtype=np.int64)
+    for i in range(10):
+        table.fresh(pa.array([f"p{i}"]), one, one - 1, T0 + i)
+    assert len(table) == 10 and table.evicted == 0
+    table.fresh(pa.array(["p10"]), one, one - 1, T0 + 10)
+    assert sorted(table.producers) == sorted(f"p{i}" for i in range(2, 11))
+    assert table.evicted == 2 and table.ranges == 9

@@ -8,9 +8,22 @@ from typing import Any
 import msgspec
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from hourglass.lake.arrow import SEQUENCE_COLUMNS, LakeSchema
 from hourglass.loader.state import Saved
-from tests.unit.loader.conftest import H0, Crash, CrashAt, Harness, key, skipped
+from tests.strategies import valid_data
+from tests.unit.loader.conftest import (
+    H0,
+    REGISTRY,
+    Crash,
+    CrashAt,
+    Harness,
+    key,
+    ndjson,
+    skipped,
+)
 
 
 def stamped(producer: str, seq: int, acked: int, event_id: str | None = None) -> dict[str, Any]:
@@ -123,3 +136,27 @@ def test_a_partial_or_inconsistent_sequence_goes_by_key(harness: Harness) -> Non
     assert sorted(h.keys()) == sorted(map(key, odd))
     assert h.loader.deduper is not None and h.loader.deduper.keys == 2
     assert len(h.loader.deduper.producers) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_every_type_s_rows_carry_the_sequence_columns(data: st.DataObject) -> None:
+    """Both ways in (Arrow's JSON reader, msgspec for bytes/fixed/map types)."""
+    schema = data.draw(st.sampled_from(sorted(REGISTRY, key=lambda s: s.type_name)))
+    value = data.draw(valid_data(schema.avro))
+    event = {
+        "specversion": "1.0",
+        "id": "e1",
+        "source": "/t",
+        "type": schema.type_name,
+        "data": value,
+        "hgproducer": "s-1",
+        "hgseq": 5,
+        "hgacked": 4,
+    }
+    plain = {k: v for k, v in event.items() if not k.startswith("hg")} | {"id": "e2"}
+    table = LakeSchema(schema).to_table(ndjson([event, plain], H0))
+    assert table.select(SEQUENCE_COLUMNS).to_pylist() == [
+        dict(zip(SEQUENCE_COLUMNS, ("s-1", 5, 4), strict=True)),
+        dict.fromkeys(SEQUENCE_COLUMNS),
+    ]
