@@ -22,6 +22,7 @@ import msgspec
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
+from hourglass.events import SEQUENCE_FIELDS
 from hourglass.exceptions import ConfigError
 from hourglass.lake.failed import FAILED_DIR
 from hourglass.protocol import BATCH
@@ -34,12 +35,12 @@ class ReplayResult:
     rejected: list[str] = field(default_factory=list)
 
 
-SEQUENCE_ATTRIBUTES = ("hgproducer", "hgseq", "hgacked")
+SEQUENCE_ATTRIBUTES = [f[0] for f in SEQUENCE_FIELDS]
 
 
 def without_sequence(event: str) -> str:
     """``event`` (JSON text) without the producer sequence attributes."""
-    if "hgseq" not in event and "hgproducer" not in event and "hgacked" not in event:
+    if not any(name in event for name in SEQUENCE_ATTRIBUTES):
         return event
     try:
         decoded = msgspec.json.decode(event)

@@ -33,7 +33,7 @@ import msgspec
 
 from hourglass import log
 from hourglass.producer.http import Backoff, Encoding, Outcome, post_batch
-from hourglass.producer.ids import uuid7
+from hourglass.producer.ids import sequence_stamp, uuid7
 from hourglass.producer.spool import FsyncPolicy, Spool
 
 logger = log.get("hourglass.producer")
@@ -110,7 +110,7 @@ class Producer:
         self._encoder = msgspec.json.Encoder()
         # One session per opening of the spool: a copied spool folder never shares
         # its sequence numbers with the original under one name.
-        self._session = secrets.token_hex(8).encode()
+        self._session = secrets.token_hex(8)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self._http = httpx.Client(base_url=url, timeout=timeout, headers=headers)
         self._stop = threading.Event()
@@ -153,7 +153,7 @@ class Producer:
         """The sequence attributes (``events.py``), spliced before the event's
         closing brace: this session, the record's seq, the floor every record at or
         below which the gateway has answered."""
-        return b',"hgproducer":"%s","hgseq":%d,"hgacked":%d}' % (self._session, seq, cursor)
+        return sequence_stamp(self._session, seq, cursor)
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every event emitted so far was answered by the gateway."""

@@ -39,6 +39,7 @@ import msgspec
 from hourglass import log
 from hourglass.crashpoints import crashpoint
 from hourglass.durable import durable_write_bytes
+from hourglass.producer.ids import sequence_stamp
 
 logger = log.get("hourglass.tail")
 
@@ -65,16 +66,10 @@ class Checkpoint(msgspec.Struct):
         return f"{self.dev}-{self.ino}-{self.generation}-{offset}"
 
     def stamp(self, number: int) -> bytes:
-        """Line ``number``'s sequence attributes (``events.py``): every line before
-        the checkpoint's was answered by the gateway, so its number minus one is the
-        floor; empty without a session."""
-        if not self.session:
-            return b""
-        return b',"hgproducer":"tail-%s","hgseq":%d,"hgacked":%d}' % (
-            self.session.encode(),
-            number,
-            self.line - 1,
-        )
+        """Line ``number``'s sequence attributes (``ids.sequence_stamp``; only with a
+        session): every line before the checkpoint's was answered by the gateway, so
+        its number minus one is the floor."""
+        return sequence_stamp(f"tail-{self.session}", number, self.line - 1)
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,6 @@
-"""UUIDv7 (RFC 9562): time-ordered ids, so ids sort roughly by emit time."""
+"""UUIDv7 (RFC 9562): time-ordered ids, so ids sort roughly by emit time; and the
+producer sequence attributes the SDK and the tailer stamp on events whose ids
+they make (``hourglass.events.SEQUENCE_FIELDS``, ``loader/producers.py``)."""
 
 from __future__ import annotations
 
@@ -29,3 +31,9 @@ def uuid7() -> uuid.UUID:
     rand = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
     value = (ms & 0xFFFFFFFFFFFF) << 80 | 0x7 << 76 | counter << 64 | 0b10 << 62 | rand
     return uuid.UUID(int=value)
+
+
+def sequence_stamp(producer: str, seq: int, acked: int) -> bytes:
+    """``hgproducer``/``hgseq``/``hgacked`` as JSON members, with the closing brace:
+    spliced in place of an encoded event's own."""
+    return b',"hgproducer":"%s","hgseq":%d,"hgacked":%d}' % (producer.encode(), seq, acked)
