@@ -84,6 +84,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # in <lake>/<type>/_deleted.json for the audit (lake/retention.py).
     lake_retention_days: int = 0
     lake_retention_check_s: float = 600.0  # how often each stream looks for buckets to delete
+    # A closed bucket's part files (one per flush) are merged into files of about
+    # this size, in the background (loader/compact.py); 0: never merged.
+    compact_target_bytes: int = 128 * MiB
     loader_metrics_port: int = 0  # 0: no metrics endpoint
     # Per stream: messages the loader cannot convert are kept up to this; at the
     # bound the stream pauses (loader/quarantine.py), it never drops them.
@@ -126,9 +129,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("tls_cert and tls_key must be given together")
-        if min(self.replay_window_s, self.stream_max_age_s, self.lake_retention_days) < 0:
+        if (
+            min(
+                self.replay_window_s,
+                self.stream_max_age_s,
+                self.lake_retention_days,
+                self.compact_target_bytes,
+            )
+            < 0
+        ):
             raise ConfigError(
-                "replay_window_s, stream_max_age_s and lake_retention_days must not be negative"
+                "replay_window_s, stream_max_age_s, lake_retention_days and "
+                "compact_target_bytes must not be negative"
             )
         if self.lake_retention_days and self.lake_retention_days * 86400 < self.dedup_window_s:
             raise ConfigError(

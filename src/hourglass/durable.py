@@ -14,6 +14,8 @@ parents as they are made, so a file's path survives with it.
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -22,8 +24,10 @@ from hourglass.crashpoints import crashpoint
 
 __all__ = [
     "TMP_PREFIX",
+    "ExchangeUnsupported",
     "durable_write",
     "durable_write_bytes",
+    "exchange",
     "fsync_dir",
     "fsync_file",
     "makedirs_durable",
@@ -80,3 +84,32 @@ def durable_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
     durable_write(path, write)
+
+
+class ExchangeUnsupported(OSError):
+    """This system or file system cannot swap two paths atomically."""
+
+
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def exchange(a: Path, b: Path) -> None:
+    """Swap two existing paths (folders, say) in one atomic step: Linux's
+    ``renameat2(RENAME_EXCHANGE)``.  A reader sees one or the other, never neither;
+    a crash leaves them swapped or not.  Make it durable with :func:`fsync_dir` on
+    both parents.  Raises :class:`ExchangeUnsupported` where there is no such call
+    (not Linux, an old libc, a file system without it) or the paths are on two
+    file systems."""
+    try:
+        call = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError) as exc:
+        raise ExchangeUnsupported(errno.ENOSYS, "renameat2 is not available") from exc
+    result = call(
+        _AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), ctypes.c_uint(_RENAME_EXCHANGE)
+    )
+    if result != 0:
+        code = ctypes.get_errno()
+        if code in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.ENOTSUP):
+            raise ExchangeUnsupported(code, f"cannot swap {a} and {b}: {os.strerror(code)}")
+        raise OSError(code, os.strerror(code), str(a), None, str(b))

@@ -218,8 +218,11 @@ def manifest_at(folder: Path) -> Manifest | None:
 
 
 def manifests(lake: Path) -> dict[Path, Manifest]:
+    """Every bucket's manifest (not a compaction's staging folder: ``_compacting``)."""
     out = {}
-    for path in sorted(lake.rglob("_SUCCESS.json")):
+    for path in sorted(lake.glob("*/**/_SUCCESS.json")):
+        if path.relative_to(lake).parts[0] == "_compacting":
+            continue
         out[path.parent] = msgspec.json.decode(path.read_bytes(), type=Manifest)
     return out
 

@@ -56,7 +56,9 @@ def stream_state(url: str) -> tuple[int, int, int, int]:
     async def run() -> tuple[int, int, int, int]:
         nc = await nats.connect(url)
         try:
-            js = nc.jetstream()
+            # A probe, not the system under test: on a loaded 2-core machine the
+            # server's API may answer after the default 5 s (a CI run did).
+            js = nc.jetstream(timeout=20)
             state = (await js.stream_info(STREAM)).state
             floor = await ack_floor(js, STREAM)
             floor = -1 if floor is None else floor

@@ -1,7 +1,9 @@
 """``_SUCCESS.json``: the manifest that closes a bucket.
 
-Written once, atomically and last, when the loader closes the bucket; from then
-on the bucket folder never changes.  It lists every file with its row count and
+Written atomically and last, when the loader closes the bucket; from then on
+the bucket's rows never change.  Its files change once: compaction swaps the
+whole folder for one with the part files merged and a manifest listing them
+(``loader/compact.py``), in one atomic step.  It lists every file with its row count and
 sha256, so a reader (or ``hourglass audit``) can prove the folder is exactly what
 the loader wrote.
 """
@@ -36,6 +38,10 @@ class Manifest(msgspec.Struct, kw_only=True):
     skewed: int
     close_delay_s: float
     version: int = 1
+    # Set when the loader merged the bucket's part files (``loader/compact.py``):
+    # how many there were, and when.  The rows and their count do not change.
+    compacted_from: int = 0
+    compacted_at: dt.datetime | None = None
 
 
 def files_of(folder: Path) -> list[FileEntry]:

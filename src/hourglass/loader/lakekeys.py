@@ -17,15 +17,19 @@ def of_file(path: Path) -> pa.Array:
 
 
 def committed_after(lake: Path, name: str, seq: int, horizon: float) -> list[tuple[int, Path]]:
-    """Part files of stream ``name`` whose range starts after ``seq``, in buckets from
-    ``horizon`` (epoch s) on, by range: (last seq of its range, path)."""
+    """Part files of stream ``name`` with events after ``seq``, in buckets from
+    ``horizon`` (epoch s) on, by range: (last seq of its range, path).
+
+    A flush's part files cover its own range, so for them "ends after ``seq``" is
+    "starts after it"; a merged file (``compact.py``) covers many flushes and
+    may start before ``seq`` yet hold events after it: it is read whole."""
     found: list[tuple[int, int, Path]] = []
     for folder in bucket_dirs(lake, name):
         if bucket_of_dir(lake, name, folder).timestamp() < horizon:
             continue
         for path in folder.glob("part-*.parquet"):
             span = part_range(path.name)
-            if span is not None and span[0] > seq:
+            if span is not None and span[1] > seq:
                 found.append((span[0], span[1], path))
     found.sort()
     return [(last, path) for _, last, path in found]

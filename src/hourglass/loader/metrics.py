@@ -283,6 +283,30 @@ class LoaderMetrics:
             ["stream"],
             registry=r,
         )
+        self.compacted = Counter(
+            "hourglass_loader_buckets_compacted",
+            "Closed buckets whose part files were merged (compact.py).",
+            ["stream"],
+            registry=r,
+        )
+        self.compacted_files = Counter(
+            "hourglass_loader_compacted_files",
+            "Part files merged away by compaction (files before minus files after).",
+            ["stream"],
+            registry=r,
+        )
+        self.compaction_backlog = Gauge(
+            "hourglass_loader_compaction_backlog_buckets",
+            "Closed buckets not yet compacted; it grows if compaction cannot keep up.",
+            ["stream"],
+            registry=r,
+        )
+        self.compaction_failures = Counter(
+            "hourglass_loader_compaction_failures",
+            "Compaction rounds that failed (the bucket is tried again; its rows are unharmed).",
+            ["stream"],
+            registry=r,
+        )
 
 
 class StreamMetrics:

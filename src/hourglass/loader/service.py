@@ -24,6 +24,7 @@ import contextlib
 import logging
 import os
 import signal
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -45,6 +46,7 @@ from hourglass.config import Settings
 from hourglass.exceptions import ConfigError, Fenced
 from hourglass.lake.layout import check_layout
 from hourglass.lake.retention import DAY, expire_buckets
+from hourglass.loader.compact import Compactor
 from hourglass.loader.metrics import (
     LakeSpace,
     LoaderMetrics,
@@ -130,6 +132,10 @@ class Runner:
     metrics: LoaderMetrics
     space: LakeSpace
     owns: set[str] = field(default_factory=set)
+    compactor: Compactor = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.compactor = Compactor(self.settings.compact_target_bytes, self.metrics)
 
     async def owned(self, s: Stream) -> None:
         """Load ``s`` while this loader owns it; be its standby while another does."""
@@ -205,9 +211,15 @@ class Runner:
         reader = StreamReader(self.js, s.stream, s.subject, durable)
         await reader.start(after_seq=s.loader.state.committed_seq)
         await self._drop_stale(s, durable)
+        stop = threading.Event()
+        compactor = asyncio.create_task(
+            self.compactor.run(s.name, lambda: s.loader, stop), name=f"{s.name}-compact"
+        )
         try:
             await self._loop(s, reader)
         finally:
+            stop.set()  # a merge in its thread stops at its next file
+            compactor.cancel()
             # A clean stop (SIGTERM) commits what was processed; a crash does not
             # need to: the messages after the checkpoint come again.
             stale = s.loader.processed_seq > s.loader.state.committed_seq

@@ -46,6 +46,10 @@ class LoaderState(msgspec.Struct, kw_only=True):
     next_close: int | None = None  # epoch seconds of the oldest open bucket
     markers: dict[str, int] = {}
     buckets: dict[int, BucketCounts] = {}
+    # Closed buckets before it are compacted or had nothing to merge (compact.py);
+    # None: not looked at yet.  Only where the next round starts: losing a step
+    # of it costs a look at a manifest.
+    compacted_before: int | None = None
 
 
 class RunRef(msgspec.Struct):

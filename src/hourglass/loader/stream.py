@@ -60,7 +60,7 @@ from hourglass.lake.layout import (
 )
 from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import write_table
-from hourglass.loader import close, copies, lakekeys
+from hourglass.loader import close, compact, copies, lakekeys
 from hourglass.loader.dedup import MEMORY_BYTES, Deduper
 from hourglass.loader.metrics import Observer, Stats
 from hourglass.loader.quarantine import Quarantine
@@ -180,6 +180,7 @@ class StreamLoader:
                         removed += 1
         if self.deduper is not None:
             removed += self.deduper.restore(saved.dedup, self.checkpoints.epoch)
+        removed += compact.drop_staging(self.lake, self.name, self.checkpoints.epoch)
         self._skip_closed()
         indexed = time.monotonic()
         read = self._catch_up(imported=saved.dedup is None) if self.deduper is not None else 0
