@@ -5,7 +5,7 @@ the bus holds one gateway request (current minute) and a backlog published as a
 gateway would but stamped in three earlier minutes, with duplicates in the same
 message, in a later message and in a later bucket.  So the loader's first flush
 writes four parts, then closes four buckets (three with rows, one idle).  Each
-file is staged (``.tmp-e1-<name>``), saved in the stream's bus record, then
+file is staged (``.tmp-e1-<name>.staged``), saved in the stream's bus record, then
 published (``loader/staging.py``)::
 
     stage part b1, b2, b3, current  (loader.after_part after each)
@@ -102,7 +102,7 @@ def _check_crash_site(point: str, url: str, lake: Path, buckets: list[dt.datetim
     closed = [b for b in buckets if manifest_at(folder_of(lake, SKIPPED, b)) is not None]
     staged = _staged(lake)
     staged_parts = [n for n in staged if n.split("/")[1].startswith(".tmp-e1-part-")]
-    staged_manifests = [n for n in staged if n.endswith(".tmp-e1-_SUCCESS.json")]
+    staged_manifests = [n for n in staged if n.endswith(".tmp-e1-_SUCCESS.json.staged")]
     where = f"{point}: parts={[p.parent.name for p in parts]} staged={staged} closed={closed}"
     assert len(staged) == len(staged_parts) + len(staged_manifests), where  # nothing else
     if point.startswith("loader.after_part"):
@@ -277,7 +277,7 @@ def test_kill_loader_around_a_dedup_run_then_restart(
     if point == "loader.after_checkpoint":
         assert saved is not None and saved.dedup is not None
         assert [r.name for s in saved.dedup.slices for r in s.runs] == [
-            n.removeprefix(".tmp-e1-") for n in runs
+            n.removeprefix(".tmp-e1-").removesuffix(".staged") for n in runs
         ]
     else:
         assert saved is None

@@ -463,12 +463,12 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
     await wait_for_async(
         lambda: (sample(metrics, "hourglass_loader_lake_full_retries_total") or 0) >= 2
     )
-    assert (folder / f".tmp-e0-{part_name(2, 3)}").exists(), "the part staged, not saved"
+    assert (folder / f".tmp-e0-{part_name(2, 3)}.staged").exists(), "the part staged, not saved"
     assert not (folder / part_name(2, 3)).exists(), "nothing visible before the save"
     assert store.load().state.committed_seq == 1
     assert s.loader.state.committed_seq == 1, "the checkpoint in memory was put back"
     assert s.loader.state.buckets == {}, "counts are not merged twice"
-    assert [p.name for p in root.rglob(".tmp-*")] == [f".tmp-e0-{part_name(2, 3)}"], (
+    assert [p.name for p in root.rglob(".tmp-*")] == [f".tmp-e0-{part_name(2, 3)}.staged"], (
         "the failed checkpoint's temp file was removed"
     )
     assert space.since is not None and sample(metrics, "hourglass_loader_lake_full") == 1

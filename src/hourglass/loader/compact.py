@@ -20,6 +20,11 @@ off the hot path, one bucket at a time:
    swap gets "file not found" and lists again.
 3. **drop**: the staging folder, which now holds the old part files, is deleted.
 
+A merged file is named ``part-<first>-<last>`` after the whole range it covers,
+and keeps the modification time of the newest file it merged.  A reader that
+follows the lake incrementally by file name would see merged files as new:
+such a reader follows closed buckets by their manifests instead.
+
 Why a crash anywhere is safe: **a staging folder never holds the only copy of a
 row**.  Before the swap the bucket folder holds the original files; after it,
 the merged ones.  So any staging folder may be deleted at any time, and recovery
@@ -288,6 +293,10 @@ def _merge(group: list[Path], staging: Path, stop: threading.Event | None) -> Fi
         if held:
             writer.write_table(pa.concat_tables(held), row_group_size=ROW_GROUP_ROWS)
             rows += held_rows
+    # The merged file keeps the time its newest row reached the lake: its rows were
+    # readable since then (what "send → lake" latency measures), not since the merge.
+    newest = max(p.stat().st_mtime_ns for p in group)
+    os.utime(path, ns=(newest, newest))
     fsync_file(path)
     return FileEntry(path.name, rows, path.stat().st_size, sha256_of(path))
 

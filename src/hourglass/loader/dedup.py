@@ -74,7 +74,7 @@ from hourglass.loader.memtable import Memtable
 from hourglass.loader.metrics import IndexReport
 from hourglass.loader.producers import ProducerTable
 from hourglass.loader.runs import Run, RunError, write_run
-from hourglass.loader.staging import epoch_of, stage, sweep, write_bytes
+from hourglass.loader.staging import epoch_of, final_of, stage, sweep, write_bytes
 from hourglass.loader.state import DedupState, RunRef, SliceState
 
 logger = log.get("hourglass.loader")
@@ -384,7 +384,7 @@ class Deduper:
             name = path.name
             if name.startswith(TMP_PREFIX):
                 stamped = epoch_of(name)
-                final = name[len(TMP_PREFIX) :].partition("-")[2]
+                final = final_of(name)
                 if stamped is not None and (stamped > epoch or final in named):
                     continue  # a later owner's, or committed (published by recovery)
             else:

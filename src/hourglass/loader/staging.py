@@ -4,7 +4,7 @@ A loader that lost its stream to another (``bus/ownership.py``) may still be
 running: paused, then woken, it finishes the write it was in.  So nothing it
 writes may become visible on its own.  Every part file and manifest is:
 
-1. **staged**: written as ``.tmp-e<epoch>-<name>`` in its final folder, fsynced,
+1. **staged**: written as ``.tmp-e<epoch>-<name>.staged`` in its final folder, fsynced,
    and the folder fsynced (:func:`stage`, :func:`sync_folders`);
 2. **committed**: the checkpoint that names it (``Saved.staged``) is saved;
    for the service that is a revision-checked KV write a fenced loader cannot
@@ -15,7 +15,8 @@ A crash after 1 leaves a staged file no checkpoint names: the next recovery of
 that epoch or a later one deletes it (:func:`sweep`).  A crash after 2 leaves a
 committed staged file: the next recovery publishes it first (a rename of a file
 that is gone is a rename someone else already made).  Readers glob
-``part-*.parquet`` and ``_SUCCESS.json``; a ``.tmp-`` name is never read.
+``part-*.parquet`` (or ``*.parquet``) and ``_SUCCESS.json``; a staged name
+matches neither.
 """
 
 from __future__ import annotations
@@ -31,8 +32,20 @@ from hourglass.durable import TMP_PREFIX, fsync_dir, fsync_file, makedirs_durabl
 _STAGED = re.compile(r"^" + re.escape(TMP_PREFIX) + r"e(\d+)-")
 
 
+# After the name, so that no reader's glob matches a staged file: ``*.parquet``
+# matches ``.tmp-…parquet`` in DuckDB (its ``*`` takes a leading dot), and the
+# rows of a flush that never commits must never be read.
+STAGED_SUFFIX = ".staged"
+
+
 def staged_path(final: Path, epoch: int) -> Path:
-    return final.with_name(f"{TMP_PREFIX}e{epoch}-{final.name}")
+    return final.with_name(f"{TMP_PREFIX}e{epoch}-{final.name}{STAGED_SUFFIX}")
+
+
+def final_of(name: str) -> str:
+    """The final name of a staged file's name (``.tmp-e<epoch>-<final>.staged``)."""
+    rest = name[len(TMP_PREFIX) :].partition("-")[2] if name.startswith(TMP_PREFIX) else name
+    return rest.removesuffix(STAGED_SUFFIX)
 
 
 def epoch_of(name: str) -> int | None:

@@ -12,7 +12,7 @@ Invariants (the order of one flush is in ``stream.StreamLoader.flush``):
   Parquet file of the lake, or staged under a name in ``staged`` (or was
   dropped as a duplicate, or was a marker).
 * ``staged``: the files the last commit made durable under a staged name
-  (``.tmp-e<epoch>-<name>``), by their final path in the lake.  Whoever loads
+  (``.tmp-e<epoch>-<name>.staged``), by their final path in the lake.  Whoever loads
   the stream next renames those still staged into place before anything else
   (rolls them forward); every other staged file is uncommitted and is deleted.
 * ``next_close``: every bucket that starts before it has its ``_SUCCESS.json``,

@@ -7,7 +7,7 @@ Delivery order, and what a crash at each step leaves behind:
    bucket of ``received_at`` in memory.  A crash loses only memory; the messages
    are not acknowledged and come again.
 2. ``flush``: for each bucket, ``part-<first>-<last>.parquet`` is staged
-   (``staging.py``: written as ``.tmp-e<epoch>-part-…``, fsynced, folder
+   (``staging.py``: written as ``.tmp-e<epoch>-part-….staged``, fsynced, folder
    fsynced).  A crash here leaves staged files no checkpoint names: the next
    recovery deletes them and the messages come again.
 3. the checkpoint (``state.py``) is saved with ``committed_seq = last`` and the

@@ -108,7 +108,7 @@ def test_close_bucket_stages_the_manifest_saves_then_publishes(tmp_path: Path) -
     assert on_disk.state == saved
     folder = bucket_dir(lake, "t", dt.datetime.fromtimestamp(START, dt.UTC), W)
     assert on_disk.staged == {
-        (folder / SUCCESS).relative_to(lake).as_posix(): (folder / ".tmp-e0-_SUCCESS.json")
+        (folder / SUCCESS).relative_to(lake).as_posix(): (folder / ".tmp-e0-_SUCCESS.json.staged")
         .relative_to(lake)
         .as_posix()
     }
@@ -156,7 +156,7 @@ def test_a_crash_either_side_of_the_close_s_save(
     with pytest.raises(Crash):
         close.close_bucket(lake, "t", W, LoaderState(next_close=START), store, now=END + 1)
     assert not (folder / SUCCESS).exists(), "nothing visible before the publish"
-    assert [p.name for p in folder.iterdir()] == [".tmp-e0-_SUCCESS.json"]
+    assert [p.name for p in folder.iterdir()] == [".tmp-e0-_SUCCESS.json.staged"]
     saved = store.load()
     if point == "loader.after_manifest":
         assert saved.state.next_close is None and saved.staged == {}

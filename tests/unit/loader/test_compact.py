@@ -62,6 +62,7 @@ def test_a_closed_bucket_is_merged_into_one_file_with_the_same_rows(harness: Har
     folder = h.folder(H0)
     parts = sorted(folder.glob("part-*.parquet"))
     before = pa.concat_tables([pq.read_table(p) for p in parts]).sort_by("id")
+    newest = max(p.stat().st_mtime_ns for p in parts)
     done: list[compact.Compacted] = []
 
     assert compact_closed(h.loader, TARGET, threading.Event(), done.append) == 0
@@ -72,6 +73,7 @@ def test_a_closed_bucket_is_merged_into_one_file_with_the_same_rows(harness: Har
     first = part_name(1, 1)[: len("part-") + 20]
     assert merged.name.startswith(first) and merged.name.endswith(f"{4:020d}.parquet")
     assert pq.read_table(merged).sort_by("id").equals(before)
+    assert merged.stat().st_mtime_ns == newest  # its rows were readable since then
     assert _duck_keys(folder) == sorted(keys)
     manifest = read_manifest(folder)
     assert manifest is not None and manifest.compacted_from == 4 and manifest.count == 200

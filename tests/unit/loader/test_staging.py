@@ -4,7 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from hourglass.loader.staging import epoch_of, publish, stage, staged_path, sweep
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from hourglass.loader.staging import epoch_of, final_of, publish, stage, staged_path, sweep
 
 
 def _stage(final: Path, epoch: int, data: bytes = b"x") -> Path:
@@ -42,3 +46,23 @@ def test_publish_renames_once_and_tolerates_what_is_gone(tmp_path: Path) -> None
     assert final.read_bytes() == b"rows" and not temp.exists()
     assert publish(tmp_path, staged) == 0
     assert not gone.parent.exists(), "publish does not recreate a deleted folder"
+
+
+def test_no_reader_glob_reads_a_staged_part(tmp_path: Path) -> None:
+    """DuckDB's ``*`` matches a leading dot: a staged part named ``….parquet`` would
+    be read by ``**/*.parquet`` (the glob docs/lake.md shows) before its flush is
+    committed, and a flush that never commits would show rows twice later."""
+    folder = tmp_path / "t" / "date=2026-03-01" / "hour=10"
+    pq.write_table(pa.table({"a": [1]}), stage_dir(folder) / "part-1.parquet")
+    stage(folder / "part-2.parquet", 1, lambda path: pq.write_table(pa.table({"a": [2]}), path))
+    for glob in ("**/*.parquet", "**/part-*.parquet", "*/*/*.parquet"):
+        rows = duckdb.execute(
+            "SELECT a FROM read_parquet($g)", {"g": str(tmp_path / "t" / glob)}
+        ).fetchall()
+        assert rows == [(1,)], glob
+    assert final_of(staged_path(folder / "part-2.parquet", 7).name) == "part-2.parquet"
+
+
+def stage_dir(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    return folder
