@@ -13,13 +13,14 @@ import duckdb
 
 from hourglass.config import Settings
 from hourglass.exceptions import ConfigError
+from hourglass.lake.layout import COMPACTING
 
 
 def connect(settings: Settings) -> duckdb.DuckDBPyConnection:
     lake = settings.lake_path
     con = duckdb.connect()
     if lake.exists():
-        for folder in sorted(p for p in lake.iterdir() if p.is_dir()):
+        for folder in sorted(p for p in lake.iterdir() if p.is_dir() and p.name != COMPACTING):
             if any(folder.rglob("*.parquet")):
                 pattern = str(folder / "**" / "*.parquet").replace("'", "''")
                 name = folder.name.replace('"', '""')

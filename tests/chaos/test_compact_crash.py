@@ -26,7 +26,7 @@ import nats
 import pytest
 
 from hourglass.bus.marks import LEASE_BUCKET
-from hourglass.loader.compact import COMPACTING
+from hourglass.lake.layout import COMPACTING
 from tests.chaos.conftest import (
     SKIPPED,
     assert_all_manifests_match,

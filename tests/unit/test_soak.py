@@ -10,7 +10,7 @@ T0 = 1_000_000.0
 
 
 def samples(
-    minutes: int, *, rss_growth: float = 0.0, lag_growth: float = 0.0
+    minutes: int, *, rss_growth: float = 0.0, lag_growth: float = 0.0, backlog_growth: float = 0.0
 ) -> list[dict[str, Any]]:
     out = []
     for second in range(minutes * 60 + 1):
@@ -25,6 +25,7 @@ def samples(
                 "stream_bytes": 8e6 + (second % 7) * 1e5,
                 "lake_bytes": 1e6 * m,
                 "state_bytes": 4096.0,
+                "compaction_backlog": float(second % 2) + int(backlog_growth * m),
             }
         )
     return out
@@ -56,6 +57,11 @@ def test_a_process_whose_memory_grows_fails_the_soak() -> None:
 def test_a_lag_that_keeps_growing_fails_the_soak() -> None:
     rows = soak.per_minute(samples(16, lag_growth=5000.0), T0)  # > 1 % of 60 k a minute
     assert soak.verdict(rows, budget=1 << 30)["grows"] == ["loader lag events"]
+
+
+def test_a_compaction_backlog_that_keeps_growing_fails_the_soak() -> None:
+    rows = soak.per_minute(samples(16, backlog_growth=1.0), T0)  # a bucket a minute
+    assert soak.verdict(rows, budget=1 << 30)["grows"] == ["compaction backlog buckets"]
 
 
 def test_a_run_too_short_is_not_judged() -> None:

@@ -6,6 +6,7 @@ Layout (a contract; see docs/lake.md)::
     <lake>/<type>/date=YYYY-MM-DD/hour=HH[/minute=MM]/_SUCCESS.json
     <lake>/<type>/_deleted.json     buckets removed by lake retention (retention.py)
     <lake>/<type>/_dedup/           the loader's dedup index (loader/dedup.py): not rows
+    <lake>/_compacting/<type>/      compaction's staging folders (loader/compact.py): not rows
 
 ``<first>-<last>`` is the range of bus (stream) sequence numbers whose events
 the file holds: every file of one loader flush carries the same range, so after
@@ -31,6 +32,7 @@ from hourglass.durable import TMP_PREFIX, durable_write_bytes
 from hourglass.exceptions import ConfigError
 
 __all__ = [
+    "COMPACTING",
     "SUCCESS",
     "TMP_PREFIX",
     "bucket_dir",
@@ -44,6 +46,7 @@ __all__ = [
 ]
 
 SUCCESS = "_SUCCESS.json"
+COMPACTING = "_compacting"  # under the lake, beside the types: no type's glob reaches it
 _PART = re.compile(r"^part-(\d{20})-(\d{20})\.parquet$")
 UTC = dt.UTC
 

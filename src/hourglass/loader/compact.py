@@ -79,6 +79,7 @@ from hourglass.durable import (
     makedirs_durable,
 )
 from hourglass.lake.layout import (
+    COMPACTING,
     SUCCESS,
     bucket_dir,
     bucket_dirs,
@@ -95,7 +96,6 @@ if TYPE_CHECKING:
 
 logger = log.get("hourglass.loader")
 
-COMPACTING = "_compacting"
 BUFFER_BYTES = 64 << 20  # input held before it is written as a row group
 EVERY_S = 5.0  # a stream looks for closed buckets to compact this often
 NICE = 5  # the compaction thread yields the CPU to the loader's own work

@@ -220,6 +220,18 @@ class Sampler:
                 _bench_streams(procs.prometheus_values(t, "hourglass_loader_buckets_closed_total"))
                 for t in every.values()
             ),
+            buckets_compacted=sum(
+                _bench_streams(
+                    procs.prometheus_values(t, "hourglass_loader_buckets_compacted_total")
+                )
+                for t in every.values()
+            ),
+            compaction_backlog=sum(
+                _bench_streams(
+                    procs.prometheus_values(t, "hourglass_loader_compaction_backlog_buckets")
+                )
+                for t in every.values()
+            ),
         )
         return row
 

@@ -11,7 +11,8 @@ each over the last ``WINDOW_MIN`` minutes after ``WARMUP_MIN``, and a verdict.
 * RSS of any process: 1 % of its mean in the window;
 * loader lag: 1 % of a minute's acknowledged events;
 * stream bytes: 1 % of the budget (retention should hold them flat);
-* the loader's state on disk: 1 % of its mean, and more than 1 MiB.
+* the loader's state on disk: 1 % of its mean, and more than 1 MiB;
+* compaction's backlog: half a closed bucket per minute (it cannot keep up).
 
 The lake itself grows by design (with ``lake_retention_days`` off) and is
 reported, not judged.
@@ -28,6 +29,7 @@ WARMUP_MIN = 5
 WINDOW_MIN = 20
 JUDGE_MIN = 10  # fewer minutes after the warm-up: slopes shown, not judged (noise)
 GROWTH = 0.01  # per minute, of the series' scale
+BACKLOG_PER_MIN = 0.5  # closed buckets waiting for compaction
 
 
 def per_minute(samples: list[dict[str, Any]], start: float) -> list[dict[str, Any]]:
@@ -53,6 +55,8 @@ def per_minute(samples: list[dict[str, Any]], start: float) -> list[dict[str, An
                 "stream_bytes": float(s.get("stream_bytes", 0.0)),
                 "lake_bytes": float(s.get("lake_bytes", 0.0)),
                 "state_bytes": float(s.get("state_bytes", 0.0)),
+                "compaction_backlog": float(s.get("compaction_backlog", 0.0)),
+                "buckets_compacted": float(s.get("buckets_compacted", 0.0)),
             }
         )
         before = s
@@ -99,6 +103,8 @@ def verdict(rows: list[dict[str, Any]], budget: float) -> dict[str, Any]:
         judge("stream bytes", [r["stream_bytes"] for r in window], GROWTH * budget)
     state = [r["state_bytes"] for r in window]
     judge("loader state bytes", state, max(GROWTH * sum(state) / len(state), 1 << 20))
+    backlog = [float(r.get("compaction_backlog", 0.0)) for r in window]
+    judge("compaction backlog buckets", backlog, BACKLOG_PER_MIN)
     lake = [r["lake_bytes"] for r in window]
     out["slopes"]["lake bytes"] = {
         "per_min": slope([(float(r["minute"]), v) for r, v in zip(window, lake, strict=True)]),
@@ -114,7 +120,7 @@ def render(soak: dict[str, Any]) -> list[str]:
     lines = [
         "",
         "== soak (per minute; RSS in MiB, bytes in MiB) ==",
-        head + "  stream    lake   state",
+        head + "  stream    lake   state  compacted backlog",
     ]
     for r in rows:
         rss = " ".join(f"{(r['rss_mib'].get(n) or 0):>10.0f}" for n in names)
@@ -122,6 +128,7 @@ def render(soak: dict[str, Any]) -> list[str]:
             f"{r['minute']:>4} {r['acked_eps']:>10,.0f} {r['lag_events']:>10,.0f} {rss}"
             f"  {r['stream_bytes'] / 2**20:>6.0f} {r['lake_bytes'] / 2**20:>7.0f}"
             f" {r['state_bytes'] / 2**20:>7.1f}"
+            f" {r.get('buckets_compacted', 0):>10.0f} {r.get('compaction_backlog', 0):>7.0f}"
         )
     if "minutes" not in judged or len(judged["minutes"]) < 3:
         lines.append(judged.get("note", ""))

@@ -31,7 +31,7 @@ from pathlib import Path
 import msgspec
 
 from hourglass.durable import TMP_PREFIX
-from hourglass.lake.layout import SUCCESS, bucket_dir, part_range
+from hourglass.lake.layout import COMPACTING, SUCCESS, bucket_dir, part_range
 from hourglass.lake.manifest import Manifest
 
 Key = tuple[str, str]  # (source, id)
@@ -185,6 +185,8 @@ def check_manifest(lake: Path, folder: Path, manifest: Manifest, width_s: int) -
 def check_buckets(lake: Path, width_s: int, verdict: Verdict) -> None:
     for path in sorted(lake.rglob(SUCCESS)):
         folder = path.parent
+        if folder.relative_to(lake).parts[0] == COMPACTING:
+            continue  # a compaction's staging folder, not a bucket (loader/compact.py)
         try:
             manifest = msgspec.json.decode(path.read_bytes(), type=Manifest)
         except (msgspec.DecodeError, msgspec.ValidationError) as exc:
