@@ -82,6 +82,8 @@ async def gather_status(settings: Settings) -> str:
         lines.append("")
         lines.extend(_dedup(saveds, settings.dedup_window_s, time.time()))
         lines.append("")
+        lines.extend(_compaction(states, width))
+        lines.append("")
         lines.extend(await _leases(js, now))
         lines.append("")
         lines.extend(await _loaders(js, [stream for _, stream in names]))
@@ -153,6 +155,22 @@ def _dedup(saveds: dict[str, Saved], window_s: int, now: float) -> list[str]:
             f"{name:<28} {_duration(held):>9} {_duration(window_s):>6} {index.keys:>13,} "
             f"{_size(index.disk_bytes):>10}  {note}"
         )
+    return lines
+
+
+def _compaction(states: dict[str, LoaderState], width: int) -> list[str]:
+    """Closed buckets whose part files are not merged yet (``loader/compact.py``), as
+    of each stream's last checkpoint: 0 or 1 normally; a growing number means
+    compaction cannot keep up (``hourglass_loader_compaction_backlog_buckets``)."""
+    lines = ["compaction (closed buckets not yet merged, at the last checkpoint)"]
+    for name, state in states.items():
+        if name == FAILED_DIR or state.next_close is None:
+            continue
+        if state.compacted_before is None:
+            lines.append(f"  {name:<28} not started")
+            continue
+        waiting = max(0, (state.next_close - state.compacted_before) // width)
+        lines.append(f"  {name:<28} {waiting} waiting")
     return lines
 
 

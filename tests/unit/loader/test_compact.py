@@ -251,3 +251,15 @@ def test_kill_9_either_side_of_the_swap(harness: Harness, point: str) -> None:
     assert len(list(folder.glob("part-*"))) == 1
     assert sorted(h.keys()) == sorted(keys)
     _assert_folder_is_its_manifest(folder)
+
+
+def test_status_shows_closed_buckets_waiting_for_compaction() -> None:
+    from hourglass.loader.state import LoaderState
+    from hourglass.status import _compaction
+
+    states = {
+        "a": LoaderState(next_close=H0 + 5 * MIN, compacted_before=H0 + 2 * MIN),
+        "b": LoaderState(next_close=H0),
+        "_failed": LoaderState(next_close=None),
+    }
+    assert _compaction(states, MIN)[1:] == [f"  {'a':<28} 3 waiting", f"  {'b':<28} not started"]
