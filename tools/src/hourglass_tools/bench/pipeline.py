@@ -78,6 +78,9 @@ class Pipeline:
             server_config(port=self.bus_port, store_dir=bus_dir / "store", log_file=bus_dir / "log")
         )
         env = settings_env(self.settings)
+        # The loaders log at info: a few lines a minute per type (closes,
+        # compactions, a takeover's recovery timings), which a run's notes need.
+        loader_env = settings_env(msgspec.structs.replace(self.settings, log_level="info"))
         bus = procs.Child("nats-server", [nats_server_binary(), "-c", str(conf)], logs)
         self.children["nats-server"] = bus
         procs.wait_for(lambda: procs.port_open(self.bus_port), 30, "nats-server", bus)
@@ -86,11 +89,13 @@ class Pipeline:
         procs.wait_for(self._ready, 60, "the gateway ready", gateway)
         if not self.loader:
             return
-        loader = procs.Child("loader", procs.hourglass_argv("loader"), logs, env)
+        loader = procs.Child("loader", procs.hourglass_argv("loader"), logs, loader_env)
         self.children["loader"] = loader
         procs.wait_for(lambda: procs.port_open(self.metrics_port), 60, "the loader", loader)
         if self.standby:
-            other = msgspec.structs.replace(self.settings, loader_metrics_port=self.standby_port)
+            other = msgspec.structs.replace(
+                self.settings, loader_metrics_port=self.standby_port, log_level="info"
+            )
             argv = procs.hourglass_argv("loader")
             standby = procs.Child("loader-standby", argv, logs, settings_env(other))
             self.children["loader-standby"] = standby
