@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 	$(BIN)/mypy
 
 test: lint typecheck
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q --durations=15
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

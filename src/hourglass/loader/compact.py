@@ -98,6 +98,7 @@ logger = log.get("hourglass.loader")
 
 BUFFER_BYTES = 64 << 20  # input held before it is written as a row group
 EVERY_S = 5.0  # a stream looks for closed buckets to compact this often
+RETRY_S = 60.0  # after a failed round
 NICE = 5  # the compaction thread yields the CPU to the loader's own work
 _STAGING = re.compile(r"^e(\d+)-")
 
@@ -375,8 +376,9 @@ class Compactor:
                 self.metrics.compaction_failures.labels(name).inc()
                 logger.warning(
                     "compaction failed; trying again later",
-                    extra={"stream": name, "error": repr(exc)},
+                    extra={"stream": name, "error": repr(exc), "retry_s": RETRY_S},
                 )
+                await asyncio.sleep(RETRY_S)  # a full disk, say: one line a minute, not 12
 
     def _done(self, name: str, result: Compacted) -> None:
         self.metrics.compacted.labels(name).inc()
