@@ -219,6 +219,17 @@ def compact_bucket(
     makedirs_durable(staging)
     try:
         files = [_merge(group, staging, stop) for group in groups]
+        if sum(f.rows for f in files) != manifest.count:
+            logger.error(
+                "merged files do not hold the bucket's rows; not swapped in",
+                extra={
+                    "type": name,
+                    "bucket": str(folder),
+                    "rows": sum(f.rows for f in files),
+                    "count": manifest.count,
+                },
+            )
+            return None
         merged = msgspec.structs.replace(
             manifest,
             files=files,

@@ -13,13 +13,14 @@ import threading
 from pathlib import Path
 
 import duckdb
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from hourglass.audit import integrity
 from hourglass.lake.layout import part_name
-from hourglass.lake.manifest import read_manifest
+from hourglass.lake.manifest import manifest_bytes, read_manifest
 from hourglass.loader import compact, lakekeys
 from hourglass.loader.compact import Stopped, compact_bucket, compact_closed, drop_staging
 from tests.unit.loader.conftest import H0, SKIPPED, Harness, key, skipped
@@ -263,3 +264,18 @@ def test_status_shows_closed_buckets_waiting_for_compaction() -> None:
         "_failed": LoaderState(next_close=None),
     }
     assert _compaction(states, MIN)[1:] == [f"  {'a':<28} 3 waiting", f"  {'b':<28} not started"]
+
+
+def test_merged_files_short_of_the_manifest_s_count_are_never_swapped_in(
+    harness: Harness,
+) -> None:
+    h = harness
+    _closed_bucket(h)
+    folder = h.folder(H0)
+    manifest = read_manifest(folder)
+    assert manifest is not None
+    wrong = manifest_bytes(msgspec.structs.replace(manifest, count=manifest.count + 1))
+    (folder / "_SUCCESS.json").write_bytes(wrong)
+    assert compact_bucket(h.lake, SKIPPED, folder, 1, TARGET) is None
+    assert len(list(folder.glob("part-*.parquet"))) == 4
+    assert list(compact.staging_root(h.lake, SKIPPED).iterdir()) == []
