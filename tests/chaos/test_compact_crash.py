@@ -28,6 +28,7 @@ import pytest
 from hourglass.bus.marks import LEASE_BUCKET
 from hourglass.lake.layout import COMPACTING
 from tests.chaos.conftest import (
+    FAST,
     SKIPPED,
     assert_all_manifests_match,
     assert_exactly_once,
@@ -45,8 +46,6 @@ from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import NatsServer, checkpoint_of, post, skipped
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(90)]
-
-FAST = {"bucket": "1m", "marker_interval_s": 0.5, "lease_ttl_s": 3.0, "flush_interval_s": 0.5}
 
 
 @contextmanager

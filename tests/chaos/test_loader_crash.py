@@ -37,6 +37,7 @@ from hourglass.bus.ownership import read_record
 from hourglass.lake.failed import FAILED_DIR
 from hourglass.loader.state import LoaderState, Saved
 from tests.chaos.conftest import (
+    FAST,
     SKIPPED,
     Sender,
     assert_all_manifests_match,
@@ -59,7 +60,6 @@ from tests.integration.support import NatsServer, post, skipped
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(60)]
 
-FAST = {"bucket": "1m", "marker_interval_s": 0.5, "lease_ttl_s": 3.0, "flush_interval_s": 0.5}
 MINUTE = dt.timedelta(minutes=1)
 
 

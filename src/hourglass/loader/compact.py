@@ -87,8 +87,8 @@ from hourglass.lake.layout import (
     part_name,
     part_range,
 )
-from hourglass.lake.manifest import FileEntry, Manifest, manifest_bytes, read_manifest
-from hourglass.lake.parquet import ROW_GROUP_ROWS, sha256_of, writer_options
+from hourglass.lake.manifest import Manifest, files_of, manifest_bytes, read_manifest
+from hourglass.lake.parquet import ROW_GROUP_ROWS, writer_options
 from hourglass.loader.metrics import LoaderMetrics
 
 if TYPE_CHECKING:
@@ -218,7 +218,9 @@ def compact_bucket(
     shutil.rmtree(staging, ignore_errors=True)
     makedirs_durable(staging)
     try:
-        files = [_merge(group, staging, stop) for group in groups]
+        for group in groups:
+            _merge(group, staging, stop)
+        files = files_of(staging)  # rows from each file's footer, as the close does
         if sum(f.rows for f in files) != manifest.count:
             logger.error(
                 "merged files do not hold the bucket's rows; not swapped in",
@@ -280,14 +282,13 @@ def _swappable(folder: Path, staging: Path, merged: Manifest, data: bytes) -> bo
         return False
 
 
-def _merge(group: list[Path], staging: Path, stop: threading.Event | None) -> FileEntry:
+def _merge(group: list[Path], staging: Path, stop: threading.Event | None) -> None:
     """One merged file of ``group`` in ``staging``, named by the range it covers."""
     spans = [part_range(p.name) for p in group]
     first = min(s[0] for s in spans if s is not None)
     last = max(s[1] for s in spans if s is not None)
     path = staging / part_name(first, last)
     schema = pq.read_schema(group[0])
-    rows = 0
     with pq.ParquetWriter(path, schema, **writer_options(schema)) as writer:
         held: list[pa.Table] = []
         held_rows = held_bytes = 0
@@ -300,17 +301,14 @@ def _merge(group: list[Path], staging: Path, stop: threading.Event | None) -> Fi
             held_bytes += table.nbytes
             if held_rows >= ROW_GROUP_ROWS or held_bytes >= BUFFER_BYTES:
                 writer.write_table(pa.concat_tables(held), row_group_size=ROW_GROUP_ROWS)
-                rows += held_rows
                 held, held_rows, held_bytes = [], 0, 0
         if held:
             writer.write_table(pa.concat_tables(held), row_group_size=ROW_GROUP_ROWS)
-            rows += held_rows
     # The merged file keeps the time its newest row reached the lake: its rows were
     # readable since then (what "send → lake" latency measures), not since the merge.
     newest = max(p.stat().st_mtime_ns for p in group)
     os.utime(path, ns=(newest, newest))
     fsync_file(path)
-    return FileEntry(path.name, rows, path.stat().st_size, sha256_of(path))
 
 
 def compact_closed(
