@@ -85,7 +85,7 @@ def run(table: ProducerTable, stream: list[tuple[str, int, int]], cuts: list[int
     return keep
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=150, deadline=None)
 @given(st.data(), st.integers(1, 3), st.integers(1, 80), st.lists(st.integers(0, 400)))
 def test_keeps_exactly_the_first_copy(
     data: st.DataObject, producers: int, steps: int, cuts: list[int]
@@ -100,7 +100,7 @@ def test_keeps_exactly_the_first_copy(
     assert again.producers == table.producers
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=120, deadline=None)
 @given(st.data(), st.integers(1, 4), st.integers(1, 80), st.lists(st.integers(0, 400)))
 def test_bounds_let_duplicates_through_never_drop(
     data: st.DataObject, producers: int, steps: int, cuts: list[int]
