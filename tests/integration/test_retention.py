@@ -91,6 +91,12 @@ class Paced:
             self.maybe.extend(keys_of_events(events))
         return r
 
+    def keep_pace(self, rate: float, since: float, sent_before: int = 0) -> None:
+        """Sleep until the bytes sent after ``sent_before`` match ``rate`` since ``since``."""
+        lead = (self.sent_bytes - sent_before) / rate - (time.monotonic() - since)
+        if lead > 0:
+            time.sleep(lead)
+
     def close(self) -> None:
         self.client.close()
 
@@ -112,9 +118,7 @@ def test_a_small_budget_carries_twenty_times_its_size_while_the_loader_keeps_up(
     try:
         while sender.sent_bytes < 20 * budget:
             statuses.append(sender.post().status_code)
-            lead = sender.sent_bytes / rate - (time.monotonic() - started)
-            if lead > 0:
-                time.sleep(lead)
+            sender.keep_pace(rate, started)
             if len(statuses) % 25 == 0:
                 highest = max(highest, stream_state(nats_server.url)[0])
         # The loader's own round (every 5 s) purges only what lies beyond the replay
@@ -127,9 +131,7 @@ def test_a_small_budget_carries_twenty_times_its_size_while_the_loader_keeps_up(
             if _stream_metrics(metrics_port).get("purged", 0) > 0:
                 break
             statuses.append(sender.post().status_code)
-            lead = (sender.sent_bytes - slow_from) / (rate / 4) - (time.monotonic() - slow_at)
-            if lead > 0:
-                time.sleep(lead)
+            sender.keep_pace(rate / 4, slow_at, slow_from)
     finally:
         sender.close()
     refused = [s for s in statuses if s != 200]
