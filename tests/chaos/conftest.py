@@ -60,9 +60,15 @@ def one_type_schemas(tmp_path: Path) -> str:
     return str(folder)
 
 
-# One-minute buckets, fast markers, leases and flushes: a chaos case closes buckets
-# and notices a dead gateway within seconds.
-FAST = {"bucket": "1m", "marker_interval_s": 0.5, "lease_ttl_s": 3.0, "flush_interval_s": 0.5}
+# One-minute buckets, fast markers, leases and flushes: a chaos case closes buckets,
+# notices a dead gateway and takes a killed loader's streams over within seconds.
+FAST = {
+    "bucket": "1m",
+    "marker_interval_s": 0.5,
+    "lease_ttl_s": 3.0,
+    "loader_lease_ttl_s": 3.0,
+    "flush_interval_s": 0.5,
+}
 
 
 # ------------------------------------------------------------------------ time

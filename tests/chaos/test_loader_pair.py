@@ -28,6 +28,7 @@ from typing import Any
 import pytest
 
 from tests.chaos.conftest import (
+    FAST,
     SKIPPED,
     Sender,
     assert_all_manifests_match,
@@ -44,14 +45,6 @@ from tests.integration.support import LoaderProcess, NatsServer, skipped
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(240)]
 
-TTL = 3.0
-FAST = {
-    "bucket": "1m",
-    "marker_interval_s": 0.5,
-    "lease_ttl_s": 3.0,
-    "flush_interval_s": 0.5,
-    "loader_lease_ttl_s": TTL,
-}
 TAKEOVER_TARGET_S = 30.0
 
 
