@@ -436,7 +436,7 @@ async def test_failed_checkpoint_and_manifest_writes_are_retried_exactly(
 
     metrics = LoaderMetrics()
     space = LakeSpace(root / "lake", metrics, retry_s=0.05)
-    s = Stream(SKIPPED, "HG_x", "hg.ev.x", new_loader(), root / "legacy.json")
+    s = Stream(SKIPPED, "HG_x", "hg.ev.x", new_loader(), root / "legacy.json", 1 << 30)
     store = FileCheckpoints(root / "loader" / f"{SKIPPED}.json")
     s.loader.recover()
     folder = bucket_dir(root / "lake", SKIPPED, start, 60)

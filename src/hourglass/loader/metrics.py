@@ -207,6 +207,18 @@ class LoaderMetrics:
             ["stream"],
             registry=r,
         )
+        self.pending = Gauge(
+            "hourglass_loader_pending_bytes",
+            "Arrow bytes of rows processed and not yet flushed (flushed early past a share "
+            "of loader_memory_bytes).",
+            ["stream"],
+            registry=r,
+        )
+        self.arrow = Gauge(
+            "hourglass_loader_arrow_bytes",
+            "Bytes allocated from Arrow's memory pool by the whole loader.",
+            registry=r,
+        )
         self.dedup_run_lookups = Counter(
             "hourglass_loader_dedup_run_lookups",
             "Keys looked up in run files (the filter said maybe: ~0.4 % per slice).",

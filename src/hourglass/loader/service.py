@@ -20,7 +20,6 @@ is 1 meanwhile.  See docs/disk-full.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import TypeVar
 
+import pyarrow as pa
 from nats.js import JetStreamContext
 from prometheus_client import start_http_server
 
@@ -54,6 +54,7 @@ from hourglass.loader.metrics import (
     observe_retention,
 )
 from hourglass.loader.owner import KvCheckpoints, Unclaimed, announce, own
+from hourglass.loader.resources import limit_malloc_arenas, yield_cpu
 from hourglass.loader.streams import Stream, build_streams
 
 logger = log.get("hourglass.loader")
@@ -229,6 +230,7 @@ class Runner:
     async def _loop(self, s: Stream, reader: StreamReader) -> None:
         lag = self.metrics.lag.labels(s.name)
         open_buckets = self.metrics.open.labels(s.name)
+        pending = self.metrics.pending.labels(s.name)
         retained_at = -RETAIN_EVERY_S
         expire_at = 0.0
         while True:
@@ -237,8 +239,11 @@ class Runner:
             if batch.messages:
                 work = partial(s.loader.process, batch.messages)
                 await until_stored(s, self.space, "process", work)
+            held = s.loader.pending_bytes()
+            pending.set(held)
+            self.metrics.arrow.set(pa.total_allocated_bytes())
             due = time.time() - s.loader.last_flush >= self.settings.flush_interval_s
-            if due or s.loader.pending_rows() > 1_000_000:
+            if due or held > s.pending_max_bytes:
                 open_buckets.set(len(s.loader.open_buckets()))
                 await until_stored(s, self.space, "flush", s.loader.flush)
                 await reader.ack()
@@ -323,20 +328,8 @@ def _flush_on_stop(s: Stream) -> None:
         logger.info("flushed on stop", extra={"stream": s.name})
 
 
-def yield_cpu(nice: int) -> None:
-    """Lower this process's CPU priority (see ``Settings.loader_nice``).
-
-    Threads started later (Arrow's pool, ``asyncio.to_thread`` workers) inherit
-    both: the nice value, and ``SCHED_BATCH``, which tells Linux the loader is a
-    batch job whose wake-ups must not preempt a gateway mid-request.
-    """
-    os.nice(nice)
-    if hasattr(os, "SCHED_BATCH"):
-        with contextlib.suppress(OSError):
-            os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0))
-
-
 async def run_loader(settings: Settings) -> None:
+    limit_malloc_arenas()  # before the loader's threads: see resources.py
     if settings.loader_nice:
         yield_cpu(settings.loader_nice)
     metrics = LoaderMetrics()

@@ -318,8 +318,9 @@ class StreamLoader:
             counts = self._pending_counts[bucket] = BucketCounts()
         return counts
 
-    def pending_rows(self) -> int:
-        return sum(t.num_rows for tables in self._pending.values() for t in tables)
+    def pending_bytes(self) -> int:
+        """Arrow bytes of the rows processed and not yet flushed."""
+        return sum(t.nbytes for tables in self._pending.values() for t in tables)
 
     def open_buckets(self) -> Mapping[int, pa.Table]:
         """Rows processed and not yet flushed, by bucket start (epoch s)."""

@@ -12,6 +12,7 @@ from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
 from hourglass.loader.metrics import LoaderMetrics, StreamMetrics
 from hourglass.loader.owner import Unclaimed
+from hourglass.loader.resources import dedup_share, pending_share
 from hourglass.loader.stream import RowFormat, StreamLoader
 from hourglass.schemas import load_registry
 
@@ -23,6 +24,7 @@ class Stream:
     subject: str
     loader: StreamLoader
     legacy: Path  # the checkpoint file an earlier version kept, imported once
+    pending_max_bytes: int  # unflushed rows past this: flush now (``resources.py``)
 
 
 def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
@@ -32,6 +34,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
     lake = settings.lake_path
     types = max(1, len(list(registry)))
     memory, disk = dedup_budgets(settings, types)
+    pending = pending_share(settings.loader_memory_bytes, types)
     streams = []
     for schema in registry:
         fmt: RowFormat = LakeSchema(schema)
@@ -56,6 +59,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                     observer=StreamMetrics(metrics, name),
                 ),
                 settings.checkpoint_path(name),
+                pending,
             )
         )
     streams.append(
@@ -77,6 +81,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                 observer=StreamMetrics(metrics, FAILED_DIR),
             ),
             settings.checkpoint_path(FAILED_DIR),
+            pending,
         )
     )
     return streams
@@ -89,4 +94,4 @@ def dedup_budgets(settings: Settings, types: int) -> tuple[int, int]:
         lake = settings.lake_path
         lake.mkdir(parents=True, exist_ok=True)
         disk = shutil.disk_usage(lake).free // 4
-    return settings.loader_memory_bytes // 2 // types, disk // types
+    return dedup_share(settings.loader_memory_bytes, types), disk // types

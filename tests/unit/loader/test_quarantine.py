@@ -35,7 +35,7 @@ def test_the_stream_waits_at_the_bound_and_goes_on_once_the_bound_is_raised(
     with pytest.raises(OSError) as full:
         h.loader.process(batch)
     assert full.value.errno == errno.EDQUOT
-    assert h.loader.processed_seq == 0 and h.loader.pending_rows() == 0, "nothing half-done"
+    assert h.loader.processed_seq == 0 and h.loader.pending_bytes() == 0, "nothing half-done"
     assert len(list(h.loader.quarantine.folder.iterdir())) == 1
     h.loader.quarantine.max_bytes = 64  # the operator raises the bound
     h.loader.process(batch)  # the service's retry

@@ -213,6 +213,15 @@ class Sampler:
         row.update(
             acked=self.acked,
             stream_bytes=_bench_streams(procs.prometheus_values(loader, "hourglass_stream_bytes")),
+            # Where the owner's memory goes: the dedup index, rows not yet flushed,
+            # and all of Arrow's pool (those rows included).
+            dedup_memory=_bench_streams(
+                procs.prometheus_values(loader, "hourglass_loader_dedup_memory_bytes")
+            ),
+            pending_bytes=_bench_streams(
+                procs.prometheus_values(loader, "hourglass_loader_pending_bytes")
+            ),
+            arrow_bytes=procs.prometheus_sum(loader, "hourglass_loader_arrow_bytes"),
             **self._disk_usage(),
             loader_rows=rows,
             loader_rows_by=by_loader,
