@@ -237,3 +237,44 @@ def test_the_lake_check_finds_missing_twice_and_unacknowledged_rows(tmp_path: Pa
     assert (result.missing, result.unacked) == (2, 1)
     pq.write_table(pa.table({"id": ["other"], "sent_us": [1]}), folder / "part-9.parquet")
     assert not analyze(tmp_path, ["bench.E0"], (0.0, 1.0), {7: 3}).ids_checked
+
+
+def test_the_lake_follower_times_rows_by_their_first_file_not_the_merged_one(
+    tmp_path: Path,
+) -> None:
+    """Compaction replaces a bucket's files with one carrying the newest file's mtime;
+    timed by that file, the first flush's rows would look 50 s late."""
+    import os
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from hourglass.lake.layout import part_name
+    from hourglass_tools.bench.lake import LakeFollower
+
+    folder = tmp_path / "t" / "date=2026-12-02" / "hour=17" / "minute=00"
+    folder.mkdir(parents=True)
+    base = 1_796_000_000  # s
+
+    def write(first: int, last: int, sent_s: list[float], mtime_s: float) -> Path:
+        path = folder / part_name(first, last)
+        sent = pa.array([int(s * 1e6) for s in sent_s], pa.int64())
+        pq.write_table(pa.table({"sent_us": sent}), path)
+        os.utime(path, (mtime_s, mtime_s))
+        return path
+
+    follower = LakeFollower(tmp_path, ["t"])
+    a = write(1, 10, [base + 0.5, base + 1.5], base + 2.5)  # landed 2 s and 1 s after sent
+    follower.look()
+    b = write(11, 20, [base + 50.0], base + 51.0)  # 1 s
+    follower.look()
+    follower.look()  # seen files are read once
+    a.unlink()
+    b.unlink()
+    write(1, 20, [base + 0.5, base + 1.5, base + 50.0], base + 51.0)  # merged at close
+    follower.look()
+
+    hist, rows = follower.latency((base, base + 60))
+    assert rows == 3 and hist.total == 3
+    assert hist.max < 2.1e6, "timed by the merged file"
+    assert follower.latency((base + 1, base + 60))[1] == 2  # by the second each was sent

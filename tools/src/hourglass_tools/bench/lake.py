@@ -4,7 +4,12 @@ and which acknowledged events are missing or there twice.
 A row's send-to-lake latency is its Parquet file's mtime minus the row's
 ``sent_us`` (the client's scheduled send time, carried in the event).  The
 loader writes a file, fsyncs it and renames it into place, so the mtime is the
-end of the write, a few milliseconds before the file is visible.
+end of the write, a few milliseconds before the file is visible.  The files that
+count are the ones the rows first became visible in: a closed bucket's part
+files are merged into new ones (``loader/compact.py``) that carry the newest
+merged file's mtime, so timing rows by the files found after the run would say
+every row landed at its bucket's last flush (a p99 of about the bucket width).
+:class:`LakeFollower` reads each part file as it appears, during the run.
 
 Every bench id is ``<request:012d>-<index:05d>`` (``workload.py``), so a row's
 id is the integer ``request * 100,000 + index``: the ids of the whole run are
@@ -19,12 +24,14 @@ events).  Counting rows alone, as before, lets duplicates hide missing rows.
 from __future__ import annotations
 
 import json
+import threading
 import time
+from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hourglass.lake.layout import SUCCESS
+from hourglass.lake.layout import SUCCESS, part_range
 from hourglass_tools.bench.hist import Histogram
 
 
@@ -41,6 +48,7 @@ class LakeResult:
     missing: int = 0  # acknowledged events whose id is not in the lake
     unacked: int = 0  # distinct ids of requests never acknowledged
     ids_checked: bool = False  # False: some id not of the bench's form (counts only)
+    rows_timed: int = 0  # rows sent in the window whose first file the follower read
 
     def close_delays(self, window: tuple[float, float] | None = None) -> list[float]:
         """close_delay_s of buckets with events that end after ``window`` starts."""
@@ -108,13 +116,79 @@ def id_numbers(ids: Any) -> Any:
     return numbers.to_numpy()
 
 
+class LakeFollower(threading.Thread):
+    """Reads the ``sent_us`` of each part file within ``interval_s`` of its rename
+    into place, and keeps the latencies by the second they were sent.
+
+    A merged file is told from a flush's by its name: it covers the sequence range
+    of files already seen in its folder.  A flush's file merged before the next
+    look (the last flush before a close, at worst) is never read: its rows are
+    missing from ``rows_timed``, which the report prints beside the rows.
+    """
+
+    def __init__(self, lake: Path, types: list[str], interval_s: float = 0.5) -> None:
+        super().__init__(name="lake-follower", daemon=True)
+        self.lake, self.types, self.interval_s = lake, types, interval_s
+        self.by_second: defaultdict[int, Histogram] = defaultdict(Histogram)
+        self.rows_by_second: defaultdict[int, int] = defaultdict(int)
+        self._seen: defaultdict[Path, list[tuple[int, int]]] = defaultdict(list)
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        while not self._halt.is_set():
+            self.look()
+            self._halt.wait(self.interval_s)
+        self.look()
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(60)
+
+    def look(self) -> None:
+        for type_name in self.types:
+            for path in sorted((self.lake / type_name).glob("date=*/**/part-*.parquet")):
+                self._read(path)
+
+    def _read(self, path: Path) -> None:
+        import numpy as np
+        import pyarrow.parquet as pq
+
+        span = part_range(path.name)
+        seen = self._seen[path.parent]
+        if span is None or any(span[0] <= a and b <= span[1] for a, b in seen):
+            return  # seen, or merged from files seen
+        try:
+            mtime_us = path.stat().st_mtime_ns // 1000
+            sent = pq.read_table(path, columns=["sent_us"]).column("sent_us").to_numpy()
+        except (OSError, ValueError):
+            return  # merged away or renamed meanwhile: not seen, try no more
+        seen.append(span)
+        sent = sent.astype(np.int64)
+        seconds = sent // 1_000_000
+        for second in np.unique(seconds).tolist():
+            inside = sent[seconds == second]
+            self.by_second[second].record_many(mtime_us - inside)
+            self.rows_by_second[second] += int(inside.size)
+
+    def latency(self, window: tuple[float, float]) -> tuple[Histogram, int]:
+        """Latencies (µs) and count of the rows sent in whole seconds of ``window``."""
+        merged, rows = Histogram(), 0
+        for second, hist in self.by_second.items():
+            if window[0] <= second and second + 1 <= window[1]:
+                merged.merge(hist)
+                rows += self.rows_by_second[second]
+        return merged, rows
+
+
 def analyze(
     lake: Path,
     types: list[str],
     window: tuple[float, float],
     acked: dict[int, int] | None = None,
+    follower: LakeFollower | None = None,
 ) -> LakeResult:
-    """``acked``: events acknowledged per request number (``LoadResult``)."""
+    """``acked``: events acknowledged per request number (``LoadResult``);
+    ``follower``: the latencies as the files appeared (else by the files now)."""
     import numpy as np
     import pyarrow.parquet as pq
 
@@ -139,6 +213,8 @@ def analyze(
                 numbers.append(got)
     if checked:
         _check_ids(result, numbers, acked or {})
+    if follower is not None:
+        result.latency, result.rows_timed = follower.latency(window)
     result.closes = read_closes(lake, types)
     result.read_s = time.monotonic() - started
     return result

@@ -114,6 +114,7 @@ def _lake_json(lake: LakeResult, window: tuple[float, float], unique: int) -> di
             "rows": lake.rows,
             "files": lake.files,
             "rows_sent_in_window": lake.rows_in_window,
+            "rows_timed": lake.rows_timed,  # of those, timed by the file they landed in
             "unique_acked_events": unique,
             # By id when the ids are the bench's (lake.py); else rows against acks.
             "missing": lake.missing if lake.ids_checked else max(unique - lake.rows, 0),
@@ -300,10 +301,10 @@ def _lake_lines(pipe: dict[str, Any]) -> list[str]:
     drain = pipe.get("loader_drain_eps")
     return [
         f"send to lake    p50 {s['p50']:.2f} s  p99 {s['p99']:.2f} s  max {s['max']:.2f} s"
-        f"  ({lake['rows']:,} rows; unique acked "
+        f"  ({lake.get('rows_timed', 0):,} rows timed as they landed)",
+        f"lake rows       {lake['rows']:,}; unique acked "
         f"{lake['unique_acked_events']:,}; missing {lake['missing']:,}"
-        + (f"; twice {lake['twice']:,}" if lake.get("twice") is not None else "; ids not checked")
-        + ")",
+        + (f"; twice {lake['twice']:,}" if lake.get("twice") is not None else "; ids not checked"),
         f"bucket close    median {close['median']} s  max {close['max']} s "
         f"({close['buckets']} buckets)   drain {pipe.get('drain_s', 0):.1f} s",
         f"loader lag      max {lag['max']:,.0f} events  slope {lag['slope_eps']:,.0f} events/s"

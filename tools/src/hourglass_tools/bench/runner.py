@@ -261,12 +261,18 @@ async def _run_in(config: BenchConfig, root: Path, result: dict[str, Any]) -> No
         loader_nice=config.loader_nice,
         standby=config.standby or config.kill_loader_at_s is not None,
     )
+    follower: lake.LakeFollower | None = None
     try:
         parts = "nats-server, gateway" + (", loader" if config.loader else " (no loader)")
         _say(config, f"pipeline: starting {parts} ...")
         await asyncio.to_thread(pipe.start)
+        follower = lake.LakeFollower(pipe.lake, types) if config.loader else None
+        if follower is not None:
+            follower.start()
         measured = await _measure(config, pipe)
     finally:
+        if follower is not None:
+            await asyncio.to_thread(follower.stop)
         await asyncio.to_thread(pipe.stop)
     load: LoadResult = measured.pop("load")
     loads: list[LoadResult] = measured.pop("loads")
@@ -277,7 +283,9 @@ async def _run_in(config: BenchConfig, root: Path, result: dict[str, Any]) -> No
         acked: dict[int, int] = {}
         for x in loads:
             acked.update(x.acked_by_request)
-        lake_result = await asyncio.to_thread(lake.analyze, pipe.lake, types, load.window, acked)
+        lake_result = await asyncio.to_thread(
+            lake.analyze, pipe.lake, types, load.window, acked, follower
+        )
     result["pipeline"] = report.pipeline_json(measured, load, lake_result, unique)
     result["ratios"] = report.ratios(result)
     result["targets"] = report.targets(result)
