@@ -72,7 +72,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     loader_lease_ttl_s: float = 10.0
     flush_interval_s: float = 2.0  # events are queryable in the lake within about this
     dedup_window_s: int = 24 * 3600
-    # The loader's memory: half of it is the dedup index (filters and recent keys),
+    # The loader's memory (its RSS, loader/resources.py): half of it is the dedup
+    # index (filters and recent keys), an eighth the rows not yet flushed, each
     # shared evenly by the event types; a type's index keeps its keys on disk in
     # <lake>/<type>/_dedup, within dedup_disk_bytes for all types (0: a quarter of
     # the lake disk's free space at start).  When either is full the oldest keys
