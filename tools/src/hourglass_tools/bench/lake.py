@@ -132,6 +132,7 @@ class LakeFollower(threading.Thread):
         self.by_second: defaultdict[int, Histogram] = defaultdict(Histogram)
         self.rows_by_second: defaultdict[int, int] = defaultdict(int)
         self._seen: defaultdict[Path, list[tuple[int, int]]] = defaultdict(list)
+        self._read_already: set[Path] = set()  # one look is a set lookup per file
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -153,16 +154,20 @@ class LakeFollower(threading.Thread):
         import numpy as np
         import pyarrow.parquet as pq
 
+        if path in self._read_already:
+            return
         span = part_range(path.name)
         seen = self._seen[path.parent]
         if span is None or any(span[0] <= a and b <= span[1] for a, b in seen):
-            return  # seen, or merged from files seen
+            self._read_already.add(path)
+            return  # merged from files seen
         try:
             mtime_us = path.stat().st_mtime_ns // 1000
             sent = pq.read_table(path, columns=["sent_us"]).column("sent_us").to_numpy()
         except (OSError, ValueError):
             return  # merged away or renamed meanwhile: not seen, try no more
         seen.append(span)
+        self._read_already.add(path)
         sent = sent.astype(np.int64)
         seconds = sent // 1_000_000
         for second in np.unique(seconds).tolist():
