@@ -33,7 +33,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 
 from hourglass.bus.embedded import free_port
@@ -41,7 +40,7 @@ from hourglass.producer import Producer
 from hourglass.producer.client import installation_source
 from tests.chaos.conftest import SKIPPED, duck, duck_glob, wait_until
 from tests.integration.conftest import StartGateway, StartLoader
-from tests.integration.support import NatsServer, events_of
+from tests.integration.support import NatsServer, events_of, metric_total
 
 pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(120)]
 
@@ -77,15 +76,6 @@ def logged(path: Path) -> list[int]:
     text = path.read_text()
     lines = text.split("\n")[:-1]  # what follows the last newline is torn
     return [int(line) for line in lines]
-
-
-def metric(port: int, name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((name + " ", name + "{"))
-    )
 
 
 @pytest.mark.parametrize("ids", ["given", "generated"])
@@ -148,15 +138,15 @@ def test_kill_producer_at_random_moments(
     if ids == "generated":
         wait_until(
             lambda: (
-                metric(metrics_port, "hourglass_loader_dedup_sequenced_events_total")
+                metric_total(metrics_port, "hourglass_loader_dedup_sequenced_events_total")
                 >= sum(on_bus.values())
             ),
             15,
             "the loader's metrics",
         )
-        duplicates = metric(metrics_port, "hourglass_loader_duplicates_dropped_total")
+        duplicates = metric_total(metrics_port, "hourglass_loader_duplicates_dropped_total")
         assert duplicates == resent, (duplicates, resent)
-        assert metric(metrics_port, "hourglass_loader_dedup_keys") == 0  # none by key
+        assert metric_total(metrics_port, "hourglass_loader_dedup_keys") == 0  # none by key
     loader.stop()
     assert not loader.alive()
 

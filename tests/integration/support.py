@@ -217,6 +217,16 @@ class LoaderProcess(HourglassProcess):
         raise AssertionError(f"loader not running in {timeout}s\n{self.log_tail()}")
 
 
+def metric_total(port: int, name: str) -> float:
+    """Metric ``name`` scraped from ``port``, summed over its label sets (0 if absent)."""
+    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((name + " ", name + "{"))
+    )
+
+
 def wait_port(port: int, timeout: float = 15.0) -> None:
     import socket
 

@@ -69,6 +69,7 @@ from tests.integration.support import (
     HourglassProcess,
     NatsServer,
     events_of,
+    metric_total,
     skipped,
     wait_port,
 )
@@ -239,15 +240,6 @@ class Sender(threading.Thread):
         assert not self.is_alive()
 
 
-def _metric(port: int, name: str) -> float:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    total = 0.0
-    for line in text.splitlines():
-        if line.startswith((name + " ", name + "{")):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
-
-
 # ---------------------------------------------------------------- bus full
 
 
@@ -369,8 +361,8 @@ def test_lake_full_loader_pauses_and_resumes_exactly_once(
     log_path = loader.log_path
     wait_until(lambda: "lake filesystem full, pausing" in log_path.read_text(), 15, "the pause")
     retries = 'hourglass_loader_lake_full_retries_total{stream="music.SongSkipped"}'
-    wait_until(lambda: _metric(metrics_port, retries) >= 2, 15, "a retry of the same flush")
-    assert _metric(metrics_port, "hourglass_loader_lake_full") == 1
+    wait_until(lambda: metric_total(metrics_port, retries) >= 2, 15, "a retry of the same flush")
+    assert metric_total(metrics_port, "hourglass_loader_lake_full") == 1
     assert loader.alive()
     # Nothing half-written is visible to readers; temp files (if any) end in .partial.
     for path in lake.rglob("*"):
@@ -387,7 +379,7 @@ def test_lake_full_loader_pauses_and_resumes_exactly_once(
     assert_exactly_once(lake_keys_duckdb(lake, SKIPPED), acked)
     for folder, manifest in manifests(lake).items():
         assert_manifest_matches(folder, manifest)
-    assert _metric(metrics_port, "hourglass_loader_lake_full") == 0
+    assert metric_total(metrics_port, "hourglass_loader_lake_full") == 0
 
     log = log_path.read_text()
     assert log.count("lake filesystem full, pausing") == 1, log[-3000:]

@@ -165,7 +165,7 @@ class LakeFollower(threading.Thread):
             mtime_us = path.stat().st_mtime_ns // 1000
             sent = pq.read_table(path, columns=["sent_us"]).column("sent_us").to_numpy()
         except (OSError, ValueError):
-            return  # merged away or renamed meanwhile: not seen, try no more
+            return  # merged away meanwhile: not recorded, looked at again if still there
         seen.append(span)
         self._read_already.add(path)
         sent = sent.astype(np.int64)
@@ -211,7 +211,8 @@ def analyze(
             result.rows += int(values.size)
             inside = values[(values >= low) & (values < high)]
             result.rows_in_window += int(inside.size)
-            result.latency.record_many(mtime_us - inside.astype(np.int64))
+            if follower is None:
+                result.latency.record_many(mtime_us - inside.astype(np.int64))
             if checked:
                 got = id_numbers(table.column("id"))
                 checked = got is not None

@@ -90,7 +90,7 @@ def _loader_series(samples: list[dict[str, Any]], t0: float) -> list[dict[str, f
     for i, s in enumerate(rows):
         row = {"t": round(s["t"] - t0, 2), "lag_events": s["lag_events"], "rows_per_s": 0.0}
         row["lag_messages"] = s["lag_messages"]
-        # The owner's memory (MiB): RSS, and its dedup index, unflushed rows, Arrow pool.
+        # MiB: the largest loader's RSS; the owner's dedup index, unflushed rows, Arrow pool.
         row["rss_mib"] = max(
             (v for n, v in s.get("rss_mib", {}).items() if n.startswith("loader") and v),
             default=0.0,
