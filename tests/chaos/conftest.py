@@ -20,7 +20,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import httpx
@@ -41,6 +41,7 @@ from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
 from tests.integration.conftest import nats_server, start_gateway, start_loader  # noqa: F401
 from tests.integration.support import BATCH, skipped
 
+T = TypeVar("T")
 REGISTRY = SchemaRegistry.load(DEMO_SCHEMAS_DIR)
 TYPES = EventTypes(REGISTRY)
 SKIPPED = "music.SongSkipped"
@@ -169,8 +170,20 @@ def lake_table(lake: Path, type_name: str, columns: list[str] | None = None) -> 
     root = lake / type_name
     if not root.exists():
         return pa.table({"source": pa.array([], pa.string()), "id": pa.array([], pa.string())})
-    dataset = ds.dataset(root, format="parquet", partitioning="hive")
-    return dataset.to_table(columns=columns)
+    return relisting(
+        lambda: ds.dataset(root, format="parquet", partitioning="hive").to_table(columns=columns)
+    )
+
+
+def relisting(read: Callable[[], T]) -> T:
+    """``read()`` again when a file listed is gone: a running loader's compaction
+    swapped its bucket folder in between, and a reader lists again (compact.py)."""
+    for _ in range(9):
+        try:
+            return read()
+        except (FileNotFoundError, duckdb.IOException):
+            time.sleep(0.1)
+    return read()
 
 
 def duck(sql: str) -> list[tuple[Any, ...]]:
@@ -195,7 +208,7 @@ def lake_keys_duckdb(lake: Path, type_name: str) -> list[Key]:
     if not any((lake / type_name).rglob("part-*.parquet")):
         return []
     query = f"select source, id from {duck_glob(lake, type_name)}"  # noqa: S608 - a test path
-    return [(s, i) for s, i in duck(query)]
+    return [(s, i) for s, i in relisting(lambda: duck(query))]
 
 
 def assert_exactly_once(
@@ -243,7 +256,23 @@ def sha256(path: Path) -> str:
 
 
 def assert_manifest_matches(folder: Path, manifest: Manifest) -> None:
-    """The files listed are the part files present, with their rows and sha256."""
+    """The files listed are the part files present, with their rows and sha256.
+
+    Checked again from the folder's new manifest if a running loader's compaction
+    swapped the folder meanwhile (the reader's rule in compact.py: list again)."""
+    for _ in range(10):
+        try:
+            _assert_manifest_matches(folder, manifest)
+            return
+        except (AssertionError, FileNotFoundError):
+            now = manifest_at(folder)
+            if now is None or now == manifest:
+                raise
+            manifest = now
+    _assert_manifest_matches(folder, manifest)
+
+
+def _assert_manifest_matches(folder: Path, manifest: Manifest) -> None:
     present = sorted(p.name for p in folder.glob("part-*.parquet"))  # what readers read
     listed = sorted(f.name for f in manifest.files)
     assert listed == present, f"{folder}: manifest lists {listed}, folder holds {present}"

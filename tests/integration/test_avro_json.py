@@ -32,7 +32,7 @@ from tests.avro_records import (
     resolve,
     rfc3339,
 )
-from tests.chaos.conftest import duck_glob, wait_until
+from tests.chaos.conftest import duck_glob, relisting, wait_until
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import post
 
@@ -146,11 +146,15 @@ def _events(rng: random.Random) -> tuple[list[dict[str, Any]], dict[str, dict[st
 
 def _read(lake: Path, type_name: str) -> tuple[dict[str, str], list[dict[str, Any]]]:
     """Column types and rows of a type, as DuckDB reads the hive-partitioned lake."""
-    with duckdb.connect() as con:
-        con.sql("SET TimeZone = 'UTC'")
-        rel = con.sql(f"select * from {duck_glob(lake, type_name)}")  # noqa: S608 - a test path
-        types = dict(zip(rel.columns, map(str, rel.types), strict=True))
-        return types, [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+
+    def read() -> tuple[dict[str, str], list[dict[str, Any]]]:
+        with duckdb.connect() as con:
+            con.sql("SET TimeZone = 'UTC'")
+            rel = con.sql(f"select * from {duck_glob(lake, type_name)}")  # noqa: S608 - test path
+            types = dict(zip(rel.columns, map(str, rel.types), strict=True))
+            return types, [dict(zip(rel.columns, row, strict=True)) for row in rel.fetchall()]
+
+    return relisting(read)
 
 
 def _check_lake(lake: Path, type_name: str, ids: list[str], wants: dict[str, Any]) -> None:

@@ -44,6 +44,7 @@ from tests.chaos.conftest import (
     manifest_at,
     minute_start,
     publish_events,
+    relisting,
     tmp_files,
     wait_until,
 )
@@ -111,10 +112,13 @@ class Stack:
 def _duck_relation(
     lake: Path, type_name: str
 ) -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
-    with duckdb.connect() as con:
-        con.sql("SET TimeZone = 'UTC'")
-        rel = con.sql(f"select * from {duck_glob(lake, type_name)}")  # noqa: S608 - a test path
-        return rel.columns, [str(t) for t in rel.types], rel.fetchall()
+    def read() -> tuple[list[str], list[str], list[tuple[Any, ...]]]:
+        with duckdb.connect() as con:
+            con.sql("SET TimeZone = 'UTC'")
+            rel = con.sql(f"select * from {duck_glob(lake, type_name)}")  # noqa: S608 - test path
+            return rel.columns, [str(t) for t in rel.types], rel.fetchall()
+
+    return relisting(read)
 
 
 # ---------------------------------------------------------- one shared stack
@@ -523,8 +527,11 @@ def test_late_event_goes_to_the_open_bucket_as_skewed(minute: MinuteRun) -> None
 
 
 def _keys_in(folder: Path) -> list[Key]:
-    out: list[Key] = []
-    for path in sorted(folder.glob("part-*.parquet")):
-        table = pq.read_table(path, columns=["source", "id"])
-        out += zip(table.column("source").to_pylist(), table.column("id").to_pylist(), strict=True)
-    return out
+    def read() -> list[Key]:
+        out: list[Key] = []
+        for path in sorted(folder.glob("part-*.parquet")):
+            t = pq.read_table(path, columns=["source", "id"])
+            out += zip(t.column("source").to_pylist(), t.column("id").to_pylist(), strict=True)
+        return out
+
+    return relisting(read)
