@@ -25,6 +25,7 @@ from hourglass.crashpoints import crashpoint
 __all__ = [
     "TMP_PREFIX",
     "ExchangeUnsupported",
+    "create_once",
     "durable_write",
     "durable_write_bytes",
     "exchange",
@@ -84,6 +85,29 @@ def durable_write_bytes(path: Path, data: bytes) -> None:
         tmp.write_bytes(data)
 
     durable_write(path, write)
+
+
+def create_once(path: Path, data: bytes, temp: Path) -> bool:
+    """Create ``path`` with ``data`` unless it exists: whether this call created it.
+
+    For a file several writers may race to create, all with equivalent content
+    (the first one stays): written whole under ``temp`` (the caller's name, so
+    its own clean-up finds it after a crash), fsynced, then hard-linked to
+    ``path``, which fails if ``path`` exists; the folder is fsynced.  Never a
+    torn file under ``path``, never one replaced.
+    """
+    makedirs_durable(path.parent)
+    try:
+        temp.write_bytes(data)
+        fsync_file(temp)
+        try:
+            os.link(temp, path)
+        except FileExistsError:
+            return False
+        return True
+    finally:
+        temp.unlink(missing_ok=True)
+        fsync_dir(path.parent)
 
 
 class ExchangeUnsupported(OSError):

@@ -4,6 +4,8 @@ Layout (a contract; see docs/lake.md)::
 
     <lake>/<type>/date=YYYY-MM-DD/hour=HH[/minute=MM]/part-<first>-<last>.parquet
     <lake>/<type>/date=YYYY-MM-DD/hour=HH[/minute=MM]/_SUCCESS.json
+    <lake>/<type>/date=YYYY-MM-DD/hour=HH[/minute=MM]/_partition-<p>.json
+    <lake>/<type>/_partitions.json  a partitioned type's count and first bucket
     <lake>/<type>/_deleted.json     buckets removed by lake retention (retention.py)
     <lake>/<type>/_dedup/           the loader's dedup index (loader/dedup.py): not rows
     <lake>/_compacting/<type>/      compaction's staging folders (loader/compact.py): not rows
@@ -12,6 +14,13 @@ Layout (a contract; see docs/lake.md)::
 the file holds: every file of one loader flush carries the same range, so after
 a crash the loader can tell committed files (range at or below its checkpoint)
 from files of a flush that never committed (above it), and delete the latter.
+
+A type with P > 1 partitions (a stream each, ``bus/jetstream.py``) shares its
+bucket folders among them: its part files are ``part-p<p>-<first>-<last>``
+(sequences are per partition stream), each partition closes a bucket with its
+own ``_partition-<p>.json``, and ``_SUCCESS.json`` is written once, when every
+partition has (``loader/close.py``).  A loader touches only its partition's
+files: :func:`partition_of_name` tells whose a name is.
 
 Files get there by ``hourglass.durable`` (temp name, fsync, rename, fsync the
 folder).  ``lake/_hourglass.json`` records the bucket width, so one lake never
@@ -23,6 +32,7 @@ from __future__ import annotations
 import datetime as dt
 import re
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -33,6 +43,9 @@ from hourglass.exceptions import ConfigError
 
 __all__ = [
     "COMPACTING",
+    "ONLY",
+    "PARTITIONS",
+    "Partition",
     "SUCCESS",
     "TMP_PREFIX",
     "bucket_dir",
@@ -42,13 +55,42 @@ __all__ = [
     "check_layout",
     "hour_dir",
     "part_name",
+    "part_partition",
     "part_range",
+    "partition_of_name",
+    "record_name",
 ]
 
 SUCCESS = "_SUCCESS.json"
 COMPACTING = "_compacting"  # under the lake, beside the types: no type's glob reaches it
-_PART = re.compile(r"^part-(\d{20})-(\d{20})\.parquet$")
+PARTITIONS = "_partitions.json"  # <lake>/<type>/: a partitioned type's count, first bucket
+_PART = re.compile(r"^part-(?:p(\d+)-)?(\d{20})-(\d{20})\.parquet$")
+# What partition p owns in a shared bucket folder: its part files, its close
+# record (and the temp name it writes the bucket's manifest under, ``close.py``).
+_OWNED = re.compile(
+    r"^(?:part-p(\d+)-\d{20}-\d{20}\.parquet|_partition-(\d+)\.json(?:\.success)?)$"
+)
 UTC = dt.UTC
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Which partition of its type a loader loads: ``index`` None for a type of one
+    partition, whose files carry no partition in their names."""
+
+    index: int | None = None
+    count: int = 1
+
+    def __post_init__(self) -> None:
+        if (self.index is None) != (self.count == 1) or not 0 <= (self.index or 0) < self.count:
+            raise ValueError(f"partition {self.index} of {self.count}")
+
+    def owns(self, name: str) -> bool:
+        """Whether a file of this final name in a bucket folder is this partition's."""
+        return self.index is None or partition_of_name(name) == self.index
+
+
+ONLY = Partition()
 
 
 def bucket_start(ts: dt.datetime, width_s: int) -> dt.datetime:
@@ -87,13 +129,36 @@ def bucket_dirs(lake: Path, type_name: str) -> Iterator[Path]:
     yield from sorted(p for p in root.glob(pattern) if p.is_dir())
 
 
-def part_name(first_seq: int, last_seq: int) -> str:
-    return f"part-{first_seq:020d}-{last_seq:020d}.parquet"
+def part_name(first_seq: int, last_seq: int, partition: int | None = None) -> str:
+    """``partition`` None: a type of one partition (the names of every earlier version)."""
+    tag = "" if partition is None else f"p{partition}-"
+    return f"part-{tag}{first_seq:020d}-{last_seq:020d}.parquet"
 
 
 def part_range(name: str) -> tuple[int, int] | None:
     match = _PART.match(name)
-    return (int(match.group(1)), int(match.group(2))) if match else None
+    return (int(match.group(2)), int(match.group(3))) if match else None
+
+
+def part_partition(name: str) -> int | None:
+    """The partition of a part file's name; None for one of a 1-partition type
+    (or a name that is not a part file's)."""
+    match = _PART.match(name)
+    return int(match.group(1)) if match and match.group(1) is not None else None
+
+
+def record_name(partition: int) -> str:
+    """The file partition ``partition`` closes a bucket with (``loader/close.py``)."""
+    return f"_partition-{partition}.json"
+
+
+def partition_of_name(name: str) -> int | None:
+    """Which partition a final file name in a bucket folder belongs to (part files,
+    close records); None for any other (``_SUCCESS.json``, a 1-partition part)."""
+    match = _OWNED.match(name)
+    if match is None:
+        return None
+    return int(match.group(1) if match.group(1) is not None else match.group(2))
 
 
 def check_layout(settings: Settings) -> None:

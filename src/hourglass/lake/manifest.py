@@ -6,6 +6,11 @@ whole folder for one with the part files merged and a manifest listing them
 (``loader/compact.py``), in one atomic step.  It lists every file with its row count and
 sha256, so a reader (or ``hourglass audit``) can prove the folder is exactly what
 the loader wrote.
+
+A partitioned type (``layout.py``) closes a bucket in two steps: each partition
+writes its own record ``_partition-<p>.json`` (a manifest of its files alone,
+``partition`` set), and whichever partition finds every record there writes
+``_SUCCESS.json`` from them, once (``loader/close.py``).
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from pathlib import Path
 import msgspec
 
 from hourglass.durable import durable_write_bytes
-from hourglass.lake.layout import SUCCESS, part_range
+from hourglass.lake.layout import SUCCESS, part_partition, part_range
 from hourglass.lake.parquet import row_count, sha256_of
 
 
@@ -42,13 +47,21 @@ class Manifest(msgspec.Struct, kw_only=True):
     # how many there were, and when.  The rows and their count do not change.
     compacted_from: int = 0
     compacted_at: dt.datetime | None = None
+    # The type's partitions, and in a partition's close record (not in
+    # ``_SUCCESS.json``) the partition it is of.
+    partitions: int = 1
+    partition: int | None = None
 
 
-def files_of(folder: Path) -> list[FileEntry]:
+def files_of(folder: Path, partition: int | None = None) -> list[FileEntry]:
+    """The folder's part files (``partition``: that partition's alone), with rows
+    from each footer and a checksum."""
     entries = []
     if folder.exists():
         for path in sorted(folder.iterdir()):
-            if part_range(path.name) is not None:
+            if part_range(path.name) is not None and (
+                partition is None or part_partition(path.name) == partition
+            ):
                 entries.append(
                     FileEntry(path.name, row_count(path), path.stat().st_size, sha256_of(path))
                 )

@@ -23,6 +23,26 @@ recovery deletes, and the bucket is closed again; after it, a manifest that
 recovery publishes.  A manifest the checkpoint does not know (written by an
 earlier version, which saved after renaming) is seen and kept
 (:func:`skip_closed`).
+
+**A partitioned type** (P > 1 streams sharing its bucket folders, ``lake/
+layout.py``) closes a bucket once *every* partition has, by its own markers:
+
+1. partition ``p`` closes it as above, with its record ``_partition-<p>.json``
+   (a manifest of its own files) instead of ``_SUCCESS.json``, and its
+   checkpoint keeps the bucket in ``sealing``;
+2. :func:`seal`, at that close and at every later round while the bucket is in
+   ``sealing``: if ``_SUCCESS.json`` is there, the bucket is done and leaves
+   ``sealing``; else if every partition's record is there, the manifest made
+   from them is created once (:func:`hourglass.durable.create_once`: a hard
+   link that fails if the file exists).
+
+So whichever partition closes last writes the manifest, and if it dies first,
+the next owner of any partition still sealing writes it: records are published
+only after the checkpoint that commits them, so the manifest made from them is
+the same whoever makes it (a fenced loader too), and only the first stays.
+Partitions agree on the first bucket they close (``_partitions.json`` of the
+type, :func:`agree_first`), or one would wait forever for a record another
+never writes.
 """
 
 from __future__ import annotations
@@ -37,9 +57,25 @@ import msgspec
 
 from hourglass import log
 from hourglass.crashpoints import crashpoint
-from hourglass.lake.layout import SUCCESS, bucket_dir
-from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
-from hourglass.loader.staging import publish, stage, sweep, sync_folders, write_bytes
+from hourglass.durable import create_once
+from hourglass.exceptions import ConfigError
+from hourglass.lake.layout import (
+    ONLY,
+    PARTITIONS,
+    SUCCESS,
+    Partition,
+    bucket_dir,
+    record_name,
+)
+from hourglass.lake.manifest import Manifest, files_of, manifest_bytes, read_manifest
+from hourglass.loader.staging import (
+    publish,
+    stage,
+    staged_path,
+    sweep,
+    sync_folders,
+    write_bytes,
+)
 from hourglass.loader.state import (
     BucketCounts,
     Checkpoints,
@@ -132,9 +168,12 @@ def close_bucket(
     checkpoints: Checkpoints,
     now: float,
     dedup: DedupState | None = None,
+    partition: Partition = ONLY,
 ) -> tuple[Manifest, LoaderState]:
     """Close the bucket at ``state.next_close``: its manifest staged, the checkpoint
-    that moves past it saved, the manifest published (``staging.py``).
+    that moves past it saved, the manifest published (``staging.py``).  For a
+    partition of a partitioned type the manifest is its record, and the bucket
+    joins ``sealing`` (the module docstring); the caller seals it.
 
     Returns the manifest (the one found, if the bucket has one already) and the
     checkpoint now saved; ``state`` itself is not changed, so a failed write
@@ -149,10 +188,11 @@ def close_bucket(
     folder = bucket_dir(lake, name, begin, width)
     counts = state.buckets.get(start, BucketCounts())
     staged: dict[str, str] = {}
-    if not (folder / SUCCESS).exists():
+    target = folder / (SUCCESS if partition.index is None else record_name(partition.index))
+    if not target.exists():
         if folder.exists():  # what owners fenced since this one's recovery staged here
-            sweep(folder, checkpoints.epoch - 1, keep=[])
-        files = files_of(folder)
+            sweep(folder, checkpoints.epoch - 1, keep=[], mine=partition.owns)
+        files = files_of(folder, partition.index)
         manifest = Manifest(
             type=name,
             bucket_start=begin,
@@ -163,21 +203,72 @@ def close_bucket(
             duplicates_dropped=counts.duplicates,
             skewed=counts.skewed,
             close_delay_s=round(now - end, 3),
+            partitions=partition.count,
+            partition=partition.index,
         )
         data = manifest_bytes(manifest)
-        temp = stage(folder / SUCCESS, checkpoints.epoch, partial(write_bytes, data))
+        temp = stage(target, checkpoints.epoch, partial(write_bytes, data))
         sync_folders([temp])
-        staged[(folder / SUCCESS).relative_to(lake).as_posix()] = temp.relative_to(lake).as_posix()
+        staged[target.relative_to(lake).as_posix()] = temp.relative_to(lake).as_posix()
         crashpoint("loader.after_manifest")
     else:
-        manifest = msgspec.json.decode((folder / SUCCESS).read_bytes(), type=Manifest)
+        manifest = msgspec.json.decode(target.read_bytes(), type=Manifest)
     closed = copy_state(state)
     closed.buckets.pop(start, None)
     closed.next_close = end
+    if partition.index is not None:
+        closed.sealing = sorted({*closed.sealing, start})
     checkpoints.save(Saved(state=closed, staged=staged, dedup=dedup))
     crashpoint("loader.after_close_checkpoint")
     publish(lake, staged)
     if staged:
+        logger.info(
+            "bucket closed" if partition.index is None else "bucket closed by a partition",
+            extra={
+                "type": name,
+                "bucket": begin.isoformat(),
+                "count": manifest.count,
+                "delay_s": manifest.close_delay_s,
+                **({} if partition.index is None else {"partition": partition.index}),
+            },
+        )
+    return manifest, closed
+
+
+def seal(
+    lake: Path, name: str, width: int, partition: Partition, start: int, epoch: int, now: float
+) -> Manifest | None:
+    """A partitioned type's bucket: its manifest if it has one now (written here
+    if every partition's record is there), else None (a partition has not closed
+    it yet).  Safe to call from any partition, any number of times, at once."""
+    assert partition.index is not None
+    begin = dt.datetime.fromtimestamp(start, dt.UTC)
+    folder = bucket_dir(lake, name, begin, width)
+    found = read_manifest(folder)
+    if found is not None:
+        return found
+    records = []
+    for p in range(partition.count):
+        path = folder / record_name(p)
+        if not path.exists():
+            return None
+        records.append(msgspec.json.decode(path.read_bytes(), type=Manifest))
+    end = start + width
+    manifest = Manifest(
+        type=name,
+        bucket_start=begin,
+        bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
+        closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
+        count=sum(r.count for r in records),
+        files=sorted((f for r in records for f in r.files), key=lambda f: f.name),
+        duplicates_dropped=sum(r.duplicates_dropped for r in records),
+        skewed=sum(r.skewed for r in records),
+        close_delay_s=round(now - end, 3),
+        partitions=partition.count,
+    )
+    temp = staged_path(folder / (record_name(partition.index) + ".success"), epoch)
+    crashpoint("loader.before_seal")
+    if create_once(folder / SUCCESS, manifest_bytes(manifest), temp):
         logger.info(
             "bucket closed",
             extra={
@@ -185,17 +276,47 @@ def close_bucket(
                 "bucket": begin.isoformat(),
                 "count": manifest.count,
                 "delay_s": manifest.close_delay_s,
+                "partitions": partition.count,
+                "sealed_by": partition.index,
             },
         )
-    return manifest, closed
+        return manifest
+    return read_manifest(folder)
 
 
-def skip_closed(state: LoaderState, width: int, has_manifest: Callable[[int], bool]) -> bool:
+class Partitions(msgspec.Struct):
+    """``<lake>/<type>/_partitions.json``: written once, by the first partition to
+    start closing."""
+
+    partitions: int
+    first_bucket: int
+
+
+def agree_first(lake: Path, name: str, partition: Partition, candidate: int, epoch: int) -> int:
+    """The first bucket every partition of a partitioned type closes: ``candidate``
+    (this partition's) if it is the first to ask, else the one already agreed.
+    Refuses a lake written with another number of partitions."""
+    path = lake / name / PARTITIONS
+    if not path.exists():
+        data = msgspec.json.encode(Partitions(partition.count, candidate))
+        temp = staged_path(path.with_name(f"{PARTITIONS}.p{partition.index}"), epoch)
+        create_once(path, data, temp)
+    agreed = msgspec.json.decode(path.read_bytes(), type=Partitions)
+    if agreed.partitions != partition.count:
+        raise ConfigError(
+            f"the lake's {name} is written with {agreed.partitions} partitions, not "
+            f"{partition.count}: the partitions of an existing type cannot change"
+        )
+    return agreed.first_bucket
+
+
+def skip_closed(state: LoaderState, width: int, has_manifest: Callable[[int], bool]) -> list[int]:
     """Move ``next_close`` past buckets that already have a manifest (a crash after
-    the manifest, before the checkpoint); whether it moved, for the caller to save."""
-    moved = False
+    the manifest, before the checkpoint); the starts it moved past, for the caller
+    to save."""
+    moved = []
     while state.next_close is not None and has_manifest(state.next_close):
+        moved.append(state.next_close)
         state.buckets.pop(state.next_close, None)
         state.next_close += width
-        moved = True
     return moved

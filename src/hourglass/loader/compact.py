@@ -20,8 +20,11 @@ off the hot path, one bucket at a time:
    swap gets "file not found" and lists again.
 3. **drop**: the staging folder, which now holds the old part files, is deleted.
 
-A merged file is named ``part-<first>-<last>`` after the whole range it covers,
-and keeps the modification time of the newest file it merged.  A reader that
+A merged file is named ``part-<first>-<last>`` after the whole range it covers
+(``part-p<p>-…``: a partitioned type's files merge within their partition, whose
+sequences they carry), and keeps the modification time of the newest file it
+merged.  Of a partitioned type, the loader of partition 0 compacts, once a
+bucket has its manifest (every partition closed it).  A reader that
 follows the lake incrementally by file name would see merged files as new:
 such a reader follows closed buckets by their manifests instead.
 
@@ -85,6 +88,7 @@ from hourglass.lake.layout import (
     bucket_dirs,
     bucket_of_dir,
     part_name,
+    part_partition,
     part_range,
 )
 from hourglass.lake.manifest import Manifest, files_of, manifest_bytes, read_manifest
@@ -157,16 +161,28 @@ def drop_staging(lake: Path, name: str, epoch: int) -> int:
     return dropped
 
 
+def compacts(loader: StreamLoader) -> bool:
+    """Whether this stream's loader compacts its type's closed buckets: of a
+    partitioned type, only partition 0's does (one merge per bucket, not P)."""
+    return loader.partition.index in (None, 0)
+
+
 def groups_of(paths: list[Path], target_bytes: int) -> list[list[Path]]:
     """Consecutive files merged into one: up to ``target_bytes`` of input each (a
-    larger file stays alone), and one schema per group."""
+    larger file stays alone), one schema and one partition per group."""
     groups: list[list[Path]] = []
     size = 0
     schema: pa.Schema | None = None
     for path in paths:
         this = pq.read_schema(path)
         n = path.stat().st_size
-        if groups and size + n <= target_bytes and schema is not None and this.equals(schema):
+        if (
+            groups
+            and size + n <= target_bytes
+            and schema is not None
+            and this.equals(schema)
+            and part_partition(path.name) == part_partition(groups[-1][0].name)
+        ):
             groups[-1].append(path)
             size += n
         else:
@@ -287,7 +303,7 @@ def _merge(group: list[Path], staging: Path, stop: threading.Event | None) -> No
     spans = [part_range(p.name) for p in group]
     first = min(s[0] for s in spans if s is not None)
     last = max(s[1] for s in spans if s is not None)
-    path = staging / part_name(first, last)
+    path = staging / part_name(first, last, part_partition(group[0].name))
     schema = pq.read_schema(group[0])
     with pq.ParquetWriter(path, schema, **writer_options(schema)) as writer:
         held: list[pa.Table] = []
@@ -325,13 +341,15 @@ def compact_closed(
         until = loader.state.next_close
         since = loader.state.compacted_before
         epoch = loader.checkpoints.epoch
-    if not loader.closes or until is None:
+    if not loader.closes or until is None or not compacts(loader):
         return 0
     for start in pending(loader.lake, loader.name, loader.width, since, until):
         if stop.is_set():
             return (until - start) // loader.width
         begin = dt.datetime.fromtimestamp(start, dt.UTC)
         folder = bucket_dir(loader.lake, loader.name, begin, loader.width)
+        if loader.partition.index is not None and not (folder / SUCCESS).exists():
+            return (until - start) // loader.width  # another partition has not closed it
         result = compact_bucket(loader.lake, loader.name, folder, epoch, target_bytes, stop)
         if result is not None:
             done(result)

@@ -19,7 +19,7 @@ DuckDB's vectorised ``hash()``: ``keys.py``):
   confirmed byte for byte;
 * **runs** (``runs.py``): once the memtable holds ``run_keys`` keys, the next
   flush writes them, sorted by hash with their bytes, as one file in
-  ``<lake>/<type>/_dedup/``, committed with that flush's part files;
+  ``<lake>/<type>/_dedup[/p<partition>]/``, committed with that flush's parts;
 * a run is also written once the memtable's first key is a slice span old, so
   keys leave memory, and the window, at any rate; a key is recognised for at
   least the window and at most about two spans more;
@@ -112,9 +112,11 @@ class Deduper:
         slices: int = SLICES,
         run_keys: int | None = None,
         hash_fn: HashFn = hash64,
+        partition: int | None = None,
     ) -> None:
         self.lake = lake
-        self.folder = lake / stream / "_dedup"
+        part = "" if partition is None else f"p{partition}"  # an event's copies share one
+        self.folder = lake / stream / "_dedup" / part
         self.window_s = window_s
         self.memory_bytes = memory_bytes
         self.disk_bytes = disk_bytes

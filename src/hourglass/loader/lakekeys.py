@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pyarrow as pa
 
-from hourglass.lake.layout import bucket_dirs, bucket_of_dir, part_range
+from hourglass.lake.layout import bucket_dirs, bucket_of_dir, part_partition, part_range
 from hourglass.lake.parquet import read_columns
 from hourglass.loader.keys import keys_of
 
@@ -16,9 +16,12 @@ def of_file(path: Path) -> pa.Array:
     return keys_of(table.column("source"), table.column("id"))
 
 
-def committed_after(lake: Path, name: str, seq: int, horizon: float) -> list[tuple[int, Path]]:
-    """Part files of stream ``name`` with events after ``seq``, in buckets from
-    ``horizon`` (epoch s) on, by range: (last seq of its range, path).
+def committed_after(
+    lake: Path, name: str, seq: int, horizon: float, partition: int | None = None
+) -> list[tuple[int, Path]]:
+    """Part files of stream ``name`` (of its ``partition``, whose sequences they
+    carry) with events after ``seq``, in buckets from ``horizon`` (epoch s) on, by
+    range: (last seq of its range, path).
 
     A flush's part files cover its own range, so for them "ends after ``seq``" is
     "starts after it"; a merged file (``compact.py``) covers many flushes and
@@ -29,7 +32,7 @@ def committed_after(lake: Path, name: str, seq: int, horizon: float) -> list[tup
             continue
         for path in folder.glob("part-*.parquet"):
             span = part_range(path.name)
-            if span is not None and span[1] > seq:
+            if span is not None and span[1] > seq and part_partition(path.name) == partition:
                 found.append((span[0], span[1], path))
     found.sort()
     return [(last, path) for _, last, path in found]

@@ -98,18 +98,25 @@ def publish(lake: Path, staged: Mapping[str, str]) -> int:
     return len(moved)
 
 
-def sweep(folder: Path, epoch: int, keep: Iterable[Path]) -> int:
+def sweep(
+    folder: Path, epoch: int, keep: Iterable[Path], mine: Callable[[str], bool] | None = None
+) -> int:
     """Delete what an interrupted write left in ``folder``: staged files of epochs up
     to ``epoch`` not in ``keep`` (paths: every bucket's staged manifest has the same
     name), and any other temp file; how many.
 
     Staged files of later epochs are left alone: a later owner may be writing
     them right now (this loader is then fenced, and finds out at its next commit).
+    ``mine`` (a final name: is it this loader's?): in a folder that partitions of
+    one type share, only this partition's files are looked at; the epochs of
+    another partition's are another lease's.
     """
     kept = set(keep)
     removed = 0
     for path in folder.iterdir():
         if not path.name.startswith(TMP_PREFIX) or path in kept:
+            continue
+        if mine is not None and not mine(final_of(path.name)):
             continue
         stamped = epoch_of(path.name)
         if stamped is not None and stamped > epoch:

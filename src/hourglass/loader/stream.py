@@ -29,8 +29,13 @@ Rows for a bucket that is already closed (skew: a late gateway, a lease that
 expired) go to the oldest open bucket and are counted as skewed there.
 
 A ``StreamLoader`` loads one stream: an event type's, or ``HG_FAILED`` into
-``lake/_failed`` (no dedup, no closing).  It reports what it does to an
-``Observer`` (Prometheus in the service) besides its own ``Stats``.
+``lake/_failed`` (no dedup, no closing).  A type with P > 1 partitions has a
+stream per partition and a loader per stream (``partition``), sharing the type's
+bucket folders: each names its part files with its partition, sweeps only its
+own files, keeps its dedup index in ``_dedup/p<p>``, and closes a bucket with a
+record that the last partition turns into the manifest (``close.py``).  It
+reports what it does to an ``Observer`` (Prometheus in the service) besides its
+own ``Stats``.
 """
 
 from __future__ import annotations
@@ -52,19 +57,18 @@ from hourglass.bus.consumer import BusMessage
 from hourglass.crashpoints import crashpoint
 from hourglass.lake.arrow import SEQUENCE_COLUMNS
 from hourglass.lake.layout import (
-    SUCCESS,
+    ONLY,
+    Partition,
     bucket_dir,
-    bucket_dirs,
     part_name,
-    part_range,
 )
 from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import write_table
-from hourglass.loader import close, compact, copies, lakekeys
+from hourglass.loader import close, copies, recovery
 from hourglass.loader.dedup import MEMORY_BYTES, Deduper
 from hourglass.loader.metrics import Observer, Stats
 from hourglass.loader.quarantine import Quarantine
-from hourglass.loader.staging import publish, stage, sweep, sync_folders
+from hourglass.loader.staging import publish, stage, sync_folders
 from hourglass.loader.state import (
     BucketCounts,
     Checkpoints,
@@ -103,8 +107,10 @@ class StreamLoader:
         dedup: bool = True,
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
+        partition: Partition = ONLY,
     ) -> None:
         self.name = name
+        self.partition = partition
         self.fmt = fmt
         self.lake = lake
         self.checkpoints = checkpoints
@@ -124,6 +130,7 @@ class StreamLoader:
                 memory_bytes=dedup_memory_bytes,
                 disk_bytes=dedup_disk_bytes,
                 run_keys=dedup_run_keys,
+                partition=partition.index,
             )
             if dedup
             else None
@@ -156,92 +163,27 @@ class StreamLoader:
             dedup=self.deduper is not None,
             clock=self.clock,
             observer=self.observer,
+            partition=self.partition,
         )
 
     # ---------------------------------------------------------------- recovery
 
     def recover(self) -> None:
         """Load the checkpoint, publish what it committed, delete what an interrupted
-        write left, load the dedup index it names and catch it up."""
-        started = time.monotonic()
-        saved = self.checkpoints.load()
-        self.state = saved.state
-        self.processed_seq = self.state.committed_seq
-        published = publish(self.lake, saved.staged)
-        keep = {self.lake / temp for temp in saved.staged.values()}
-        removed = 0
-        for folder in bucket_dirs(self.lake, self.name):
-            removed += sweep(folder, self.checkpoints.epoch, keep)
-            if saved.legacy:  # an earlier version renamed parts before saving
-                for path in folder.glob("part-*.parquet"):
-                    span = part_range(path.name)
-                    if span and span[0] > self.state.committed_seq:
-                        path.unlink()
-                        removed += 1
-        if self.deduper is not None:
-            removed += self.deduper.restore(saved.dedup, self.checkpoints.epoch)
-        removed += compact.drop_staging(self.lake, self.name, self.checkpoints.epoch)
-        self._skip_closed()
-        indexed = time.monotonic()
-        read = self._catch_up(imported=saved.dedup is None) if self.deduper is not None else 0
-        logger.info(
-            "recovered",
-            extra={
-                "stream": self.name,
-                "committed_seq": self.state.committed_seq,
-                "next_close": self.state.next_close,
-                "removed_files": removed,
-                "published_files": published,
-                "dedup_files_read": read,
-                "dedup_keys": self.deduper.keys if self.deduper else 0,
-                "index_s": round(indexed - started, 2),
-                "catch_up_s": round(time.monotonic() - indexed, 2),
-                "epoch": self.checkpoints.epoch,
-            },
+        write left, load the dedup index it names and catch it up (``recovery.py``)."""
+        recovery.recover(self)
+
+    def _first_close(self, candidate: int) -> int:
+        """Where this stream starts closing: ``candidate``, or for a partition the
+        bucket its type's partitions agreed on (``close.agree_first``)."""
+        if self.partition.index is None:
+            return candidate
+        return close.agree_first(
+            self.lake, self.name, self.partition, candidate, self.checkpoints.epoch
         )
 
-    def _skip_closed(self) -> None:
-        """A crash after a manifest but before the checkpoint: that bucket is closed."""
-        if self.closes and close.skip_closed(self.state, self.width, self._has_manifest):
-            self.checkpoints.save(Saved(state=self.state, dedup=self._index_state()))
-
-    def _has_manifest(self, start: int) -> bool:
-        begin = dt.datetime.fromtimestamp(start, dt.UTC)
-        return (bucket_dir(self.lake, self.name, begin, self.width) / SUCCESS).exists()
-
-    def _index_state(self) -> DedupState | None:
+    def index_state(self) -> DedupState | None:
         return self.deduper.state if self.deduper is not None else None
-
-    def _catch_up(self, *, imported: bool) -> int:
-        """Read into the memtable the keys of part files committed after the index's
-        last run (``imported``: a stream with no index yet, e.g. after an upgrade:
-        every part file of the window), writing runs as it fills; how many files."""
-        assert self.deduper is not None
-        deduper = self.deduper
-        now = self.clock()
-        horizon = now - deduper.window_s - self.width
-        if not imported and self.state.next_close is not None:
-            horizon = min(horizon, self.state.next_close - self.width)
-        files = lakekeys.committed_after(self.lake, self.name, deduper.state.indexed_seq, horizon)
-        for i, (last, path) in enumerate(files):
-            deduper.add(lakekeys.of_file(path), now=now)
-            # A flush's files share one range: a run ends only where a range does.
-            if deduper.due() and (i + 1 == len(files) or files[i + 1][0] != last):
-                self._commit_index(last, now)
-        if imported and files:
-            self._commit_index(files[-1][0], now)
-        return len(files)
-
-    def _commit_index(self, through_seq: int, now: float) -> None:
-        """Write the memtable as a run now (it holds every key up to ``through_seq``)."""
-        assert self.deduper is not None
-        plan = self.deduper.plan(self.checkpoints.epoch, through_seq, now, force=True)
-        sync_folders(self.lake / temp for temp in plan.staged.values())
-        self.checkpoints.save(
-            Saved(state=copy_state(self.state), staged=plan.staged, dedup=plan.state)
-        )
-        publish(self.lake, plan.staged)
-        self.deduper.apply(plan, now)
 
     # ------------------------------------------------------------- processing
 
@@ -287,7 +229,8 @@ class StreamLoader:
         late = np.zeros(len(buckets), dtype=bool)
         if self.closes:
             if self.state.next_close is None:  # the very first rows: start closing there
-                self.state.next_close = int(min(buckets.min(), self._bucket_of(self.clock())))
+                first = int(min(buckets.min(), self._bucket_of(self.clock())))
+                self.state.next_close = self._first_close(first)
             late = buckets < self.state.next_close
             buckets[late] = self.state.next_close
         sequenced = copies.sequenced(table)
@@ -350,7 +293,8 @@ class StreamLoader:
         for bucket, tables in sorted(self._pending.items()):
             table = pa.concat_tables(tables)
             start = dt.datetime.fromtimestamp(bucket, dt.UTC)
-            path = bucket_dir(self.lake, self.name, start, self.width) / part_name(first, last)
+            name = part_name(first, last, self.partition.index)
+            path = bucket_dir(self.lake, self.name, start, self.width) / name
             temp = stage(path, epoch, partial(write_table, table))
             staged[path.relative_to(self.lake).as_posix()] = temp.relative_to(self.lake).as_posix()
             crashpoint("loader.after_part")
@@ -423,14 +367,19 @@ class StreamLoader:
     def _close_ready(self, facts: close.Facts, now: float) -> list[Manifest]:
         if not self.closes:
             return []
-        first, starts = close.due(
-            self.state,
-            facts,
-            now,
-            self.width,
+        due = partial(
+            close.due,
+            facts=facts,
+            now=now,
+            width=self.width,
             has_pending=bool(self._pending),
             all_committed=self.processed_seq == self.state.committed_seq,
         )
+        first, starts = due(self.state)
+        if self.state.next_close is None and first is not None:
+            agreed = self._first_close(first)
+            if agreed != first:
+                first, starts = due(msgspec.structs.replace(self.state, next_close=agreed))
         self.state.next_close = first
         if facts.live is not None and facts.live_as_of >= now - 60:
             close.prune_markers(self.state, facts.live, now)
@@ -443,8 +392,28 @@ class StreamLoader:
                 self.state,
                 self.checkpoints,
                 now,
-                self._index_state(),
+                self.index_state(),
+                self.partition,
             )
             self.stats.on_closed(manifest)
             closed.append(manifest)
+        self._seal(now)
         return closed
+
+    def _seal(self, now: float) -> None:
+        """A partition: the buckets it closed that have no manifest yet get one
+        if every partition has closed them (``close.seal``).  ``sealing`` changes
+        in memory and is saved with the next checkpoint: sealing again is harmless."""
+        for start in list(self.state.sealing):
+            sealed = close.seal(
+                self.lake,
+                self.name,
+                self.width,
+                self.partition,
+                start,
+                self.checkpoints.epoch,
+                now,
+            )
+            if sealed is None:
+                break  # buckets seal in order: a later one waits for this one too
+            self.state.sealing.remove(start)

@@ -1,0 +1,133 @@
+"""A stream loader's recovery: from its checkpoint to ready, after any crash.
+
+In order (``StreamLoader`` in ``stream.py`` holds the state, this only reads
+and repairs the lake for it):
+
+1. publish what the checkpoint committed but a crash left staged;
+2. sweep this loader's own staged files that no checkpoint names (of its epoch
+   or earlier: a later owner's are left alone; of a partitioned type, only its
+   partition's: ``staging.sweep``);
+3. load the dedup index the checkpoint names and drop compaction's staging
+   folders (nothing there is the only copy of a row);
+4. move past buckets whose manifest (a partition: its record) is there already;
+5. catch the index up with the part files committed after its last run.
+
+Each step is safe to repeat: a crash during recovery leaves what the next
+recovery handles the same way.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import time
+from typing import TYPE_CHECKING
+
+from hourglass import log
+from hourglass.lake.layout import SUCCESS, bucket_dir, bucket_dirs, part_range, record_name
+from hourglass.loader import close, compact, lakekeys
+from hourglass.loader.staging import publish, sweep, sync_folders
+from hourglass.loader.state import Saved, copy_state
+
+if TYPE_CHECKING:
+    from hourglass.loader.stream import StreamLoader
+
+logger = log.get("hourglass.loader")
+
+
+def recover(loader: StreamLoader) -> None:
+    started = time.monotonic()
+    saved = loader.checkpoints.load()
+    loader.state = saved.state
+    loader.processed_seq = loader.state.committed_seq
+    epoch = loader.checkpoints.epoch
+    published = publish(loader.lake, saved.staged)
+    keep = {loader.lake / temp for temp in saved.staged.values()}
+    removed = 0
+    for folder in bucket_dirs(loader.lake, loader.name):
+        removed += sweep(folder, epoch, keep, loader.partition.owns)
+        # An earlier version renamed parts before saving (never partitioned).
+        if saved.legacy and loader.partition.index is None:
+            for path in folder.glob("part-*.parquet"):
+                span = part_range(path.name)
+                if span and span[0] > loader.state.committed_seq:
+                    path.unlink()
+                    removed += 1
+    if loader.deduper is not None:
+        removed += loader.deduper.restore(saved.dedup, epoch)
+    if compact.compacts(loader):
+        removed += compact.drop_staging(loader.lake, loader.name, epoch)
+    _skip_closed(loader)
+    indexed = time.monotonic()
+    read = _catch_up(loader, imported=saved.dedup is None) if loader.deduper is not None else 0
+    logger.info(
+        "recovered",
+        extra={
+            "stream": loader.name,
+            **({} if loader.partition.index is None else {"partition": loader.partition.index}),
+            "committed_seq": loader.state.committed_seq,
+            "next_close": loader.state.next_close,
+            "removed_files": removed,
+            "published_files": published,
+            "dedup_files_read": read,
+            "dedup_keys": loader.deduper.keys if loader.deduper else 0,
+            "index_s": round(indexed - started, 2),
+            "catch_up_s": round(time.monotonic() - indexed, 2),
+            "epoch": epoch,
+        },
+    )
+
+
+def _skip_closed(loader: StreamLoader) -> None:
+    """A crash after a manifest but before the checkpoint: that bucket is closed
+    (an earlier version published before it saved)."""
+    if not loader.closes:
+        return
+    skipped = close.skip_closed(loader.state, loader.width, lambda start: _closed(loader, start))
+    if skipped:
+        if loader.partition.index is not None:
+            loader.state.sealing = sorted({*loader.state.sealing, *skipped})
+        loader.checkpoints.save(Saved(state=loader.state, dedup=loader.index_state()))
+
+
+def _closed(loader: StreamLoader, start: int) -> bool:
+    """Whether the bucket at ``start`` has this loader's manifest (or record)."""
+    begin = dt.datetime.fromtimestamp(start, dt.UTC)
+    index = loader.partition.index
+    own = SUCCESS if index is None else record_name(index)
+    return (bucket_dir(loader.lake, loader.name, begin, loader.width) / own).exists()
+
+
+def _catch_up(loader: StreamLoader, *, imported: bool) -> int:
+    """Read into the memtable the keys of part files committed after the index's
+    last run (``imported``: a stream with no index yet, e.g. after an upgrade:
+    every part file of the window), writing runs as it fills; how many files."""
+    deduper = loader.deduper
+    assert deduper is not None
+    now = loader.clock()
+    horizon = now - deduper.window_s - loader.width
+    if not imported and loader.state.next_close is not None:
+        horizon = min(horizon, loader.state.next_close - loader.width)
+    files = lakekeys.committed_after(
+        loader.lake, loader.name, deduper.state.indexed_seq, horizon, loader.partition.index
+    )
+    for i, (last, path) in enumerate(files):
+        deduper.add(lakekeys.of_file(path), now=now)
+        # A flush's files share one range: a run ends only where a range does.
+        if deduper.due() and (i + 1 == len(files) or files[i + 1][0] != last):
+            _commit_index(loader, last, now)
+    if imported and files:
+        _commit_index(loader, files[-1][0], now)
+    return len(files)
+
+
+def _commit_index(loader: StreamLoader, through_seq: int, now: float) -> None:
+    """Write the memtable as a run now (it holds every key up to ``through_seq``)."""
+    deduper = loader.deduper
+    assert deduper is not None
+    plan = deduper.plan(loader.checkpoints.epoch, through_seq, now, force=True)
+    sync_folders(loader.lake / temp for temp in plan.staged.values())
+    loader.checkpoints.save(
+        Saved(state=copy_state(loader.state), staged=plan.staged, dedup=plan.state)
+    )
+    publish(loader.lake, plan.staged)
+    deduper.apply(plan, now)
