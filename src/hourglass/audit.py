@@ -67,9 +67,35 @@ class BucketAudit:
         return not self.missing and not self.unexplained and not self.problems
 
 
-async def published_by_minute(js: JetStreamContext, type_name: str) -> tuple[dict[int, int], int]:
+async def published_by_minute(
+    js: JetStreamContext, type_name: str, partition: int | None = None
+) -> tuple[dict[int, int], int]:
     """Events per receive minute from the stream's tally headers; and its first seq."""
-    return await tally_by_minute(js, jetstream.stream_name(type_name), jetstream.subject(type_name))
+    return await tally_by_minute(
+        js, jetstream.stream_name(type_name, partition), jetstream.subject(type_name, partition)
+    )
+
+
+async def published_by_bucket(
+    js: JetStreamContext, type_name: str, partitions: int, width: int
+) -> tuple[dict[int, int], int]:
+    """Events per bucket from the tallies of every partition's stream, and the
+    bucket from which all are counted (0: all of them): messages before a
+    stream's first were removed by retention, and the buckets they fed cannot be
+    counted from the bus any more."""
+    published: dict[int, int] = {}
+    horizon = 0
+    for partition in jetstream.partitions(partitions):
+        minutes, first_seq = await published_by_minute(js, type_name, partition)
+        counts: dict[int, int] = {}
+        for minute, n in minutes.items():
+            bucket = minute * 60 - (minute * 60) % width
+            counts[bucket] = counts.get(bucket, 0) + n
+        if first_seq > 1:
+            horizon = max(horizon, min(counts, default=0) + width)
+        for bucket, n in counts.items():
+            published[bucket] = published.get(bucket, 0) + n
+    return published, horizon
 
 
 _COUNT = (
@@ -128,6 +154,7 @@ async def run_audit(
     width = bucket_seconds(settings.bucket)
     lake = settings.lake_path
     types = [s.type_name for s in load_registry(settings)]
+    counts = jetstream.partition_counts(settings, types)
     if type_name is not None:
         types = [t for t in types if t == type_name]
     nc = await jetstream.connect(resolve_bus_url(settings), name="hourglass-audit")
@@ -135,14 +162,7 @@ async def run_audit(
     try:
         js = nc.jetstream(timeout=10)
         for name in types:
-            minutes, first_seq = await published_by_minute(js, name)
-            published: dict[int, int] = {}
-            for minute, n in minutes.items():
-                bucket = minute * 60 - (minute * 60) % width
-                published[bucket] = published.get(bucket, 0) + n
-            # Messages before the stream's first were removed by retention: the
-            # buckets they fed cannot be counted from the bus any more.
-            horizon = min(published, default=0) + width if first_seq > 1 else 0
+            published, horizon = await published_by_bucket(js, name, counts[name], width)
             delivered, unreadable = delivered_by_bucket(lake, name, width)
             deleted = read_deletions(lake, name)
             seen: set[int] = set()
@@ -164,10 +184,7 @@ async def run_audit(
                         integrity(folder, manifest),
                     )
                 )
-            state = await read_checkpoint(
-                js, jetstream.stream_name(name), settings.checkpoint_path(name)
-            )
-            closed_before = state.next_close or 0
+            closed_before = await _closed_before(js, settings, name, counts[name])
             for key in sorted(published.keys() - seen - deleted.keys()):
                 start = dt.datetime.fromtimestamp(key, dt.UTC)
                 gone = BucketAudit(
@@ -180,6 +197,19 @@ async def run_audit(
     finally:
         await nc.close()
     return results
+
+
+async def _closed_before(
+    js: JetStreamContext, settings: Settings, name: str, partitions: int
+) -> int:
+    """The type's first bucket not closed by all its partitions (0: none closed)."""
+    closed: list[int] = []
+    for partition in jetstream.partitions(partitions):
+        stream = jetstream.stream_name(name, partition)
+        legacy = settings.checkpoint_path(name if partition is None else stream)
+        state = await read_checkpoint(js, stream, legacy)
+        closed.append(min([state.next_close or 0, *state.sealing]))
+    return min(closed)
 
 
 def render(results: list[BucketAudit]) -> str:

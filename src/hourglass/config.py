@@ -24,6 +24,7 @@ MiB = 1024 * KiB
 GiB = 1024 * MiB
 
 SETTINGS_ENV = "HOURGLASS__SETTINGS"
+MAX_PARTITIONS = 256
 
 
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -63,6 +64,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     stream_max_age_s: int = 0
     stream_replicas: int = 0  # 0: 1 on the embedded bus, 3 on an external one
     duplicate_window_s: int = 120
+    # A type's stream can be P streams (partitions: bus/jetstream.py), each loaded
+    # by any loader of the group, sharing the type's stream_max_bytes evenly.
+    # ``partitions`` for every type, ``type_partitions`` ({type = P}) for some.
+    # Fixed once a type has streams: changing it is refused (docs/deploy.md).
+    partitions: int = 1
+    type_partitions: dict[str, int] = {}
 
     # Hour close: gateways' markers and leases, the loader's cadence.
     marker_interval_s: float = 1.0
@@ -112,6 +119,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         """``<data-dir>/lake``: the lake, as every command finds it."""
         return self.data_path / "lake"
 
+    def partitions_of(self, type_name: str) -> int:
+        return self.type_partitions.get(type_name, self.partitions)
+
     def checkpoint_path(self, stream: str) -> Path:
         """The loader's checkpoint of ``stream`` (a type name, or ``_failed``)."""
         return self.data_path / "loader" / f"{stream}.json"
@@ -154,6 +164,9 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if not 0 <= self.loader_nice <= 19:
             raise ConfigError(f"loader_nice {self.loader_nice} must be 0..19")
+        for name, n in {"partitions": self.partitions, **self.type_partitions}.items():
+            if not 1 <= n <= MAX_PARTITIONS:
+                raise ConfigError(f"partitions of {name}: {n}, must be 1..{MAX_PARTITIONS}")
         bucket_seconds(self.bucket)
         return self
 

@@ -45,13 +45,24 @@ async def gather_status(settings: Settings) -> str:
             f"{'stream':<28} {'bus msgs':>9} {'committed':>9} {'lag':>7} "
             f"{'oldest open bucket':<22} {'overdue':>8}"
         )
-        names = [(s.type_name, jetstream.stream_name(s.type_name)) for s in registry]
+        counts = jetstream.partition_counts(settings, registry.type_names)
+        # A stream per type, or per partition of a partitioned one (``<type>/<p>``).
+        names = [
+            (t if p is None else f"{t}/{p}", jetstream.stream_name(t, p))
+            for t, n in counts.items()
+            for p in jetstream.partitions(n)
+        ]
         names.append((FAILED_DIR, jetstream.FAILED_STREAM))
+        # The file checkpoint an earlier version kept (none for a partition).
+        legacy = {
+            name: settings.checkpoint_path(stream if "/" in name else name)
+            for name, stream in names
+        }
         # One read of every stream now, one RATE_SAMPLE_S later (the inflow);
         # the checkpoints once, after the first.
         before, started = await _usages(js, names), time.monotonic()
         saveds = {
-            name: await read_saved(js, stream, settings.checkpoint_path(name))
+            name: await read_saved(js, stream, legacy[name])
             for name, stream in names
             if name in before
         }

@@ -6,6 +6,12 @@ Layout (a contract with the loader):
   ``hg.ev.<type>``; each message is NDJSON of envelopes (see ``events.py``);
   gateways' watermark markers travel on the same subject, told apart by the
   ``Hg-Kind`` header;
+* or, for a type of P > 1 partitions, P streams ``HG_<type>-<p>``, subjects
+  ``hg.ev.<type>.<p>``, an event in partition :func:`partition_of` its
+  ``(source, id)`` (so every copy meets the same dedup state), markers into each,
+  the type's byte budget shared evenly; the streams record P in their metadata
+  and a different P for a type that has streams is refused (:func:`check_layout`):
+  moving events between partitions would break dedup and the close;
 * one failed-events stream ``HG_FAILED``, subjects ``hg.failed.>``.
 
 Streams are file-backed with explicit limits and ``discard: new``: a full stream
@@ -17,7 +23,9 @@ was acknowledged.  Durability comes from the server: the embedded one runs with
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable
+import re
+import zlib
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 import nats
@@ -29,6 +37,7 @@ from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfi
 
 from hourglass import log
 from hourglass.bus.retention import RoomMaker
+from hourglass.config import Settings
 from hourglass.exceptions import BusError, BusUnavailable, ConfigError, HourglassError
 
 logger = log.get("hourglass.bus")
@@ -57,12 +66,45 @@ def parse_tally(header: str | None) -> dict[int, int]:
     return counts
 
 
-def stream_name(type_name: str) -> str:
-    return "HG_" + type_name.replace(".", "_")
+PARTITIONS_KEY = "hourglass_partitions"  # in a partition stream's metadata: P
 
 
-def subject(type_name: str) -> str:
-    return "hg.ev." + type_name
+def stream_name(type_name: str, partition: int | None = None) -> str:
+    """``partition`` None: a type of one partition (its one stream)."""
+    base = "HG_" + type_name.replace(".", "_")
+    return base if partition is None else f"{base}-{partition}"
+
+
+def subject(type_name: str, partition: int | None = None) -> str:
+    base = "hg.ev." + type_name
+    return base if partition is None else f"{base}.{partition}"
+
+
+def partitions(count: int) -> list[int | None]:
+    """The partition indexes of a type of ``count`` partitions (``[None]`` for one)."""
+    return [None] if count == 1 else list(range(count))
+
+
+def subjects(type_name: str, count: int) -> list[str]:
+    return [subject(type_name, p) for p in partitions(count)]
+
+
+def partition_of(source: str, event_id: str, count: int) -> int:
+    """The partition of an event: CRC-32 (zlib's) of its dedup key
+    ``<bytes in source>:<source>:<id>`` (UTF-8), mod ``count``.  A contract: every
+    gateway, of any version, must send an event's copies to the same partition."""
+    s = source.encode()
+    return zlib.crc32(b"%d:%b:%b" % (len(s), s, event_id.encode())) % count
+
+
+def partition_counts(settings: Settings, type_names: Sequence[str]) -> dict[str, int]:
+    """Each type's partitions; a ``type_partitions`` entry of no known type is refused."""
+    unknown = sorted(set(settings.type_partitions) - set(type_names))
+    if unknown:
+        raise ConfigError(
+            f"type_partitions names unknown types {unknown}; known: {sorted(type_names)[:10]}"
+        )
+    return {t: settings.partitions_of(t) for t in type_names}
 
 
 @dataclass(frozen=True)
@@ -74,38 +116,77 @@ class StreamLimits:
     max_msg_size: int
 
 
-def stream_configs(types: Iterable[str], limits: StreamLimits) -> list[StreamConfig]:
-    """The configuration of every stream Hourglass needs for ``types``."""
+def stream_configs(
+    types: Mapping[str, int] | Iterable[str], limits: StreamLimits
+) -> list[StreamConfig]:
+    """The configuration of every stream Hourglass needs for ``types`` (with their
+    partitions; a plain iterable: one each)."""
+    counts = dict(types) if isinstance(types, Mapping) else dict.fromkeys(types, 1)
     names: dict[str, str] = {}
-    wanted: list[tuple[str, list[str]]] = []
-    for type_name in sorted(types):
+    wanted: list[tuple[str, list[str], int]] = []
+    for type_name in sorted(counts):
         name = stream_name(type_name)
         if name in names:
             raise ConfigError(
                 f"event types {names[name]!r} and {type_name!r} map to the same stream {name}"
             )
         names[name] = type_name
-        wanted.append((name, [subject(type_name)]))
-    wanted.append((FAILED_STREAM, [FAILED_SUBJECT + ".>"]))
+        count = counts[type_name]
+        wanted += [
+            (stream_name(type_name, p), [subject(type_name, p)], count) for p in partitions(count)
+        ]
+    wanted.append((FAILED_STREAM, [FAILED_SUBJECT + ".>"], 1))
     return [
         StreamConfig(
             name=name,
-            subjects=subjects,
+            subjects=subjects_,
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
-            max_bytes=limits.max_bytes,
+            max_bytes=limits.max_bytes // count,
             max_age=float(limits.max_age_s),
             max_msg_size=limits.max_msg_size,
             num_replicas=limits.replicas,
             duplicate_window=float(limits.duplicate_window_s),
+            metadata={PARTITIONS_KEY: str(count)} if count > 1 else None,
         )
-        for name, subjects in wanted
+        for name, subjects_, count in wanted
     ]
 
 
-async def ensure_streams(js: JetStreamContext, configs: list[StreamConfig]) -> None:
-    """Create missing streams and bring existing ones to the configured limits."""
+_PARTITION_STREAM = re.compile(r"^(.*)-(\d+)$")
+
+
+def check_layout(existing: Iterable[str], types: Mapping[str, int]) -> None:
+    """Refuse partitions that differ from those a type's streams already have
+    (``existing``: the bus's stream names)."""
+    found: dict[str, set[str]] = {}
+    bases = {stream_name(t): t for t in types}
+    for name in existing:
+        match = _PARTITION_STREAM.match(name)
+        base = match.group(1) if match else name
+        if base in bases:
+            found.setdefault(bases[base], set()).add(name)
+    for type_name, names in sorted(found.items()):
+        count = types[type_name]
+        wanted = {stream_name(type_name, p) for p in partitions(count)}
+        if names != wanted:
+            has = len(names) if any(_PARTITION_STREAM.match(n) for n in names) else 1
+            raise ConfigError(
+                f"{type_name} has {has} partition(s) on the bus ({', '.join(sorted(names))}), "
+                f"the settings say {count}: the partitions of a type cannot change once it "
+                f"has streams. Set type_partitions for it back to {has}, or drain its "
+                "streams into the lake and delete them first (docs/deploy.md)"
+            )
+
+
+async def ensure_streams(
+    js: JetStreamContext, configs: list[StreamConfig], types: Mapping[str, int] | None = None
+) -> None:
+    """Create missing streams and bring existing ones to the configured limits;
+    ``types``: each type's partitions, checked against the streams there first."""
+    if types is not None:
+        check_layout(await stream_names(js), types)
     for config in configs:
         try:
             try:
@@ -153,10 +234,27 @@ async def connect(
             delay = min(delay * 2, 2.0)
 
 
+async def stream_names(js: JetStreamContext) -> list[str]:
+    """Every stream's name (the list API answers in pages)."""
+    names: list[str] = []
+    try:
+        while page := await js.streams_info(offset=len(names)):
+            names += [info.config.name or "" for info in page]
+    except nats.js.errors.APIError as exc:
+        raise BusError(f"listing streams: {exc.description or exc}") from exc
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        raise BusUnavailable(f"listing streams: JetStream did not answer ({exc!r})") from exc
+    return names
+
+
 def stream_of_subject(subject_: str) -> str:
-    """The stream a publish subject belongs to (the layout above)."""
+    """The stream a publish subject belongs to (the layout above: a type's name
+    never has a token of digits alone, a partition's number is one)."""
     if subject_.startswith(FAILED_SUBJECT + "."):
         return FAILED_STREAM
+    type_name, _, last = subject_.removeprefix("hg.ev.").rpartition(".")
+    if type_name and last.isdigit():
+        return stream_name(type_name, int(last))
     return stream_name(subject_.removeprefix("hg.ev."))
 
 

@@ -27,7 +27,7 @@ from urllib.parse import unquote
 import msgspec
 
 from hourglass import log
-from hourglass.bus.jetstream import FAILED_SUBJECT, subject
+from hourglass.bus.jetstream import FAILED_SUBJECT, partition_counts, partition_of, subject
 from hourglass.config import Settings
 from hourglass.events import EventTypes, FailedEvent, utcnow
 from hourglass.exceptions import (
@@ -94,6 +94,7 @@ class Gateway:
         self.encoder = msgspec.json.Encoder()
         self.openapi = self.encoder.encode(openapi_document(types.registry))
         self.inflight = 0
+        self.partitions = partition_counts(settings, types.registry.type_names)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -202,9 +203,10 @@ class Gateway:
         minute = None if stamp is None else stamp // 60_000_000
         waits = [
             self.committer.commit(
-                subject(name), self.encoder.encode_lines(envelopes), len(envelopes), minute
+                subject(name, partition), self.encoder.encode_lines(group), len(group), minute
             )
             for name, envelopes in checked.by_type.items()
+            for partition, group in _by_partition(envelopes, self.partitions[name])
         ]
         if checked.rejected:
             records = [self._failed_record(r) for r in checked.rejected]
@@ -325,3 +327,14 @@ async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> b
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
+
+
+def _by_partition(envelopes: list[Any], count: int) -> list[tuple[int | None, list[Any]]]:
+    """A type's events of one request, split by partition (``bus/jetstream.py``);
+    one partition: all of them, as they are (the common case costs nothing)."""
+    if count == 1:
+        return [(None, envelopes)]
+    groups: dict[int, list[Any]] = {}
+    for e in envelopes:
+        groups.setdefault(partition_of(e.source, e.id, count), []).append(e)
+    return sorted(groups.items())

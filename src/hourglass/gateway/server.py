@@ -47,6 +47,7 @@ class BusLink:
     def __init__(self, settings: Settings, type_names: list[str], metrics: GatewayMetrics) -> None:
         self.settings = settings
         self.type_names = type_names
+        self.partitions = jetstream.partition_counts(settings, type_names)
         self.metrics = metrics
         self.nc: Client | None = None
         self.publisher: jetstream.JetStreamPublisher | None = None
@@ -86,11 +87,15 @@ class BusLink:
 
     async def _ensure_streams(self) -> None:
         assert self.nc is not None
-        configs = jetstream.stream_configs(self.type_names, self.limits())
+        configs = jetstream.stream_configs(self.partitions, self.limits())
         delay = 0.2
         while True:
             try:
-                await jetstream.ensure_streams(self.nc.jetstream(timeout=5), configs)
+                await jetstream.ensure_streams(
+                    self.nc.jetstream(timeout=5), configs, self.partitions
+                )
+            except ConfigError:
+                raise  # the streams are not what the settings say: stop (serve())
             except HourglassError as exc:
                 logger.warning("streams not ready, retrying", extra={"error": str(exc)})
                 await asyncio.sleep(delay)
@@ -300,7 +305,7 @@ async def serve(settings: Settings) -> None:
         heartbeat = Heartbeat(
             bus.nc.jetstream(timeout=5),
             gateway_id,
-            [jetstream.subject(t) for t in registry.type_names],
+            [s for t, n in bus.partitions.items() for s in jetstream.subjects(t, n)],
             stamps,
             interval=settings.marker_interval_s,
             ttl_s=settings.lease_ttl_s,
@@ -309,6 +314,17 @@ async def serve(settings: Settings) -> None:
         await heartbeat.run()
 
     connecting = asyncio.create_task(connect_and_beat())
+    refused: list[ConfigError] = []
+
+    def stop_if_refused(task: asyncio.Task[None]) -> None:
+        """Streams whose partitions differ from the settings: no use serving."""
+        exc = None if task.cancelled() else task.exception()
+        if isinstance(exc, ConfigError):
+            logger.error("bus refused", extra={"error": str(exc)})
+            refused.append(exc)
+            server.should_exit = True
+
+    connecting.add_done_callback(stop_if_refused)
     logger.info(
         "gateway listening",
         extra={
@@ -333,3 +349,5 @@ async def serve(settings: Settings) -> None:
             await heartbeat.retire()
         await bus.close()
         logger.info("gateway stopped", extra={"gateway": gateway_id})
+    if refused:
+        raise refused[0]

@@ -301,13 +301,24 @@ def agree_first(lake: Path, name: str, partition: Partition, candidate: int, epo
         data = msgspec.json.encode(Partitions(partition.count, candidate))
         temp = staged_path(path.with_name(f"{PARTITIONS}.p{partition.index}"), epoch)
         create_once(path, data, temp)
+    agreed = check_partitions(lake, name, partition.count)
+    assert agreed is not None
+    return agreed.first_bucket
+
+
+def check_partitions(lake: Path, name: str, count: int) -> Partitions | None:
+    """What the lake says of a type's partitions (None: it was never partitioned);
+    a different ``count`` is refused."""
+    path = lake / name / PARTITIONS
+    if not path.exists():
+        return None
     agreed = msgspec.json.decode(path.read_bytes(), type=Partitions)
-    if agreed.partitions != partition.count:
+    if agreed.partitions != count:
         raise ConfigError(
             f"the lake's {name} is written with {agreed.partitions} partitions, not "
-            f"{partition.count}: the partitions of an existing type cannot change"
+            f"{count}: the partitions of an existing type cannot change (docs/deploy.md)"
         )
-    return agreed.first_bucket
+    return agreed
 
 
 def skip_closed(state: LoaderState, width: int, has_manifest: Callable[[int], bool]) -> list[int]:

@@ -40,10 +40,10 @@ from hourglass.bus.consumer import StreamReader, wait_for_streams
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.bus.errors import BusError, BusUnavailable
 from hourglass.bus.marks import LeaseView
-from hourglass.bus.ownership import Ownership, read_record
+from hourglass.bus.ownership import Ownership
 from hourglass.bus.retention import drop_stale_consumers, loader_durable, retain
 from hourglass.config import Settings
-from hourglass.exceptions import ConfigError, Fenced
+from hourglass.exceptions import Fenced
 from hourglass.lake.layout import check_layout
 from hourglass.lake.retention import DAY, expire_buckets
 from hourglass.loader.compact import Compactor
@@ -55,7 +55,7 @@ from hourglass.loader.metrics import (
 )
 from hourglass.loader.owner import KvCheckpoints, Unclaimed, announce, own
 from hourglass.loader.resources import limit_malloc_arenas, yield_cpu
-from hourglass.loader.streams import Stream, build_streams
+from hourglass.loader.streams import Stream, build_streams, check_lake, check_partitions
 
 logger = log.get("hourglass.loader")
 
@@ -81,9 +81,9 @@ async def stored_once(s: Stream, space: LakeSpace, what: str, work: Callable[[],
     except OSError as exc:
         if not is_disk_full(exc):
             raise
-        await space.wait(s.name, what, exc)
+        await space.wait(s.label, what, exc)
         return []
-    space.wrote(s.name, what)
+    space.wrote(s.label, what)
     return [result]
 
 
@@ -143,7 +143,7 @@ class Runner:
         await own(
             self.ownership,
             s.stream,
-            s.name,
+            s.label,
             self.metrics,
             self.owns,
             partial(self._claimed, s),
@@ -162,11 +162,11 @@ class Runner:
             s.stream,
             self.settings.lake_path,
             s.legacy,
-            self.metrics.checkpoint_bytes.labels(s.name).set,
+            self.metrics.checkpoint_bytes.labels(s.label).set,
         )
         s.loader = s.loader.fresh(checkpoints)
-        self.metrics.owned.labels(s.name).set(1)
-        logger.info("owner of the stream", extra={"stream": s.name, "epoch": checkpoints.epoch})
+        self.metrics.owned.labels(s.label).set(1)
+        logger.info("owner of the stream", extra={"stream": s.label, "epoch": checkpoints.epoch})
         try:
             await self.supervised(s)
         finally:
@@ -190,19 +190,19 @@ class Runner:
             except BusUnavailable as exc:
                 logger.warning(
                     "bus unavailable; restarting the stream",
-                    extra={"stream": s.name, "error": str(exc)},
+                    extra={"stream": s.label, "error": str(exc)},
                 )
                 await asyncio.sleep(1.0)
             except OSError as exc:
                 if not is_disk_full(exc):
                     logger.exception(
-                        "stream loader failed; restarting it", extra={"stream": s.name}
+                        "stream loader failed; restarting it", extra={"stream": s.label}
                     )
                     await asyncio.sleep(1.0)
                 else:
-                    await self.space.wait(s.name, "recover", exc)
+                    await self.space.wait(s.label, "recover", exc)
             except Exception:
-                logger.exception("stream loader failed; restarting it", extra={"stream": s.name})
+                logger.exception("stream loader failed; restarting it", extra={"stream": s.label})
                 await asyncio.sleep(1.0)
             s.loader = s.loader.fresh()
 
@@ -214,8 +214,8 @@ class Runner:
         await self._drop_stale(s, durable)
         stop = threading.Event()
         compactor = asyncio.create_task(
-            self.compactor.run(s.name, lambda: s.loader, stop), name=f"{s.name}-compact"
-        )
+            self.compactor.run(s.label, lambda: s.loader, stop), name=f"{s.label}-compact"
+        )  # (of a partitioned type, only partition 0's merges: compact.compacts)
         try:
             await self._loop(s, reader)
         finally:
@@ -228,9 +228,9 @@ class Runner:
                 await _whole(partial(_flush_on_stop, s))
 
     async def _loop(self, s: Stream, reader: StreamReader) -> None:
-        lag = self.metrics.lag.labels(s.name)
-        open_buckets = self.metrics.open.labels(s.name)
-        pending = self.metrics.pending.labels(s.name)
+        lag = self.metrics.lag.labels(s.label)
+        open_buckets = self.metrics.open.labels(s.label)
+        pending = self.metrics.pending.labels(s.label)
         retained_at = -RETAIN_EVERY_S
         expire_at = 0.0
         while True:
@@ -270,12 +270,12 @@ class Runner:
             dropped = await drop_stale_consumers(self.js, s.stream, durable)
         except (BusUnavailable, BusError) as exc:
             logger.warning(
-                "could not drop stale consumers", extra={"stream": s.name, "error": str(exc)}
+                "could not drop stale consumers", extra={"stream": s.label, "error": str(exc)}
             )
             return
         if dropped:
             logger.info(
-                "dropped earlier owners' consumers", extra={"stream": s.name, "dropped": dropped}
+                "dropped earlier owners' consumers", extra={"stream": s.label, "dropped": dropped}
             )
 
     async def _retain(self, s: Stream) -> None:
@@ -292,21 +292,27 @@ class Runner:
                 now=time.time(),
             )
         except (BusUnavailable, BusError) as exc:
-            logger.warning("retention round failed", extra={"stream": s.name, "error": str(exc)})
+            logger.warning("retention round failed", extra={"stream": s.label, "error": str(exc)})
             return
-        observe_retention(self.metrics, s.name, kept, committed)
+        observe_retention(self.metrics, s.label, kept, committed)
 
     def _expire(self, s: Stream) -> None:
         """Lake retention for one stream (in a worker thread: it removes folders)."""
         loader = s.loader
         if loader.closes and loader.state.next_close is None:
             return  # nothing closed yet: nothing may go
+        if loader.partition.index not in (None, 0):
+            return  # a partitioned type's buckets: partition 0's loader expires them
+        # A partition closed them: the ones still waiting for others are not closed.
+        closed = loader.state.next_close
+        if closed is not None and loader.state.sealing:
+            closed = min(closed, *loader.state.sealing)
         expire_buckets(
             loader.lake,
             s.name,
             loader.width,
             days=self.settings.lake_retention_days,
-            closed_before=loader.state.next_close if loader.closes else None,
+            closed_before=closed,
             # The audit may still read the bucket's tallies from the bus this long.
             keep_records_s=max(self.settings.replay_window_s, self.settings.stream_max_age_s)
             + 2 * DAY,
@@ -322,10 +328,10 @@ def _flush_on_stop(s: Stream) -> None:
         logger.warning(
             "could not flush on stop; the messages after the checkpoint are read again "
             "at the next start",
-            extra={"stream": s.name, "error": str(exc)},
+            extra={"stream": s.label, "error": str(exc)},
         )
     else:
-        logger.info("flushed on stop", extra={"stream": s.name})
+        logger.info("flushed on stop", extra={"stream": s.label})
 
 
 async def run_loader(settings: Settings) -> None:
@@ -351,6 +357,7 @@ async def run_loader(settings: Settings) -> None:
     url = resolve_bus_url(settings)
     nc = await jetstream.connect(url, name="hourglass-loader")
     js = nc.jetstream(timeout=10)
+    await check_partitions(js, settings, streams)
     await wait_for_streams(js, [s.stream for s in streams])
     ownership = Ownership(
         js,
@@ -359,13 +366,13 @@ async def run_loader(settings: Settings) -> None:
         connected=lambda: nc.is_connected,
     )
     await ownership.open()
-    await _check_lake(ownership, settings, streams)
+    await check_lake(ownership, settings, streams)
     runner = Runner(js, LeaseView(js), ownership, settings, metrics, space)
     tasks = [
         asyncio.create_task(runner.leases.run(), name="leases"),
         asyncio.create_task(announce(ownership, runner.owns), name="announce"),
     ]
-    tasks += [asyncio.create_task(runner.owned(s), name=s.name) for s in streams]
+    tasks += [asyncio.create_task(runner.owned(s), name=s.label) for s in streams]
     logger.info(
         "loader running",
         extra={"streams": len(streams), "bus": url, "lake": str(settings.lake_path)},
@@ -391,20 +398,6 @@ async def run_loader(settings: Settings) -> None:
             os._exit(1)
         await ownership.leave()
         await nc.close()
-
-
-async def _check_lake(ownership: Ownership, settings: Settings, streams: list[Stream]) -> None:
-    """Refuse to start as the standby of a loader that writes to another lake: it
-    would take over into a lake of its own, splitting every stream in two."""
-    lake = str(settings.lake_path.resolve())
-    for s in streams:
-        record, _ = await read_record(ownership.js, s.stream, ownership.records)
-        if record is not None and record.lake != lake:
-            raise ConfigError(
-                f"stream {s.stream} is loaded into {record.lake} (by {record.owner}), "
-                f"this loader writes to {lake}: every loader of a bus must share its lake "
-                "(the same data_dir, on a filesystem they all mount)"
-            )
 
 
 async def _stop_all(tasks: list[asyncio.Task[None]]) -> bool:

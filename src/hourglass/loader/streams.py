@@ -1,4 +1,6 @@
-"""The streams one loader loads: one per event type, and the failed-events stream."""
+"""The streams one loader loads: one per event type (or per partition of a
+partitioned type, ``bus/jetstream.py``), and the failed-events stream; and the
+checks, at start, that refuse a bus or lake laid out for other settings."""
 
 from __future__ import annotations
 
@@ -6,10 +8,16 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from nats.js import JetStreamContext
+
 from hourglass.bus import jetstream
+from hourglass.bus.ownership import Ownership, read_record
 from hourglass.config import Settings, bucket_seconds
+from hourglass.exceptions import ConfigError
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
+from hourglass.lake.layout import Partition
+from hourglass.loader import close
 from hourglass.loader.metrics import LoaderMetrics, StreamMetrics
 from hourglass.loader.owner import Unclaimed
 from hourglass.loader.resources import dedup_share, pending_share
@@ -25,6 +33,12 @@ class Stream:
     loader: StreamLoader
     legacy: Path  # the checkpoint file an earlier version kept, imported once
     pending_max_bytes: int  # unflushed rows past this: flush now (``resources.py``)
+    # In metrics, logs and the loader's record: the type, or ``<type>/<p>`` for
+    # partition p of a partitioned type.
+    label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.name
 
 
 def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
@@ -32,36 +46,46 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
     registry = load_registry(settings)
     width = bucket_seconds(settings.bucket)
     lake = settings.lake_path
-    types = max(1, len(list(registry)))
-    memory, disk = dedup_budgets(settings, types)
-    pending = pending_share(settings.loader_memory_bytes, types)
+    counts = jetstream.partition_counts(settings, registry.type_names)
+    # Budgets are shared by streams: a loader may come to own every partition.
+    shares = max(1, sum(counts.values()))
+    memory, disk = dedup_budgets(settings, shares)
+    pending = pending_share(settings.loader_memory_bytes, shares)
     streams = []
     for schema in registry:
         fmt: RowFormat = LakeSchema(schema)
         name = schema.type_name
-        streams.append(
-            Stream(
-                name,
-                jetstream.stream_name(name),
-                jetstream.subject(name),
-                StreamLoader(
+        count = counts[name]
+        for index in jetstream.partitions(count):
+            partition = Partition(index, count)
+            label = name if index is None else f"{name}/{index}"
+            stream = jetstream.stream_name(name, index)
+            streams.append(
+                Stream(
                     name,
-                    fmt,
-                    lake=lake,
-                    checkpoints=Unclaimed(),
-                    quarantine=settings.quarantine_path(name),
-                    quarantine_max_bytes=settings.quarantine_max_bytes,
-                    width_s=width,
-                    window_s=settings.dedup_window_s,
-                    dedup_memory_bytes=memory,
-                    dedup_disk_bytes=disk,
-                    dedup_run_keys=settings.dedup_run_keys or None,
-                    observer=StreamMetrics(metrics, name),
-                ),
-                settings.checkpoint_path(name),
-                pending,
+                    stream,
+                    jetstream.subject(name, index),
+                    StreamLoader(
+                        name,
+                        fmt,
+                        lake=lake,
+                        checkpoints=Unclaimed(),
+                        quarantine=settings.quarantine_path(name if index is None else stream),
+                        quarantine_max_bytes=settings.quarantine_max_bytes,
+                        width_s=width,
+                        window_s=settings.dedup_window_s,
+                        dedup_memory_bytes=memory,
+                        dedup_disk_bytes=disk,
+                        dedup_run_keys=settings.dedup_run_keys or None,
+                        observer=StreamMetrics(metrics, label),
+                        partition=partition,
+                    ),
+                    # Partitioned types came after the file checkpoints: none to import.
+                    settings.checkpoint_path(name if index is None else stream),
+                    pending,
+                    label,
+                )
             )
-        )
     streams.append(
         Stream(
             FAILED_DIR,
@@ -95,3 +119,27 @@ def dedup_budgets(settings: Settings, types: int) -> tuple[int, int]:
         lake.mkdir(parents=True, exist_ok=True)
         disk = shutil.disk_usage(lake).free // 4
     return dedup_share(settings.loader_memory_bytes, types), disk // types
+
+
+async def check_partitions(js: JetStreamContext, settings: Settings, streams: list[Stream]) -> None:
+    """Refuse, before any stream loads (not a loop of failing restarts), partitions
+    other than those a type's streams or its lake folder have (``bus/jetstream.py``,
+    ``loader/close.py``): no waiting for streams no gateway will create."""
+    counts = {s.name: s.loader.partition.count for s in streams if s.name != FAILED_DIR}
+    for name, count in counts.items():
+        close.check_partitions(settings.lake_path, name, count)
+    jetstream.check_layout(await jetstream.stream_names(js), counts)
+
+
+async def check_lake(ownership: Ownership, settings: Settings, streams: list[Stream]) -> None:
+    """Refuse to start as the standby of a loader that writes to another lake: it
+    would take over into a lake of its own, splitting every stream in two."""
+    lake = str(settings.lake_path.resolve())
+    for s in streams:
+        record, _ = await read_record(ownership.js, s.stream, ownership.records)
+        if record is not None and record.lake != lake:
+            raise ConfigError(
+                f"stream {s.stream} is loaded into {record.lake} (by {record.owner}), "
+                f"this loader writes to {lake}: every loader of a bus must share its lake "
+                "(the same data_dir, on a filesystem they all mount)"
+            )

@@ -1,0 +1,175 @@
+"""A partitioned type end to end: real nats-server, gateway, loader, audit.
+
+The type's events go to 4 streams by ``(source, id)`` (``bus/jetstream.py``),
+each loaded by its own stream loader into the type's one lake folder; a bucket
+gets one manifest once every partition has closed it (``loader/close.py``).
+The lake is read back with pyarrow and DuckDB, and ``hourglass audit`` counts
+what the gateway published to the four streams.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+import pytest
+
+from hourglass.bus.jetstream import PARTITIONS_KEY, partition_of, stream_name
+from hourglass.config import settings_env
+from hourglass.lake.layout import PARTITIONS, part_partition, record_name
+from tests.chaos.conftest import (
+    SKIPPED,
+    assert_all_manifests_match,
+    assert_exactly_once,
+    away_from_minute_edge,
+    folder_of,
+    keys_of_events,
+    lake_keys,
+    lake_keys_duckdb,
+    manifest_at,
+    minute_start,
+    wait_until,
+)
+from tests.integration.conftest import StartGateway, StartLoader, base_settings
+from tests.integration.support import (
+    LoaderProcess,
+    NatsServer,
+    gateway_refuses,
+    post,
+    read_stream,
+    skipped,
+)
+
+pytestmark = pytest.mark.timeout(180)  # waits for the minute its events are in to close
+
+P = 4
+FAST: dict[str, Any] = {
+    "bucket": "1m",
+    "marker_interval_s": 0.5,
+    "lease_ttl_s": 3.0,
+    "flush_interval_s": 0.5,
+    "loader_lease_ttl_s": 3.0,
+    "type_partitions": {SKIPPED: P},
+}
+
+
+def stream_metadata(url: str, name: str) -> dict[str, str]:
+    async def run() -> dict[str, str]:
+        nc = await nats.connect(url)
+        try:
+            info = await nc.jetstream().stream_info(name)
+            return dict(info.config.metadata or {})
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def owned(loader: LoaderProcess) -> int:
+    """Partitions of the type this loader process claimed, from its log."""
+    return sum(
+        1
+        for line in loader.log_path.read_text().splitlines()
+        if "owner of the stream" in line and f"stream={SKIPPED}/" in line
+    )
+
+
+def test_a_partitioned_type_lands_once_and_each_bucket_closes_once(
+    start_gateway: StartGateway,
+    start_loader: StartLoader,
+    nats_server: NatsServer,
+    tmp_path: Path,
+) -> None:
+    """Two loaders share the four partitions; the one that owns most is killed
+    (-9) while events keep coming, and the other takes its partitions over."""
+    away_from_minute_edge(margin=25)
+    gw = start_gateway(**FAST)
+    batches = [[skipped(source=f"/p/{i % 3}") for _ in range(200)] for i in range(8)]
+    started = time.time()
+    for batch in [*batches[:3], batches[1]]:  # the second one twice: a client's retry
+        r = post(gw.base, batch)
+        assert r.status_code == 200, r.text
+
+    # On the bus: each event in the partition its (source, id) names, and only there.
+    seen: Counter[tuple[str, str]] = Counter()
+    for p in range(P):
+        records = read_stream(nats_server.url, stream_name(SKIPPED, p))
+        assert records, f"partition {p} got nothing"
+        assert {partition_of(r["source"], r["id"], P) for r in records} == {p}
+        seen.update((r["source"], r["id"]) for r in records)
+        metadata = stream_metadata(nats_server.url, stream_name(SKIPPED, p))
+        assert metadata[PARTITIONS_KEY] == str(P)
+    assert seen == Counter(keys_of_events([e for b in batches[:3] for e in b] + batches[1]))
+
+    loaders = [start_loader(**FAST), start_loader(**FAST)]
+    wait_until(lambda: sum(map(owned, loaders)) >= P, 30, "every partition owned")
+    victim, survivor = sorted(loaders, key=owned, reverse=True)
+    for batch in batches[3:5]:
+        assert post(gw.base, batch).status_code == 200
+    victim.kill()
+    for batch in batches[5:]:
+        assert post(gw.base, batch).status_code == 200
+        time.sleep(0.5)
+    wait_until(lambda: owned(survivor) >= P, 30, "the survivor owns every partition")
+    assert "took the stream over" in survivor.log_path.read_text()
+    sent = [e for b in batches for e in b]
+    lake = survivor.lake
+    gw.stop()  # no gateway alive: the minute closes once it has ended and is drained
+    start = minute_start(started)
+    folder = folder_of(lake, SKIPPED, start)
+    manifest = wait_until(lambda: manifest_at(folder), 90, "the minute's manifest")
+    assert manifest.count == len(sent) and manifest.partitions == P
+    assert manifest.duplicates_dropped == len(batches[1])
+    assert {part_partition(f.name) for f in manifest.files} == set(range(P))
+    assert all((folder / record_name(p)).exists() for p in range(P))
+    agreed = msgspec.json.decode((lake / SKIPPED / PARTITIONS).read_bytes())
+    assert agreed["partitions"] == P
+    assert_all_manifests_match(lake)
+    assert_exactly_once(lake_keys(lake, SKIPPED), keys_of_events(sent))
+    assert_exactly_once(lake_keys_duckdb(lake, SKIPPED), keys_of_events(sent))
+
+    audit = subprocess.run(
+        [sys.executable, "-m", "hourglass", "audit", "--type", SKIPPED],
+        env={**os.environ, **settings_env(survivor.settings)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert f"{len(sent) + len(batches[1])}" in audit.stdout, audit.stdout  # published, summed
+
+    # The type has 4 streams now: 2 is refused, by a gateway and by a loader.
+    other = base_settings(nats_server, tmp_path, **{**FAST, "type_partitions": {SKIPPED: 2}})
+    assert "cannot change" in gateway_refuses(other)
+    survivor.stop()
+    refused = subprocess.run(
+        [sys.executable, "-m", "hourglass", "loader"],
+        env={**os.environ, **settings_env(other)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert refused.returncode != 0 and "cannot change" in refused.stderr, refused.stderr
+    assert "Traceback" not in refused.stderr
+
+
+def test_a_type_of_one_partition_keeps_its_stream_and_refuses_more(
+    start_gateway: StartGateway, nats_server: NatsServer, tmp_path: Path
+) -> None:
+    gw = start_gateway(bucket="1m")
+    assert post(gw.base, [skipped()]).status_code == 200
+    gw.stop()
+    assert read_stream(nats_server.url, stream_name(SKIPPED)), "HG_<type>, as before"
+    more = base_settings(nats_server, tmp_path, bucket="1m", type_partitions={SKIPPED: P})
+    message = gateway_refuses(more)
+    assert f"{SKIPPED} has 1 partition(s) on the bus" in message and "cannot change" in message
