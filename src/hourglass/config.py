@@ -77,6 +77,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # A loader owns a stream while it renews this lease; a standby takes the
     # stream over this long (plus a second) after its owner stopped renewing.
     loader_lease_ttl_s: float = 10.0
+    # Loaders of one bus share its streams, each at most ceil(streams / loaders),
+    # handing streams over as loaders join (loader/owner.py).  False: a loader
+    # takes every free stream, so the first owns all and the others are its
+    # hot standbys (active-passive).
+    loader_balance: bool = True
     flush_interval_s: float = 2.0  # events are queryable in the lake within about this
     dedup_window_s: int = 24 * 3600
     # The loader's memory (its RSS, loader/resources.py): half of it is the dedup

@@ -23,10 +23,13 @@ import nats
 import pytest
 
 from hourglass.bus.jetstream import PARTITIONS_KEY, partition_of, stream_name
+from hourglass.bus.ownership import read_loaders
 from hourglass.config import settings_env
 from hourglass.lake.layout import PARTITIONS, part_partition, record_name
 from tests.chaos.conftest import (
+    REGISTRY,
     SKIPPED,
+    Sender,
     assert_all_manifests_match,
     assert_exactly_once,
     away_from_minute_edge,
@@ -36,6 +39,7 @@ from tests.chaos.conftest import (
     lake_keys_duckdb,
     manifest_at,
     minute_start,
+    tmp_files,
     wait_until,
 )
 from tests.integration.conftest import StartGateway, StartLoader, base_settings
@@ -173,3 +177,65 @@ def test_a_type_of_one_partition_keeps_its_stream_and_refuses_more(
     more = base_settings(nats_server, tmp_path, bucket="1m", type_partitions={SKIPPED: P})
     message = gateway_refuses(more)
     assert f"{SKIPPED} has 1 partition(s) on the bus" in message and "cannot change" in message
+
+
+def shares(url: str) -> dict[str, list[str]]:
+    """What each live loader says it owns (its ``member.<loader>`` record)."""
+
+    async def run() -> dict[str, list[str]]:
+        nc = await nats.connect(url)
+        try:
+            _, members = await read_loaders(nc.jetstream())
+            return {m.loader: sorted(m.owns) for m in members}
+        finally:
+            await nc.close()
+
+    return asyncio.run(run())
+
+
+def test_loaders_share_the_streams_and_hand_them_over_as_the_group_changes(
+    start_gateway: StartGateway, start_loader: StartLoader, nats_server: NatsServer
+) -> None:
+    """One loader, then two, then three, then two again, while events flow: each
+    owns at most ceil(streams / loaders), every stream has an owner, and every
+    acknowledged event is in the lake once."""
+    streams = len(REGISTRY) - 1 + P + 1  # the other types, SKIPPED's partitions, _failed
+    url = nats_server.url
+    gw = start_gateway(**FAST)
+    sender = Sender(gw.base, make=lambda: skipped(source="/group"))
+    sender.start()
+
+    def balanced(loaders: int) -> bool:
+        owned = shares(url)
+        counts = sorted(len(v) for v in owned.values())
+        every = sorted(s for v in owned.values() for s in v)
+        share = -(-streams // loaders)
+        return (
+            len(owned) == loaders
+            and len(every) == streams == len(set(every))
+            and max(counts) <= share
+        )
+
+    try:
+        first = start_loader(**FAST)
+        wait_until(lambda: balanced(1), 30, "one loader owning every stream")
+        sender.wait_for(500)
+        second = start_loader(**FAST)
+        wait_until(lambda: balanced(2), 30, "two loaders sharing the streams")
+        assert "handing the stream over" in first.log_tail()
+        third = start_loader(**FAST)
+        wait_until(lambda: balanced(3), 30, "three loaders sharing the streams")
+        sender.wait_for(len(sender.acked) + 500)
+        second.stop()  # a clean stop: its streams are taken by the two left
+        wait_until(lambda: balanced(2), 30, "two loaders again")
+        sender.wait_for(len(sender.acked) + 500)
+    finally:
+        acked = sender.finish()
+    lake = first.lake
+    wait_until(lambda: set(lake_keys(lake, SKIPPED)) >= set(acked), 30, "every event loaded")
+    first.stop()
+    third.stop()
+    assert_exactly_once(lake_keys(lake, SKIPPED), acked, maybe=sender.unanswered)
+    assert_exactly_once(lake_keys_duckdb(lake, SKIPPED), acked, maybe=sender.unanswered)
+    assert_all_manifests_match(lake)
+    assert tmp_files(lake) == [], "a clean hand-over leaves nothing staged"

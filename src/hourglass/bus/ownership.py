@@ -223,6 +223,11 @@ class Ownership:
         with map_nats_errors("announce the loader"):
             await self.leases.put(f"member.{self.me.loader}", msgspec.json.encode(self.me))
 
+    async def members(self) -> int:
+        """How many loaders are live now (their ``member.<loader>`` keys), at least 1."""
+        keys = [k for k in await list_keys(self.js, LOADER_BUCKET) if k.startswith("member.")]
+        return max(1, len(await read_entries(self.leases, keys)))
+
     async def leave(self) -> None:
         """A clean stop: remove ``member.<loader>`` now rather than at its expiry,
         so that ``hourglass status`` does not list a stopped loader as a standby."""

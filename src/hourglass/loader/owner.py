@@ -10,6 +10,16 @@ from what it says.
 :func:`hold` runs one stream's work while renewing its lease, and stops the work
 when the lease is lost.  The work's saves are fenced anyway; stopping it early
 only saves a fenced loader the effort of work it cannot commit.
+
+**A fair share** (:class:`Group`): every loader of a bus loads at most
+``ceil(streams / live loaders)`` streams.  Below it, a loader takes any stream
+whose lease is free (a dead owner's, one handed over); at it, it takes none;
+above it (a loader joined), it hands over one stream per lease renewal, the
+last of its streams by name, as a clean stop does: its work stops and flushes,
+then the lease is released, and a loader below its share takes it within a
+second.  Nothing coordinates this but the leases and each loader's count of
+live members, so no two loaders need agree at the same moment: a stream is
+only ever taken through its lease, whatever either believes.
 """
 
 from __future__ import annotations
@@ -19,6 +29,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +47,28 @@ logger = log.get("hourglass.loader")
 
 SAVE_TIMEOUT_S = 10.0  # the bus's own request timeout is as long
 STANDBY_POLL_S = 1.0  # a standby tries to take its stream's lease this often
+
+
+class Group:
+    """This loader's view of its group: the streams it could load, the live
+    loaders (``members``, read at every announcement), the streams it owns."""
+
+    def __init__(self, streams: int, *, balance: bool = True) -> None:
+        self.streams = streams
+        self.balance = balance  # False: every stream is this loader's share
+        self.members = 1
+        self.owns: set[str] = set()
+
+    @property
+    def share(self) -> int:
+        return -(-self.streams // max(1, self.members if self.balance else 1))
+
+    def may_take(self, name: str) -> bool:
+        return name in self.owns or len(self.owns) < self.share
+
+    def should_hand_over(self, name: str) -> bool:
+        """One stream at a time: the last by name, while more than the share."""
+        return len(self.owns) > self.share and name == max(self.owns)
 
 
 class KvCheckpoints:
@@ -117,11 +150,17 @@ class KvCheckpoints:
             ) from exc
 
 
-async def hold(ownership: Ownership, held: Held, work: Coroutine[Any, Any, None]) -> bool:
+async def hold(
+    ownership: Ownership,
+    held: Held,
+    work: Coroutine[Any, Any, None],
+    hand_over: Callable[[], bool] = lambda: False,
+) -> bool:
     """Run ``work`` while renewing ``held``; True if it ended because the lease was lost.
 
-    Cancelled (the loader stops), it cancels ``work`` and waits for it to end
-    (its stop-time flush) before giving the lease up for a standby to take.
+    Cancelled (the loader stops), or ``hand_over()`` at a renewal (more than a
+    fair share), it cancels ``work`` and waits for it to end (its stop-time
+    flush) before giving the lease up for another loader to take.
     """
     task = asyncio.ensure_future(work)
     lost = False
@@ -139,6 +178,12 @@ async def hold(ownership: Ownership, held: Held, work: Coroutine[Any, Any, None]
                     extra={"stream": held.stream},
                 )
                 return True
+            if hand_over():
+                logger.info(
+                    "handing the stream over: this loader has more than its share",
+                    extra={"stream": held.stream},
+                )
+                return False
     finally:
         try:
             await finish(task)
@@ -195,15 +240,26 @@ async def own(
     stream: str,
     name: str,
     metrics: LoaderMetrics,
-    owns: set[str],
+    group: Group,
     load: Callable[[], Coroutine[Any, Any, None]],
     idle: Callable[[], Coroutine[Any, Any, None]],
 ) -> None:
     """Run ``load()`` (claim the stream, load it) while this loader holds ``stream``'s
-    lease; while another loader holds it, stand by: ``idle()`` (keep warm), and try
-    again every second."""
+    lease; while another loader holds it, or this one has its share (``Group``),
+    stand by: ``idle()`` (keep warm), and try again every second."""
     standby_since: float | None = None
+    owns = group.owns
     while True:
+        if not group.may_take(name):
+            if standby_since is None:
+                standby_since = time.monotonic()
+                logger.info(
+                    "standby: this loader has its share of streams",
+                    extra={"stream": name, "share": group.share, "members": group.members},
+                )
+            await idle()
+            await asyncio.sleep(STANDBY_POLL_S)
+            continue
         try:
             held = await ownership.try_acquire(stream)
         except (BusUnavailable, BusError) as exc:
@@ -224,7 +280,7 @@ async def own(
             standby_since = None
         owns.add(name)
         try:
-            if await hold(ownership, held, load()):
+            if await hold(ownership, held, load(), partial(group.should_hand_over, name)):
                 metrics.fenced.labels(name).inc()
         except Fenced as exc:
             metrics.fenced.labels(name).inc()
@@ -250,11 +306,19 @@ async def _say_standby(ownership: Ownership, stream: str, name: str) -> None:
     )
 
 
-async def announce(ownership: Ownership, owns: set[str]) -> None:
-    """Say, every third of a lease TTL, that this loader is alive and what it owns."""
+async def announce(ownership: Ownership, group: Group) -> None:
+    """Say, every third of a lease TTL, that this loader is alive and what it owns;
+    count the live loaders (the group's share follows)."""
     while True:
         try:
-            await ownership.announce(sorted(owns))
+            await ownership.announce(sorted(group.owns))
+            members = await ownership.members()
+            if members != group.members:
+                logger.info(
+                    "loaders in the group",
+                    extra={"members": members, "streams": group.streams},
+                )
+            group.members = members
         except (BusUnavailable, BusError) as exc:
             logger.warning("could not announce the loader", extra={"error": str(exc)})
         await asyncio.sleep(ownership.ttl_s / 3)

@@ -2,12 +2,14 @@
 
 Streams are independent: a slow or broken type delays only itself.  A loader
 loads a stream only while it holds the stream's lease (``bus/ownership.py``);
-every loader started on the same bus is the standby of the streams another
-owns, and takes each over within a lease TTL (plus a second) of its owner's
-death.  Its saves are fenced: once a standby has claimed a stream, nothing the
-old owner writes becomes visible (``loader/staging.py``).  The heavy
-work of a stream (Arrow conversion, Parquet, fsync) runs in a worker thread so
-the event loop keeps the bus connection alive and the other streams moving.
+the loaders started on one bus share the streams, each at most its fair share
+(``owner.Group``: a joining loader gets streams handed over), and each is the
+standby of the streams others own, taking them over within a lease TTL (plus a
+second) of their owner's death.  Its saves are fenced: once a standby has
+claimed a stream, nothing the old owner writes becomes visible
+(``loader/staging.py``).  The heavy work of a stream (Arrow conversion,
+Parquet, fsync) runs in a worker thread so the event loop keeps the bus
+connection alive and the other streams moving.
 
 A full lake filesystem (ENOSPC, EDQUOT) pauses instead of crashing: the write
 that failed (process's quarantine, flush, close) left nothing behind (see
@@ -53,7 +55,7 @@ from hourglass.loader.metrics import (
     is_disk_full,
     observe_retention,
 )
-from hourglass.loader.owner import KvCheckpoints, Unclaimed, announce, own
+from hourglass.loader.owner import Group, KvCheckpoints, Unclaimed, announce, own
 from hourglass.loader.resources import limit_malloc_arenas, yield_cpu
 from hourglass.loader.streams import Stream, build_streams, check_lake, check_partitions
 
@@ -132,7 +134,7 @@ class Runner:
     settings: Settings
     metrics: LoaderMetrics
     space: LakeSpace
-    owns: set[str] = field(default_factory=set)
+    group: Group = field(default_factory=lambda: Group(0))
     compactor: Compactor = field(init=False)
 
     def __post_init__(self) -> None:
@@ -145,7 +147,7 @@ class Runner:
             s.stream,
             s.label,
             self.metrics,
-            self.owns,
+            self.group,
             partial(self._claimed, s),
             partial(self._standby, s),
         )
@@ -367,10 +369,16 @@ async def run_loader(settings: Settings) -> None:
     )
     await ownership.open()
     await check_lake(ownership, settings, streams)
-    runner = Runner(js, LeaseView(js), ownership, settings, metrics, space)
+    group = Group(len(streams), balance=settings.loader_balance)
+    try:  # the group as it is before taking any stream: a joining loader takes its share
+        await ownership.announce([])
+        group.members = await ownership.members()
+    except (BusUnavailable, BusError) as exc:
+        logger.warning("could not count the loaders", extra={"error": str(exc)})
+    runner = Runner(js, LeaseView(js), ownership, settings, metrics, space, group)
     tasks = [
         asyncio.create_task(runner.leases.run(), name="leases"),
-        asyncio.create_task(announce(ownership, runner.owns), name="announce"),
+        asyncio.create_task(announce(ownership, group), name="announce"),
     ]
     tasks += [asyncio.create_task(runner.owned(s), name=s.label) for s in streams]
     logger.info(

@@ -61,6 +61,8 @@ class Pipeline:
         )
         if self.loader_nice is not None:
             self.settings = msgspec.structs.replace(self.settings, loader_nice=self.loader_nice)
+        if self.standby:  # active-passive: the second loader owns nothing until a takeover
+            self.settings = msgspec.structs.replace(self.settings, loader_balance=False)
         self.settings.validate()
 
     @property
