@@ -90,8 +90,11 @@ def test_node_kills_and_an_owner_kill_on_a_cluster_lake_exactly_once(
             node.kill()
             time.sleep(rng.uniform(1.0, 4.0))
             if round_ == 1:  # the owner dies while the cluster is one node short
-                old = owner_pid(cluster.url)
-                assert old in loaders
+                old = wait_until(  # (between the two steps of a hand-over, nobody owns it)
+                    lambda: pid if (pid := owner_pid(cluster.url)) in loaders else None,
+                    30,
+                    "an owner",
+                )
                 epoch, _ = record_of(cluster.url)
                 loaders.pop(old).kill()
                 wait_until(
