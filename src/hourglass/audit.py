@@ -208,7 +208,7 @@ async def _closed_before(
         stream = jetstream.stream_name(name, partition)
         legacy = settings.checkpoint_path(name if partition is None else stream)
         state = await read_checkpoint(js, stream, legacy)
-        closed.append(min([state.next_close or 0, *state.sealing]))
+        closed.append(min(state.next_close or 0, state.unsealed or state.next_close or 0))
     return min(closed)
 
 

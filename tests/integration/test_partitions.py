@@ -22,7 +22,7 @@ import msgspec
 import nats
 import pytest
 
-from hourglass.bus.jetstream import PARTITIONS_KEY, partition_of, stream_name
+from hourglass.bus.jetstream import PARTITIONS_KEY, first_stored, partition_of, stream_name
 from hourglass.bus.ownership import read_loaders
 from hourglass.config import settings_env
 from hourglass.lake.layout import PARTITIONS, part_partition, record_name
@@ -239,3 +239,30 @@ def test_loaders_share_the_streams_and_hand_them_over_as_the_group_changes(
     assert_exactly_once(lake_keys_duckdb(lake, SKIPPED), acked, maybe=sender.unanswered)
     assert_all_manifests_match(lake)
     assert tmp_files(lake) == [], "a clean hand-over leaves nothing staged"
+
+
+def test_the_first_stored_message_bounds_every_partition_s_first_bucket(
+    start_gateway: StartGateway, nats_server: NatsServer
+) -> None:
+    """``first_stored`` (the loader's hint for where partitions start closing):
+    the time of the oldest message over the type's partition streams, as the
+    bus stored it."""
+    started = time.time()
+    gw = start_gateway(**FAST)
+    gw.stop()  # streams exist; no markers from here on
+
+    async def first() -> float | None:
+        nc = await nats.connect(nats_server.url)
+        try:
+            names = [stream_name(SKIPPED, p) for p in range(P)]
+            return await first_stored(nc.jetstream(), names)
+        finally:
+            await nc.close()
+
+    assert asyncio.run(first()) is not None, "the stopped gateway's last markers"
+    before = time.time()
+    gw2 = start_gateway(**FAST)
+    assert post(gw2.base, [skipped()]).status_code == 200
+    gw2.stop()
+    found = asyncio.run(first())
+    assert found is not None and started - 1 < found < before, "the oldest, not the newest"

@@ -247,6 +247,27 @@ async def stream_names(js: JetStreamContext) -> list[str]:
     return names
 
 
+async def first_stored(js: JetStreamContext, streams: Iterable[str]) -> float | None:
+    """When the oldest message of any of ``streams`` was stored (epoch s, the
+    server's clock); None if all are empty.  Every event in them was stamped
+    (``received_at``) no more than a publish timeout before it was stored."""
+    first: float | None = None
+    try:
+        for name in streams:
+            info = await js.stream_info(name)
+            if not info.state.messages:
+                continue
+            msg = await js.get_msg(name, seq=info.state.first_seq, next=True)
+            if msg.time is not None:
+                t = msg.time.timestamp()
+                first = t if first is None else min(first, t)
+    except nats.js.errors.APIError as exc:
+        raise BusError(f"reading the first messages: {exc.description or exc}") from exc
+    except (nats.errors.TimeoutError, nats.errors.NoRespondersError) as exc:
+        raise BusUnavailable(f"reading the first messages: no answer ({exc!r})") from exc
+    return first
+
+
 def stream_of_subject(subject_: str) -> str:
     """The stream a publish subject belongs to (the layout above: a type's name
     never has a token of digits alone, a partition's number is one)."""

@@ -28,16 +28,17 @@ earlier version, which saved after renaming) is seen and kept
 layout.py``) closes a bucket once *every* partition has, by its own markers:
 
 1. partition ``p`` closes it as above, with its record ``_partition-<p>.json``
-   (a manifest of its own files) instead of ``_SUCCESS.json``, and its
-   checkpoint keeps the bucket in ``sealing``;
-2. :func:`seal`, at that close and at every later round while the bucket is in
-   ``sealing``: if ``_SUCCESS.json`` is there, the bucket is done and leaves
-   ``sealing``; else if every partition's record is there, the manifest made
-   from them is created once (:func:`hourglass.durable.create_once`: a hard
-   link that fails if the file exists).
+   (a manifest of its own files) instead of ``_SUCCESS.json``; its checkpoint's
+   ``unsealed`` is the first bucket it closed that has no manifest yet;
+2. :func:`seal`, at that close and at every later round, from ``unsealed`` on:
+   if ``_SUCCESS.json`` is there (or lake retention deleted the bucket), the
+   bucket is done and ``unsealed`` moves past it; else if every partition's
+   record is there, the manifest made from them is created once
+   (:func:`hourglass.durable.create_once`: a hard link that fails if the file
+   exists).
 
 So whichever partition closes last writes the manifest, and if it dies first,
-the next owner of any partition still sealing writes it: records are published
+the next owner of any partition still waiting writes it: records are published
 only after the checkpoint that commits them, so the manifest made from them is
 the same whoever makes it (a fenced loader too), and only the first stays.
 Partitions agree on the first bucket they close (``_partitions.json`` of the
@@ -67,7 +68,7 @@ from hourglass.lake.layout import (
     bucket_dir,
     record_name,
 )
-from hourglass.lake.manifest import Manifest, files_of, manifest_bytes, read_manifest
+from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
 from hourglass.loader.staging import (
     publish,
     stage,
@@ -173,7 +174,7 @@ def close_bucket(
     """Close the bucket at ``state.next_close``: its manifest staged, the checkpoint
     that moves past it saved, the manifest published (``staging.py``).  For a
     partition of a partitioned type the manifest is its record, and the bucket
-    joins ``sealing`` (the module docstring); the caller seals it.
+    waits in ``unsealed`` (the module docstring); the caller seals it.
 
     Returns the manifest (the one found, if the bucket has one already) and the
     checkpoint now saved; ``state`` itself is not changed, so a failed write
@@ -216,8 +217,8 @@ def close_bucket(
     closed = copy_state(state)
     closed.buckets.pop(start, None)
     closed.next_close = end
-    if partition.index is not None:
-        closed.sealing = sorted({*closed.sealing, start})
+    if partition.index is not None and closed.unsealed is None:
+        closed.unsealed = start
     checkpoints.save(Saved(state=closed, staged=staged, dedup=dedup))
     crashpoint("loader.after_close_checkpoint")
     publish(lake, staged)
@@ -237,21 +238,26 @@ def close_bucket(
 
 def seal(
     lake: Path, name: str, width: int, partition: Partition, start: int, epoch: int, now: float
-) -> Manifest | None:
-    """A partitioned type's bucket: its manifest if it has one now (written here
-    if every partition's record is there), else None (a partition has not closed
-    it yet).  Safe to call from any partition, any number of times, at once."""
+) -> bool:
+    """Whether a partitioned type's bucket is done: it has its manifest now
+    (written here if every partition's record is there), or lake retention
+    deleted it.  False: a partition has not closed it yet.  Safe to call from
+    any partition, any number of times, at once."""
     assert partition.index is not None
     begin = dt.datetime.fromtimestamp(start, dt.UTC)
     folder = bucket_dir(lake, name, begin, width)
-    found = read_manifest(folder)
-    if found is not None:
-        return found
+    if (folder / SUCCESS).exists():
+        return True
+    if not folder.exists():
+        # This partition's record was staged in it when it closed the bucket, so
+        # the folder is gone only if lake retention deleted it (sealed, and
+        # expired while this partition was away).
+        return True
     records = []
     for p in range(partition.count):
         path = folder / record_name(p)
         if not path.exists():
-            return None
+            return False
         records.append(msgspec.json.decode(path.read_bytes(), type=Manifest))
     end = start + width
     manifest = Manifest(
@@ -280,8 +286,7 @@ def seal(
                 "sealed_by": partition.index,
             },
         )
-        return manifest
-    return read_manifest(folder)
+    return True
 
 
 class Partitions(msgspec.Struct):

@@ -142,6 +142,13 @@ class LoaderMetrics:
         self.open = Gauge(
             "hourglass_loader_buckets_open", "Buckets with pending rows.", ["stream"], registry=r
         )
+        self.unsealed = Gauge(
+            "hourglass_loader_buckets_unsealed",
+            "A partition's closed buckets waiting for another partition to close them "
+            "before they get their manifest (grows while a partition is down or behind).",
+            ["stream"],
+            registry=r,
+        )
         self.quarantine_bytes = Gauge(
             "hourglass_loader_quarantine_bytes",
             "Bytes in the stream's quarantine folder, at its last write (quarantine_max_bytes).",

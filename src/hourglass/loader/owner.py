@@ -58,13 +58,14 @@ class Group:
         self.balance = balance  # False: every stream is this loader's share
         self.members = 1
         self.owns: set[str] = set()
+        self.taking = 0  # leases being asked for right now (counted in the share)
 
     @property
     def share(self) -> int:
         return -(-self.streams // max(1, self.members if self.balance else 1))
 
     def may_take(self, name: str) -> bool:
-        return name in self.owns or len(self.owns) < self.share
+        return name in self.owns or len(self.owns) + self.taking < self.share
 
     def should_hand_over(self, name: str) -> bool:
         """One stream at a time: the last by name, while more than the share."""
@@ -260,10 +261,8 @@ async def own(
             await idle()
             await asyncio.sleep(STANDBY_POLL_S)
             continue
-        try:
-            held = await ownership.try_acquire(stream)
-        except (BusUnavailable, BusError) as exc:
-            logger.warning("lease unknown", extra={"stream": name, "error": str(exc)})
+        held, known = await _ask(ownership, stream, name, group)
+        if not known:
             await asyncio.sleep(STANDBY_POLL_S)
             continue
         if held is None:
@@ -278,7 +277,6 @@ async def own(
             waited = round(time.monotonic() - standby_since, 1)
             logger.info("took the stream over", extra={"stream": name, "standby_s": waited})
             standby_since = None
-        owns.add(name)
         try:
             if await hold(ownership, held, load(), partial(group.should_hand_over, name)):
                 metrics.fenced.labels(name).inc()
@@ -293,6 +291,25 @@ async def own(
         finally:
             owns.discard(name)
             metrics.owned.labels(name).set(0)
+
+
+async def _ask(
+    ownership: Ownership, stream: str, name: str, group: Group
+) -> tuple[Held | None, bool]:
+    """Try for the stream's lease: (the lease or None, whether the bus answered).
+    A place in the share is held across the await: the loader's other streams
+    ask at the same moment, and each must see this one counted."""
+    group.taking += 1
+    try:
+        held = await ownership.try_acquire(stream)
+    except (BusUnavailable, BusError) as exc:
+        logger.warning("lease unknown", extra={"stream": name, "error": str(exc)})
+        return None, False
+    finally:
+        group.taking -= 1
+    if held is not None:
+        group.owns.add(name)  # no await since the place was given back
+    return held, True
 
 
 async def _say_standby(ownership: Ownership, stream: str, name: str) -> None:

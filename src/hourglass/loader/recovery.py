@@ -84,8 +84,8 @@ def _skip_closed(loader: StreamLoader) -> None:
         return
     skipped = close.skip_closed(loader.state, loader.width, lambda start: _closed(loader, start))
     if skipped:
-        if loader.partition.index is not None:
-            loader.state.sealing = sorted({*loader.state.sealing, *skipped})
+        if loader.partition.index is not None and loader.state.unsealed is None:
+            loader.state.unsealed = skipped[0]
         loader.checkpoints.save(Saved(state=loader.state, dedup=loader.index_state()))
 
 

@@ -57,7 +57,13 @@ from hourglass.loader.metrics import (
 )
 from hourglass.loader.owner import Group, KvCheckpoints, Unclaimed, announce, own
 from hourglass.loader.resources import limit_malloc_arenas, yield_cpu
-from hourglass.loader.streams import Stream, build_streams, check_lake, check_partitions
+from hourglass.loader.streams import (
+    Stream,
+    build_streams,
+    check_lake,
+    check_partitions,
+    first_bucket_hint,
+)
 
 logger = log.get("hourglass.loader")
 
@@ -210,6 +216,7 @@ class Runner:
 
     async def drive(self, s: Stream) -> None:
         await until_stored(s, self.space, "recover", s.loader.recover)
+        await first_bucket_hint(self.js, self.settings, s)
         durable = loader_durable(s.loader.checkpoints.epoch)
         reader = StreamReader(self.js, s.stream, s.subject, durable)
         await reader.start(after_seq=s.loader.state.committed_seq)
@@ -233,6 +240,7 @@ class Runner:
         lag = self.metrics.lag.labels(s.label)
         open_buckets = self.metrics.open.labels(s.label)
         pending = self.metrics.pending.labels(s.label)
+        unsealed = self.metrics.unsealed.labels(s.label)
         retained_at = -RETAIN_EVERY_S
         expire_at = 0.0
         while True:
@@ -266,6 +274,7 @@ class Runner:
                 drained_as_of=batch.drained_as_of,
             )
             await stored_once(s, self.space, "close", close)
+            unsealed.set(s.loader.unsealed_buckets)
 
     async def _drop_stale(self, s: Stream, durable: str) -> None:
         try:
@@ -307,8 +316,8 @@ class Runner:
             return  # a partitioned type's buckets: partition 0's loader expires them
         # A partition closed them: the ones still waiting for others are not closed.
         closed = loader.state.next_close
-        if closed is not None and loader.state.sealing:
-            closed = min(closed, *loader.state.sealing)
+        if closed is not None and loader.state.unsealed is not None:
+            closed = min(closed, loader.state.unsealed)
         expire_buckets(
             loader.lake,
             s.name,

@@ -50,9 +50,11 @@ class LoaderState(msgspec.Struct, kw_only=True):
     # None: not looked at yet.  Only where the next round starts: losing a step
     # of it costs a look at a manifest.
     compacted_before: int | None = None
-    # A partition of a partitioned type: buckets it closed whose manifest it has
-    # not seen yet (``close.py``, :func:`~hourglass.loader.close.seal`).
-    sealing: list[int] = []
+    # A partition of a partitioned type: the first bucket it closed whose
+    # manifest it has not seen yet (``close.py``, :func:`~hourglass.loader.close.
+    # seal`); every bucket from it to ``next_close`` waits too.  One number
+    # whatever the wait: buckets close and seal in order.
+    unsealed: int | None = None
 
 
 class RunRef(msgspec.Struct):

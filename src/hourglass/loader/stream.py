@@ -111,6 +111,9 @@ class StreamLoader:
     ) -> None:
         self.name = name
         self.partition = partition
+        # A partition's lower bound for its type's first bucket, from the bus
+        # (``close.agree_first``); set by the service before the first rows.
+        self.first_hint: int | None = None
         self.fmt = fmt
         self.lake = lake
         self.checkpoints = checkpoints
@@ -178,6 +181,8 @@ class StreamLoader:
         bucket its type's partitions agreed on (``close.agree_first``)."""
         if self.partition.index is None:
             return candidate
+        if self.first_hint is not None:
+            candidate = min(candidate, self.first_hint)
         return close.agree_first(
             self.lake, self.name, self.partition, candidate, self.checkpoints.epoch
         )
@@ -260,6 +265,12 @@ class StreamLoader:
         if counts is None:
             counts = self._pending_counts[bucket] = BucketCounts()
         return counts
+
+    @property
+    def unsealed_buckets(self) -> int:
+        """A partition's closed buckets still without a manifest (``close.seal``)."""
+        first, end = self.state.unsealed, self.state.next_close
+        return 0 if first is None or end is None else (end - first) // self.width
 
     def pending_bytes(self) -> int:
         """Arrow bytes of the rows processed and not yet flushed."""
@@ -402,18 +413,22 @@ class StreamLoader:
 
     def _seal(self, now: float) -> None:
         """A partition: the buckets it closed that have no manifest yet get one
-        if every partition has closed them (``close.seal``).  ``sealing`` changes
-        in memory and is saved with the next checkpoint: sealing again is harmless."""
-        for start in list(self.state.sealing):
-            sealed = close.seal(
+        if every partition has closed them (``close.seal``), in order.
+        ``unsealed`` changes in memory and is saved with the next checkpoint:
+        sealing again is harmless."""
+        state = self.state
+        while state.unsealed is not None:
+            done = close.seal(
                 self.lake,
                 self.name,
                 self.width,
                 self.partition,
-                start,
+                state.unsealed,
                 self.checkpoints.epoch,
                 now,
             )
-            if sealed is None:
-                break  # buckets seal in order: a later one waits for this one too
-            self.state.sealing.remove(start)
+            if not done:
+                break  # a later bucket waits for this one too
+            state.unsealed += self.width
+            if state.next_close is None or state.unsealed >= state.next_close:
+                state.unsealed = None

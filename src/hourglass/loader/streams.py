@@ -143,3 +143,23 @@ async def check_lake(ownership: Ownership, settings: Settings, streams: list[Str
                 f"this loader writes to {lake}: every loader of a bus must share its lake "
                 "(the same data_dir, on a filesystem they all mount)"
             )
+
+
+CLOCK_SKEW_S = 5.0  # between a gateway's clock (received_at) and the bus's
+
+
+async def first_bucket_hint(js: JetStreamContext, settings: Settings, s: Stream) -> None:
+    """A partition that has not started closing: the earliest bucket any event of
+    its type's partitions can be in, so that the bucket the partitions agree on
+    (``close.agree_first``) is not after another partition's backlog (whose rows
+    would all be counted as skewed into it).  An event was stamped at most a
+    publish timeout (and the clocks' skew) before the bus stored it."""
+    loader = s.loader
+    partition = loader.partition
+    if partition.index is None or loader.state.next_close is not None:
+        return
+    streams = [jetstream.stream_name(s.name, p) for p in range(partition.count)]
+    first = await jetstream.first_stored(js, streams)
+    if first is not None:
+        earliest = int(first - settings.publish_timeout_s - CLOCK_SKEW_S)
+        loader.first_hint = earliest - earliest % loader.width

@@ -31,6 +31,22 @@ def test_a_joining_loader_makes_the_others_hand_over_one_stream_at_a_time() -> N
     assert g.may_take("s0"), "what it owns it keeps"
 
 
+def test_leases_being_asked_for_count_in_the_share() -> None:
+    """Every stream of a loader asks for its lease at the same moment: the ones
+    still waiting for an answer hold a place, or all would win."""
+    g = Group(6)
+    g.members = 2
+    asking = []
+    for s in ["a", "b", "c", "d"]:
+        if g.may_take(s):
+            g.taking += 1
+            asking.append(s)
+    assert asking == ["a", "b", "c"], "the share is 3"
+    g.taking -= 1
+    g.owns.add("a")
+    assert not g.may_take("d")
+
+
 def test_without_balance_a_loader_takes_every_free_stream() -> None:
     g = Group(4, balance=False)
     g.members = 3

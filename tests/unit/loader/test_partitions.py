@@ -8,6 +8,7 @@ builds them.  Crashes are ``Crash`` raised at the code's named crash points.
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -126,10 +127,12 @@ def test_a_bucket_closes_once_every_partition_has_closed_it(tmp_path: Path) -> N
     assert [f.name for f in m.files] == names
     assert {part_partition(n) for n in names} == {0, 1}
     assert sorted(lake_keys(p0)) == sorted(key(e) for e in a + b)
-    assert p0.state().sealing == [H0], "partition 0 has not looked since"
+    assert p0.state().unsealed == H0, "partition 0 has not looked since"
+    assert p0.loader.unsealed_buckets == 1
     p0.loader.close_ready({"gw"}, caught_up=True)
     # In memory; saved with the next checkpoint (sealing again costs a look).
-    assert p1.loader.state.sealing == [] and p0.loader.state.sealing == []
+    assert p1.loader.state.unsealed is None and p0.loader.state.unsealed is None
+    assert p0.loader.unsealed_buckets == 0
 
 
 def test_the_last_partition_dying_before_it_seals_leaves_the_seal_to_another(
@@ -144,7 +147,7 @@ def test_the_last_partition_dying_before_it_seals_leaves_the_seal_to_another(
     with pytest.raises(Crash):
         p1.loader.close_ready({"gw"}, caught_up=True)  # its record saved, then killed
     assert (p1.folder(H0) / record_name(1)).exists() and manifest(p1, H0) is None
-    assert p1.state().sealing == [H0]
+    assert p1.state().unsealed == H0
 
     p0.loader.close_ready({"gw"}, caught_up=True)  # partition 0's next round seals it
     m = manifest(p0, H0)
@@ -153,7 +156,7 @@ def test_the_last_partition_dying_before_it_seals_leaves_the_seal_to_another(
     p1.restart()
     p1.loader.close_ready({"gw"}, caught_up=True)
     assert (p0.folder(H0) / SUCCESS).read_bytes() == before, "written once, never replaced"
-    assert p1.loader.state.sealing == []
+    assert p1.loader.state.unsealed is None
     leftovers = [n.name for n in p0.folder(H0).iterdir() if n.name.startswith(TMP_PREFIX)]
     assert leftovers == []
 
@@ -271,3 +274,64 @@ def test_partition_zero_compacts_a_sealed_bucket_within_each_partition(tmp_path:
     m = manifest(p0, H0)
     assert m is not None and m.compacted_from == 6 and m.partitions == 2
     assert sorted(lake_keys(p0)) == sorted(key(e) for e in a + b)
+
+
+def test_a_partition_that_is_behind_holds_buckets_open_in_one_number(tmp_path: Path) -> None:
+    """Partition 1 is down for five minutes: partition 0's checkpoint says so in
+    one field, the metric counts the buckets, and they all seal once it is back."""
+    p0, p1 = parts(tmp_path)
+    p0.load(p0.rows([skipped()], H0 + 1))
+    p1.load(p1.rows([skipped()], H0 + 1))
+    p0.load(p0.marker("gw", H0 + 5 * MIN))
+    p0.clock.now = H0 + 5 * MIN + 1
+    assert len(p0.loader.close_ready({"gw"}, caught_up=True)) == 5
+    p0.loader.flush()
+    p0.load(p0.rows([skipped()], H0 + 5 * MIN + 2))  # a checkpoint with the state
+    assert p0.state().unsealed == H0 and p0.loader.unsealed_buckets == 5
+    assert all(manifest(p0, H0 + i * MIN) is None for i in range(5))
+    p1.load(p1.marker("gw", H0 + 5 * MIN))
+    assert len(p1.loader.close_ready({"gw"}, caught_up=True)) == 5
+    assert all(manifest(p0, H0 + i * MIN) is not None for i in range(5))
+    p0.loader.close_ready({"gw"}, caught_up=True)
+    assert p0.loader.state.unsealed is None and p0.loader.unsealed_buckets == 0
+
+
+def test_a_bucket_deleted_while_a_partition_was_away_is_not_waited_for(
+    tmp_path: Path, crash_at: CrashAt
+) -> None:
+    p0, p1 = parts(tmp_path)
+    for p in (p0, p1):
+        p.load(p.rows([skipped()], H0 + 1), p.marker("gw", H0 + MIN))
+    p0.clock.now = H0 + MIN + 1
+    p0.loader.close_ready({"gw"}, caught_up=True)
+    crash_at("loader.before_seal")
+    with pytest.raises(Crash):
+        p1.loader.close_ready({"gw"}, caught_up=True)
+    p0.loader.close_ready({"gw"}, caught_up=True)  # sealed by partition 0
+    shutil.rmtree(p0.folder(H0))  # lake retention, while partition 1 was away
+    p1.restart()
+    assert p1.loader.state.unsealed == H0
+    p1.loader.close_ready({"gw"}, caught_up=True)
+    assert p1.loader.state.unsealed is None
+    assert not p1.folder(H0).exists(), "nothing brought back"
+
+
+def test_a_backlog_older_than_the_first_drained_partition_keeps_its_buckets(
+    tmp_path: Path,
+) -> None:
+    """Partition 0 has nothing and is drained at H0 + 3 min; partition 1 holds a
+    backlog from H0.  With the bus's hint (its first message's time, service.py),
+    the partitions start closing at H0, not at H0 + 3 min with the backlog
+    counted as skewed there."""
+    p0, p1 = parts(tmp_path)
+    for p in (p0, p1):
+        p.loader.first_hint = H0  # the earliest any event of the type can be in
+    p0.clock.now = H0 + 3 * MIN + 10
+    p0.load(p0.marker("gw", H0 + 3 * MIN + 5))
+    p0.loader.close_ready({"gw"}, caught_up=True)
+    backlog = [skipped() for _ in range(5)]
+    p1.load(p1.rows(backlog, H0 + 5), p1.marker("gw", H0 + 3 * MIN + 5))
+    assert len(p1.loader.close_ready({"gw"}, caught_up=True)) == 3
+    first = manifest(p1, H0)
+    assert first is not None and first.count == 5 and first.skewed == 0
+    assert sorted(p1.keys_in(H0)) == sorted(key(e) for e in backlog)
