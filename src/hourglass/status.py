@@ -177,6 +177,11 @@ def _compaction(states: dict[str, LoaderState], width: int) -> list[str]:
     for name, state in states.items():
         if name == FAILED_DIR or state.next_close is None:
             continue
+        if state.unsealed is not None:  # a partition: closed, waiting for the others
+            waiting = (state.next_close - state.unsealed) // width
+            lines.append(f"  {name:<28} {waiting} closed, waiting for other partitions")
+        if "/" in name and not name.endswith("/0"):
+            continue  # a partitioned type's buckets are compacted by partition 0's loader
         if state.compacted_before is None:
             lines.append(f"  {name:<28} not started")
             continue

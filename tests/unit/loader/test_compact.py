@@ -279,3 +279,17 @@ def test_merged_files_short_of_the_manifest_s_count_are_never_swapped_in(
     assert compact_bucket(h.lake, SKIPPED, folder, 1, TARGET) is None
     assert len(list(folder.glob("part-*.parquet"))) == 4
     assert list(compact.staging_root(h.lake, SKIPPED).iterdir()) == []
+
+
+def test_status_shows_partitions_waiting_and_compaction_only_for_partition_zero() -> None:
+    from hourglass.loader.state import LoaderState
+    from hourglass.status import _compaction
+
+    states = {
+        "t/0": LoaderState(next_close=H0 + 5 * MIN, compacted_before=H0 + 2 * MIN),
+        "t/1": LoaderState(next_close=H0 + 5 * MIN, unsealed=H0 + 3 * MIN),
+    }
+    assert _compaction(states, MIN)[1:] == [
+        f"  {'t/0':<28} 3 waiting",
+        f"  {'t/1':<28} 2 closed, waiting for other partitions",
+    ]
