@@ -143,3 +143,28 @@ def test_listing_leases_leaves_no_consumer_and_skips_deleted_keys(nats_server: N
             await nc.close()
 
     asyncio.run(run())
+
+
+def test_an_owner_drops_earlier_owners_consumers_never_a_later_ones(
+    nats_server: NatsServer,
+) -> None:
+    """A fenced owner that does not know it yet drops "stale" consumers too: it
+    must not take away its successor's (the stream stalled while they took turns)."""
+    from nats.js.api import ConsumerConfig, StreamConfig
+
+    from hourglass.bus.retention import drop_stale_consumers, loader_consumers, loader_durable
+
+    async def run() -> None:
+        nc = await connect(nats_server.url, name="test-consumers")
+        try:
+            js = nc.jetstream(timeout=5)
+            await js.add_stream(StreamConfig(name="HG_drop", subjects=["hg.ev.drop"]))
+            for epoch in (1, 3, 5):
+                await js.add_consumer("HG_drop", ConsumerConfig(durable_name=loader_durable(epoch)))
+            assert await drop_stale_consumers(js, "HG_drop", loader_durable(3)) == 1
+            left = sorted(await loader_consumers(js, "HG_drop"))
+            assert left == [loader_durable(3), loader_durable(5)]
+        finally:
+            await nc.close()
+
+    asyncio.run(run())

@@ -74,13 +74,23 @@ async def loader_consumers(js: JetStreamContext, stream: str) -> dict[str, int]:
     }
 
 
+def _epoch_of(durable: str) -> int | None:
+    _, _, digits = durable.rpartition("-e")
+    return int(digits) if digits.isdigit() else None
+
+
 async def drop_stale_consumers(js: JetStreamContext, stream: str, durable: str) -> int:
-    """Delete the loader consumers on ``stream`` other than ``durable`` (earlier
-    owners'); how many.  Only the owner calls it, and a consumer made again by a
-    fenced owner afterwards is dropped by the owner's next call."""
+    """Delete the loader consumers on ``stream`` of owners before ``durable``'s
+    (earlier epochs); how many.  A consumer made again by a fenced owner is
+    dropped by the owner's next call.  Never a later epoch's: a fenced owner
+    that does not know it yet calls this too, and must not take its
+    successor's consumer away (it did, and the stream stalled while the two
+    took turns)."""
+    mine = _epoch_of(durable)
     dropped = 0
     for name in await loader_consumers(js, stream):
-        if name == durable:
+        theirs = _epoch_of(name)
+        if name == durable or mine is None or theirs is None or theirs > mine:
             continue
         try:
             with map_nats_errors(f"delete consumer {name} of {stream}"):

@@ -188,30 +188,30 @@ class Runner:
         A restart goes through ``recover`` again, so whatever was processed but
         not flushed is redelivered and processed afresh.  A full disk is handled
         where the lake is written (``until_stored``); one that surfaces anywhere
-        else pauses here without a traceback.
+        else pauses here without a traceback.  Told to stop (lease lost, handed
+        over), it stops even if nats-py turned the cancellation into an error of
+        its own: restarted without a lease, it ran for good (seen).
         """
         while True:
             try:
                 await self.drive(s)
             except (asyncio.CancelledError, Fenced):
                 raise
-            except BusUnavailable as exc:
-                logger.warning(
-                    "bus unavailable; restarting the stream",
-                    extra={"stream": s.label, "error": str(exc)},
-                )
-                await asyncio.sleep(1.0)
-            except OSError as exc:
-                if not is_disk_full(exc):
-                    logger.exception(
-                        "stream loader failed; restarting it", extra={"stream": s.label}
-                    )
-                    await asyncio.sleep(1.0)
-                else:
+            except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                if isinstance(exc, OSError) and is_disk_full(exc):
                     await self.space.wait(s.label, "recover", exc)
-            except Exception:
-                logger.exception("stream loader failed; restarting it", extra={"stream": s.label})
-                await asyncio.sleep(1.0)
+                else:
+                    if isinstance(exc, BusUnavailable):
+                        why = {"stream": s.label, "error": str(exc)}
+                        logger.warning("bus unavailable; restarting the stream", extra=why)
+                    else:
+                        logger.exception(
+                            "stream loader failed; restarting it", extra={"stream": s.label}
+                        )
+                    await asyncio.sleep(1.0)
             s.loader = s.loader.fresh()
 
     async def drive(self, s: Stream) -> None:
