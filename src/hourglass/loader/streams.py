@@ -4,6 +4,7 @@ checks, at start, that refuse a bus or lake laid out for other settings."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,6 +14,7 @@ from nats.js import JetStreamContext
 from hourglass.bus import jetstream
 from hourglass.bus.ownership import Ownership, read_record
 from hourglass.config import Settings, bucket_seconds
+from hourglass.durable import TMP_PREFIX
 from hourglass.exceptions import ConfigError
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
@@ -128,7 +130,28 @@ async def check_partitions(js: JetStreamContext, settings: Settings, streams: li
     counts = {s.name: s.loader.partition.count for s in streams if s.name != FAILED_DIR}
     for name, count in counts.items():
         close.check_partitions(settings.lake_path, name, count)
+    if any(n > 1 for n in counts.values()):
+        check_hard_links(settings.lake_path)
     jetstream.check_layout(await jetstream.stream_names(js), counts)
+
+
+def check_hard_links(lake: Path) -> None:
+    """A partitioned type's manifest is created once by a hard link (``close.seal``):
+    refuse a lake whose file system cannot make one, rather than fail every close."""
+    lake.mkdir(parents=True, exist_ok=True)
+    probe = lake / f"{TMP_PREFIX}link-probe-{os.getpid()}"
+    linked = probe.with_name(probe.name + ".linked")
+    try:
+        probe.write_bytes(b"")
+        os.link(probe, linked)
+    except OSError as exc:
+        raise ConfigError(
+            f"the lake {lake} is on a file system without hard links ({exc.strerror}): "
+            "partitioned types need them to close buckets (docs/deploy.md)"
+        ) from exc
+    finally:
+        linked.unlink(missing_ok=True)
+        probe.unlink(missing_ok=True)
 
 
 async def check_lake(ownership: Ownership, settings: Settings, streams: list[Stream]) -> None:

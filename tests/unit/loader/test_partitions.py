@@ -335,3 +335,20 @@ def test_a_backlog_older_than_the_first_drained_partition_keeps_its_buckets(
     first = manifest(p1, H0)
     assert first is not None and first.count == 5 and first.skewed == 0
     assert sorted(p1.keys_in(H0)) == sorted(key(e) for e in backlog)
+
+
+def test_a_lake_without_hard_links_is_refused_for_partitioned_types(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from hourglass.loader.streams import check_hard_links
+
+    check_hard_links(tmp_path / "lake")  # this one has them
+    assert list((tmp_path / "lake").iterdir()) == [], "the probe leaves nothing"
+
+    def no_links(src: object, dst: object) -> None:
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr("hourglass.loader.streams.os.link", no_links)
+    with pytest.raises(ConfigError, match="without hard links"):
+        check_hard_links(tmp_path / "lake")
+    assert list((tmp_path / "lake").iterdir()) == []
