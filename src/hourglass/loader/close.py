@@ -68,7 +68,7 @@ from hourglass.lake.layout import (
     bucket_dir,
     record_name,
 )
-from hourglass.lake.manifest import Manifest, files_of, manifest_bytes
+from hourglass.lake.manifest import FileEntry, Manifest, files_of, manifest_bytes
 from hourglass.loader.staging import (
     publish,
     stage,
@@ -194,19 +194,8 @@ def close_bucket(
         if folder.exists():  # what owners fenced since this one's recovery staged here
             sweep(folder, checkpoints.epoch - 1, keep=[], mine=partition.owns)
         files = files_of(folder, partition.index)
-        manifest = Manifest(
-            type=name,
-            bucket_start=begin,
-            bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
-            closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
-            count=sum(f.rows for f in files),
-            files=files,
-            duplicates_dropped=counts.duplicates,
-            skewed=counts.skewed,
-            close_delay_s=round(now - end, 3),
-            partitions=partition.count,
-            partition=partition.index,
-        )
+        manifest = _manifest(name, start, width, now, files, counts.duplicates, counts.skewed)
+        manifest.partitions, manifest.partition = partition.count, partition.index
         data = manifest_bytes(manifest)
         temp = stage(target, checkpoints.epoch, partial(write_bytes, data))
         sync_folders([temp])
@@ -259,19 +248,10 @@ def seal(
         if not path.exists():
             return False
         records.append(msgspec.json.decode(path.read_bytes(), type=Manifest))
-    end = start + width
-    manifest = Manifest(
-        type=name,
-        bucket_start=begin,
-        bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
-        closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
-        count=sum(r.count for r in records),
-        files=sorted((f for r in records for f in r.files), key=lambda f: f.name),
-        duplicates_dropped=sum(r.duplicates_dropped for r in records),
-        skewed=sum(r.skewed for r in records),
-        close_delay_s=round(now - end, 3),
-        partitions=partition.count,
-    )
+    files = sorted((f for r in records for f in r.files), key=lambda f: f.name)
+    duplicates = sum(r.duplicates_dropped for r in records)
+    manifest = _manifest(name, start, width, now, files, duplicates, sum(r.skewed for r in records))
+    manifest.partitions = partition.count
     temp = staged_path(folder / (record_name(partition.index) + ".success"), epoch)
     crashpoint("loader.before_seal")
     if create_once(folder / SUCCESS, manifest_bytes(manifest), temp):
@@ -287,6 +267,31 @@ def seal(
             },
         )
     return True
+
+
+def _manifest(
+    name: str,
+    start: int,
+    width: int,
+    now: float,
+    files: list[FileEntry],
+    duplicates: int,
+    skewed: int,
+) -> Manifest:
+    """The manifest of the bucket at ``start`` holding ``files``, closed ``now``
+    (a bucket's, or a partition's record of it)."""
+    end = start + width
+    return Manifest(
+        type=name,
+        bucket_start=dt.datetime.fromtimestamp(start, dt.UTC),
+        bucket_end=dt.datetime.fromtimestamp(end, dt.UTC),
+        closed_at=dt.datetime.fromtimestamp(now, dt.UTC),
+        count=sum(f.rows for f in files),
+        files=files,
+        duplicates_dropped=duplicates,
+        skewed=skewed,
+        close_delay_s=round(now - end, 3),
+    )
 
 
 class Partitions(msgspec.Struct):
