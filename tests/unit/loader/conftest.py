@@ -21,6 +21,7 @@ import pytest
 from hourglass.bus.consumer import BusMessage
 from hourglass.events import EventTypes
 from hourglass.lake.arrow import LakeSchema
+from hourglass.lake.layout import ONLY, Partition
 from hourglass.lake.manifest import Manifest
 from hourglass.loader.state import FileCheckpoints, LoaderState, Saved
 from hourglass.loader.stream import StreamLoader
@@ -75,6 +76,12 @@ def key(e: dict[str, Any]) -> tuple[str, str]:
 class Harness:
     """One stream's loader and its files; ``restart()`` is a new process."""
 
+    partition: Partition = ONLY  # a subclass's: one partition of a partitioned type
+
+    @property
+    def partition_tag(self) -> str:
+        return "" if self.partition.index is None else f"-p{self.partition.index}"
+
     def __init__(
         self, root: Path, type_name: str = SKIPPED, width_s: int = 60, window_s: int = 86400
     ) -> None:
@@ -92,7 +99,7 @@ class Harness:
 
     @property
     def state_path(self) -> Path:
-        return self.root / "loader" / f"{self.type_name}.json"
+        return self.root / "loader" / f"{self.type_name}{self.partition_tag}.json"
 
     def restart(self) -> StreamLoader:
         self.loader = StreamLoader(
@@ -100,10 +107,11 @@ class Harness:
             LakeSchema(SCHEMAS[self.type_name]),
             lake=self.lake,
             checkpoints=FileCheckpoints(self.state_path),
-            quarantine=self.root / "quarantine",
+            quarantine=self.root / f"quarantine{self.partition_tag}",
             width_s=self.width,
             window_s=self.window,
             clock=self.clock,
+            partition=self.partition,
         )
         self.loader.recover()
         return self.loader

@@ -17,7 +17,6 @@ import pyarrow.dataset as ds
 import pytest
 
 from hourglass.exceptions import ConfigError
-from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.layout import (
     PARTITIONS,
     SUCCESS,
@@ -31,10 +30,8 @@ from hourglass.lake.layout import (
 from hourglass.lake.manifest import Manifest
 from hourglass.loader import compact
 from hourglass.loader.staging import TMP_PREFIX
-from hourglass.loader.state import FileCheckpoints
-from hourglass.loader.stream import StreamLoader
 
-from .conftest import H0, SCHEMAS, Crash, CrashAt, Harness, key, skipped
+from .conftest import H0, Crash, CrashAt, Harness, key, skipped
 
 MIN = 60
 
@@ -45,25 +42,6 @@ class Part(Harness):
     def __init__(self, root: Path, index: int, count: int) -> None:
         self.partition = Partition(index, count)
         super().__init__(root)
-
-    @property
-    def state_path(self) -> Path:
-        return self.root / "loader" / f"{self.type_name}-p{self.partition.index}.json"
-
-    def restart(self) -> StreamLoader:
-        self.loader = StreamLoader(
-            self.type_name,
-            LakeSchema(SCHEMAS[self.type_name]),
-            lake=self.lake,
-            checkpoints=FileCheckpoints(self.state_path),
-            quarantine=self.root / f"quarantine-p{self.partition.index}",
-            width_s=self.width,
-            window_s=self.window,
-            clock=self.clock,
-            partition=self.partition,
-        )
-        self.loader.recover()
-        return self.loader
 
 
 def parts(root: Path, count: int = 2) -> list[Part]:
