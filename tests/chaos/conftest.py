@@ -314,40 +314,62 @@ def tmp_files(root: Path) -> list[Path]:
 
 
 class Sender(threading.Thread):
-    """Posts batches back to back through a gateway; records what was acknowledged."""
+    """Posts batches back to back through a gateway; records what was acknowledged.
+
+    ``base`` may be several gateways: a batch that got no 200 is re-sent to the
+    next one.  ``retry``: a batch is re-sent (the same ids) until one gateway
+    acknowledges it or the sender is told to finish, as a producer would; so a
+    copy of an event that landed without an answer is re-sent, and must be
+    deduplicated."""
 
     def __init__(
         self,
-        base: str,
+        base: str | list[str],
         make: Callable[[], dict[str, Any]] = skipped,
         batch: int = 20,
         pause: float = 0.02,
+        *,
+        retry: bool = False,
     ) -> None:
         super().__init__(daemon=True)
-        self.base, self.make, self.batch, self.pause = base, make, batch, pause
+        self.bases = [base] if isinstance(base, str) else list(base)
+        self.make, self.batch, self.pause, self.retry = make, batch, pause, retry
         self.acked: list[Key] = []
         self.unanswered: list[Key] = []  # not acknowledged, but may have landed
         self.halt = threading.Event()
         self.statuses: Counter[int] = Counter()
 
     def run(self) -> None:
-        with httpx.Client(base_url=self.base, timeout=10) as client:
+        clients = [httpx.Client(base_url=base, timeout=10) for base in self.bases]
+        turn = 0
+        events: list[dict[str, Any]] = []
+        try:
             while not self.halt.is_set():
-                events = [self.make() for _ in range(self.batch)]
+                if not events:
+                    events = [self.make() for _ in range(self.batch)]
+                client = clients[turn % len(clients)]
                 try:
                     r = client.post(
                         "/v1/events", content=msgspec.json.encode(events), headers=BATCH
                     )
                 except httpx.HTTPError:
-                    self.unanswered.extend(keys_of_events(events))
-                    continue
-                self.statuses[r.status_code] += 1
-                if r.status_code == 200:
+                    r = None
+                if r is not None:
+                    self.statuses[r.status_code] += 1
+                if r is not None and r.status_code == 200:
                     assert r.json()["rejected"] == []
                     self.acked.extend(keys_of_events(events))
+                    events = []
                 else:
-                    self.unanswered.extend(keys_of_events(events))
+                    turn += 1  # the next gateway
+                    if not self.retry:
+                        self.unanswered.extend(keys_of_events(events))
+                        events = []
                 time.sleep(self.pause)
+            self.unanswered.extend(keys_of_events(events))  # the batch in flight at the end
+        finally:
+            for client in clients:
+                client.close()
 
     def wait_for(self, n: int, timeout: float = 20) -> None:
         wait_until(lambda: len(self.acked) >= n, timeout, f"{n} acknowledged events")

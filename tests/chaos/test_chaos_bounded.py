@@ -1,4 +1,4 @@
-"""The bounded chaos run of ``make test``: 45 s of seeded kill -9s and
+"""The bounded chaos run of ``make test``: 35 s of seeded kill -9s and
 SIGSTOPs of the gateway, two loaders (an owner and its standby), nats-server
 and the producers (SDK and raw HTTP), then the end-to-end audit of the lake.
 
@@ -20,8 +20,8 @@ from hourglass_tools.chaos.schedule import DOWN_S, GAP_S, KINDS, plan
 pytestmark = [pytest.mark.chaos]
 
 SEED = 20261126
-DURATION_S = 45.0
-MIN_FAULTS = 15  # all six kinds fall in the first 45 s of this seed
+DURATION_S = 35.0
+MIN_FAULTS = 12  # all six kinds fall in the first 35 s of this seed
 PRODUCERS = ["http-0", "http-1", "sdk-0", "sdk-1"]
 
 
