@@ -38,6 +38,8 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--port", type=int, help="gateway HTTP port (8080)")
     g.add_argument("--bus", help="external NATS, e.g. nats://a:4222,nats://b:4222")
     g.add_argument("--bucket", help="lake bucket width: 1h (default) or a divisor like 1m")
+    g.add_argument("--lake", help="the lake: a folder (<data-dir>/lake) or s3://bucket/prefix")
+    g.add_argument("--s3-endpoint", help="an S3-compatible store's URL, e.g. http://minio:9000")
     g.add_argument("--config", help="settings file (default ./hourglass.toml)")
     g.add_argument("--log-level", help="debug, info, warning (info)")
 

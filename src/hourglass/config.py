@@ -31,6 +31,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every knob, with the default a new user gets."""
 
     data_dir: str = "hourglass-data"
+    # The lake: a folder (default <data_dir>/lake) or s3://bucket/prefix, with
+    # s3_endpoint for an S3-compatible store (credentials: the AWS variables and
+    # files, lake/s3.py).
+    lake: str = ""
+    s3_endpoint: str = ""
     schemas: str | None = None  # None: the bundled demo schemas
     host: str = "127.0.0.1"
     port: int = 8080
@@ -120,9 +125,21 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return Path(self.data_dir)
 
     @property
+    def lake_url(self) -> str:
+        """Where the lake is: ``lake`` (a path, or ``s3://bucket/prefix``), else
+        ``<data-dir>/lake``."""
+        return self.lake or str(self.data_path / "lake")
+
+    @property
+    def lake_remote(self) -> bool:
+        return self.lake_url.startswith("s3://")
+
+    @property
     def lake_path(self) -> Path:
-        """``<data-dir>/lake``: the lake, as every command finds it."""
-        return self.data_path / "lake"
+        """The lake's folder on this machine; for a lake on S3, the loader's local
+        folder for what needs a file system (its dedup index: a cache, rebuilt
+        from the lake by a loader that has none)."""
+        return self.data_path / "lake-local" if self.lake_remote else Path(self.lake_url)
 
     def partitions_of(self, type_name: str) -> int:
         return self.type_partitions.get(type_name, self.partitions)
@@ -172,6 +189,13 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         for name, n in {"partitions": self.partitions, **self.type_partitions}.items():
             if not 1 <= n <= MAX_PARTITIONS:
                 raise ConfigError(f"partitions of {name}: {n}, must be 1..{MAX_PARTITIONS}")
+        if self.lake_remote and self.lake_retention_days:
+            raise ConfigError(
+                "lake_retention_days is for a lake on a file system: on S3, expire old "
+                "buckets with the bucket's lifecycle rules (docs/deploy.md)"
+            )
+        if self.lake.startswith(("s3a://", "gs://", "az://", "http://", "https://")):
+            raise ConfigError(f"lake {self.lake!r}: a path or s3://bucket/prefix")
         bucket_seconds(self.bucket)
         return self
 

@@ -16,7 +16,8 @@ from permanent ones (the input or the configuration is wrong)::
     │   └── UnsupportedMediaType 415: a Content-Type or Content-Encoding not spoken
     ├── Retryable                transient: retry after ``retry_after`` seconds
     │   ├── Overloaded           429: too much work in flight
-    │   └── BusUnavailable       503: the bus is unreachable, full or did not ack
+    │   ├── BusUnavailable       503: the bus is unreachable, full or did not ack
+    │   └── LakeUnavailable      the lake's object store did not answer (loader retries)
     ├── SpoolFull                back-pressure in the SDK: the spool is at its bound
     ├── SequenceGap              the loader missed bus messages: it reads again
     └── BusError                 the bus refused a request (stream set-up, consumer)
@@ -93,6 +94,11 @@ class BusUnavailable(Retryable):
     """The bus is unreachable, a stream is full, or a publish was not acknowledged."""
 
     status = 503
+
+
+class LakeUnavailable(Retryable):
+    """The lake's object store (S3) did not answer or failed a request; nothing
+    was committed, and the loader tries the step again."""
 
 
 class SpoolFull(HourglassError):

@@ -33,6 +33,7 @@ from hourglass.config import Settings, settings_env
 from hourglass.exceptions import ConfigError
 from hourglass.gateway.server import LISTEN_FD, READY_FD, worker_sockets
 from hourglass.lake.layout import check_layout
+from hourglass.lake.store import lake_store
 from hourglass.process import RunLock, Supervised
 
 logger = log.get("hourglass.up")
@@ -207,7 +208,7 @@ async def _up(
     """Everything after the run lock; every child holds ``run_fd`` while it lives."""
     # A busy port fails before anything runs.
     socks = worker_sockets(settings.host, settings.port, settings.workers)
-    check_layout(settings)  # so does a lake written with another bucket width
+    check_layout(settings, lake_store(settings))  # so does a lake of another bucket width
     ready = ReadyReports(settings.workers)
     bus: EmbeddedBus | None = None
     children: list[Supervised] = []

@@ -30,6 +30,7 @@ mixes ``hour=`` and ``minute=`` layouts (:func:`check_layout`).
 from __future__ import annotations
 
 import datetime as dt
+import os
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -40,6 +41,7 @@ import msgspec
 from hourglass.config import Settings
 from hourglass.durable import TMP_PREFIX, durable_write_bytes
 from hourglass.exceptions import ConfigError
+from hourglass.lake.store import Store
 
 __all__ = [
     "COMPACTING",
@@ -50,7 +52,10 @@ __all__ = [
     "TMP_PREFIX",
     "bucket_dir",
     "bucket_dirs",
+    "bucket_key",
+    "bucket_keys",
     "bucket_of_dir",
+    "bucket_of_key",
     "bucket_start",
     "check_layout",
     "hour_dir",
@@ -71,6 +76,7 @@ _OWNED = re.compile(
     r"^(?:part-p(\d+)-\d{20}-\d{20}\.parquet|_partition-(\d+)\.json(?:\.success)?)$"
 )
 UTC = dt.UTC
+MARKER = "_hourglass.json"  # <lake>/_hourglass.json: the bucket width
 
 
 @dataclass(frozen=True)
@@ -98,11 +104,14 @@ def bucket_start(ts: dt.datetime, width_s: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(epoch - epoch % width_s, UTC)
 
 
+def bucket_key(type_name: str, start: dt.datetime, width_s: int) -> str:
+    """The bucket folder at ``start``, as a key under the lake root."""
+    key = f"{type_name}/date={start:%Y-%m-%d}/hour={start:%H}"
+    return key + f"/minute={start:%M}" if width_s < 3600 else key
+
+
 def bucket_dir(lake: Path, type_name: str, start: dt.datetime, width_s: int) -> Path:
-    path = lake / type_name / f"date={start:%Y-%m-%d}" / f"hour={start:%H}"
-    if width_s < 3600:
-        path = path / f"minute={start:%M}"
-    return path
+    return lake / bucket_key(type_name, start, width_s)
 
 
 def hour_dir(lake: Path, type_name: str, start: dt.datetime) -> Path:
@@ -110,12 +119,17 @@ def hour_dir(lake: Path, type_name: str, start: dt.datetime) -> Path:
     return bucket_dir(lake, type_name, start, 3600)
 
 
-def bucket_of_dir(lake: Path, type_name: str, path: Path) -> dt.datetime:
-    """Inverse of :func:`bucket_dir`."""
-    parts = dict(p.split("=", 1) for p in path.relative_to(lake / type_name).parts)
+def bucket_of_key(type_name: str, key: str) -> dt.datetime:
+    """Inverse of :func:`bucket_key`."""
+    parts = dict(p.split("=", 1) for p in key.removeprefix(type_name + "/").split("/"))
     return dt.datetime.strptime(
         f"{parts['date']} {parts['hour']}:{parts.get('minute', '00')}", "%Y-%m-%d %H:%M"
     ).replace(tzinfo=UTC)
+
+
+def bucket_of_dir(lake: Path, type_name: str, path: Path) -> dt.datetime:
+    """Inverse of :func:`bucket_dir`."""
+    return bucket_of_key(type_name, path.relative_to(lake).as_posix())
 
 
 def bucket_dirs(lake: Path, type_name: str) -> Iterator[Path]:
@@ -127,6 +141,32 @@ def bucket_dirs(lake: Path, type_name: str) -> Iterator[Path]:
         "date=*/hour=*/minute=*" if any(root.glob("date=*/hour=*/minute=*")) else ("date=*/hour=*")
     )
     yield from sorted(p for p in root.glob(pattern) if p.is_dir())
+
+
+def bucket_keys(store: Store, type_name: str, since: int | None = None) -> list[str]:
+    """Every bucket folder of a type, in time order, as keys: those starting at or
+    after ``since`` (epoch s), if given.  One listing a folder, so on S3 a LIST per
+    date and per hour looked at: ``since`` keeps a recovery's cost to the buckets
+    it may have written, not the lake's age."""
+    floor = dt.datetime.fromtimestamp(since, UTC) if since is not None else None
+    day = f"date={floor:%Y-%m-%d}" if floor else ""
+    hours: list[str] = []
+    minutes: list[str] = []
+    for date in store.folders(type_name):
+        if not date.startswith("date=") or date < day:
+            continue
+        for hour in store.folders(f"{type_name}/{date}"):
+            if not hour.startswith("hour=") or (
+                floor and date == day and hour < f"hour={floor:%H}"
+            ):
+                continue
+            key = f"{type_name}/{date}/{hour}"
+            hours.append(key)
+            minutes += [f"{key}/{m}" for m in store.folders(key) if m.startswith("minute=")]
+    found = minutes or hours  # one lake, one width (:func:`check_layout`)
+    if floor is None:
+        return found
+    return [k for k in found if bucket_of_key(type_name, k) >= floor]
 
 
 def part_name(first_seq: int, last_seq: int, partition: int | None = None) -> str:
@@ -161,16 +201,20 @@ def partition_of_name(name: str) -> int | None:
     return int(match.group(1) if match.group(1) is not None else match.group(2))
 
 
-def check_layout(settings: Settings) -> None:
+def check_layout(settings: Settings, store: Store) -> None:
     """One lake, one bucket width: refuse to mix ``hour=`` and ``minute=`` layouts."""
-    lake = settings.lake_path
-    marker = lake / "_hourglass.json"
-    if marker.exists():
-        existing = msgspec.json.decode(marker.read_bytes()).get("bucket")
-        if existing != settings.bucket:
-            raise ConfigError(
-                f"the lake {lake} is written with --bucket {existing}; run with the same "
-                f"width or use another --data-dir (asked for --bucket {settings.bucket})"
-            )
-        return
-    durable_write_bytes(marker, msgspec.json.encode({"bucket": settings.bucket}))
+    try:
+        existing = msgspec.json.decode(store.read(MARKER)).get("bucket")
+    except FileNotFoundError:
+        data = msgspec.json.encode({"bucket": settings.bucket})
+        if store.local is not None:  # a file system may lack hard links: a rename
+            durable_write_bytes(store.local / MARKER, data)
+            return
+        if store.create(MARKER, data, f"{TMP_PREFIX}{MARKER}.{os.getpid()}"):
+            return
+        existing = msgspec.json.decode(store.read(MARKER)).get("bucket")
+    if existing != settings.bucket:
+        raise ConfigError(
+            f"the lake {store.url} is written with --bucket {existing}; run with the same "
+            f"width or use another lake (asked for --bucket {settings.bucket})"
+        )

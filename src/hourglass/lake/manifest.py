@@ -16,13 +16,15 @@ writes its own record ``_partition-<p>.json`` (a manifest of its files alone,
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 from pathlib import Path
 
 import msgspec
+import pyarrow.parquet as pq
 
 from hourglass.durable import durable_write_bytes
 from hourglass.lake.layout import SUCCESS, part_partition, part_range
-from hourglass.lake.parquet import row_count, sha256_of
+from hourglass.lake.store import Store
 
 
 class FileEntry(msgspec.Struct):
@@ -53,18 +55,22 @@ class Manifest(msgspec.Struct, kw_only=True):
     partition: int | None = None
 
 
-def files_of(folder: Path, partition: int | None = None) -> list[FileEntry]:
+def files_of(store: Store, folder: str, partition: int | None = None) -> list[FileEntry]:
     """The folder's part files (``partition``: that partition's alone), with rows
-    from each footer and a checksum."""
+    from each footer and a checksum.  On S3 each file is downloaded for its
+    checksum: a bucket's parts are read once more, at its close."""
     entries = []
-    if folder.exists():
-        for path in sorted(folder.iterdir()):
-            if part_range(path.name) is not None and (
-                partition is None or part_partition(path.name) == partition
-            ):
-                entries.append(
-                    FileEntry(path.name, row_count(path), path.stat().st_size, sha256_of(path))
-                )
+    for entry in store.files(folder):
+        if part_range(entry.name) is not None and (
+            partition is None or part_partition(entry.name) == partition
+        ):
+            with store.open(f"{folder}/{entry.name}" if folder else entry.name) as file:
+                digest = hashlib.sha256()
+                while chunk := file.read(1 << 20):
+                    digest.update(chunk)
+                file.seek(0)
+                rows = pq.ParquetFile(file).metadata.num_rows
+            entries.append(FileEntry(entry.name, rows, entry.size, digest.hexdigest()))
     return entries
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -21,8 +21,9 @@ def write_part(table: pa.Table, path: Path) -> None:
     durable_write(path, lambda tmp: write_table(table, tmp))
 
 
-def write_table(table: pa.Table, path: Path) -> None:
-    """A part file's bytes, to ``path`` as it is (the caller makes it durable).
+def write_table(table: pa.Table, path: Path | BinaryIO) -> None:
+    """A part file's bytes, to ``path`` (or an open file) as it is (the caller makes
+    it durable).
 
     Dictionary encoding for every column but ``id``: an id is unique, so its
     dictionary only fills up and is dropped (measured: 0.28 → 0.16 µs per event
@@ -67,5 +68,5 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_columns(path: Path, columns: list[str]) -> pa.Table:
+def read_columns(path: Path | BinaryIO, columns: list[str]) -> pa.Table:
     return pq.read_table(path, columns=columns)

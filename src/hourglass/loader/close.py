@@ -34,8 +34,8 @@ layout.py``) closes a bucket once *every* partition has, by its own markers:
    if ``_SUCCESS.json`` is there (or lake retention deleted the bucket), the
    bucket is done and ``unsealed`` moves past it; else if every partition's
    record is there, the manifest made from them is created once
-   (:func:`hourglass.durable.create_once`: a hard link that fails if the file
-   exists).
+   (``Store.create``: a hard link that fails if the file exists, or on S3 a
+   PUT with ``If-None-Match: *``).
 
 So whichever partition closes last writes the manifest, and if it dies first,
 the next owner of any partition still waiting writes it: records are published
@@ -51,28 +51,26 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 import msgspec
 
 from hourglass import log
 from hourglass.crashpoints import crashpoint
-from hourglass.durable import create_once
 from hourglass.exceptions import ConfigError
 from hourglass.lake.layout import (
     ONLY,
     PARTITIONS,
     SUCCESS,
     Partition,
-    bucket_dir,
+    bucket_key,
     record_name,
 )
 from hourglass.lake.manifest import FileEntry, Manifest, files_of, manifest_bytes
+from hourglass.lake.store import Store
 from hourglass.loader.staging import (
     publish,
     stage,
-    staged_path,
+    staged_key,
     sweep,
     sync_folders,
     write_bytes,
@@ -162,7 +160,7 @@ def prune_markers(state: LoaderState, live: set[str], now: float) -> int:
 
 
 def close_bucket(
-    lake: Path,
+    store: Store,
     name: str,
     width: int,
     state: LoaderState,
@@ -186,23 +184,22 @@ def close_bucket(
     assert state.next_close is not None
     start, end = state.next_close, state.next_close + width
     begin = dt.datetime.fromtimestamp(start, dt.UTC)
-    folder = bucket_dir(lake, name, begin, width)
+    folder = bucket_key(name, begin, width)
     counts = state.buckets.get(start, BucketCounts())
     staged: dict[str, str] = {}
-    target = folder / (SUCCESS if partition.index is None else record_name(partition.index))
-    if not target.exists():
-        if folder.exists():  # what owners fenced since this one's recovery staged here
-            sweep(folder, checkpoints.epoch - 1, keep=[], mine=partition.owns)
-        files = files_of(folder, partition.index)
+    target = f"{folder}/{SUCCESS if partition.index is None else record_name(partition.index)}"
+    if not store.exists(target):
+        # What owners fenced since this one's recovery staged here.
+        sweep(store, folder, checkpoints.epoch - 1, keep=[], mine=partition.owns)
+        files = files_of(store, folder, partition.index)
         manifest = _manifest(name, start, width, now, files, counts.duplicates, counts.skewed)
         manifest.partitions, manifest.partition = partition.count, partition.index
-        data = manifest_bytes(manifest)
-        temp = stage(target, checkpoints.epoch, partial(write_bytes, data))
-        sync_folders([temp])
-        staged[target.relative_to(lake).as_posix()] = temp.relative_to(lake).as_posix()
+        temp, _ = stage(store, target, checkpoints.epoch, write_bytes(manifest_bytes(manifest)))
+        sync_folders(store, [temp])
+        staged[target] = temp
         crashpoint("loader.after_manifest")
     else:
-        manifest = msgspec.json.decode(target.read_bytes(), type=Manifest)
+        manifest = msgspec.json.decode(store.read(target), type=Manifest)
     closed = copy_state(state)
     closed.buckets.pop(start, None)
     closed.next_close = end
@@ -210,7 +207,7 @@ def close_bucket(
         closed.unsealed = start
     checkpoints.save(Saved(state=closed, staged=staged, dedup=dedup))
     crashpoint("loader.after_close_checkpoint")
-    publish(lake, staged)
+    publish(store, staged)
     if staged:
         logger.info(
             "bucket closed" if partition.index is None else "bucket closed by a partition",
@@ -226,7 +223,7 @@ def close_bucket(
 
 
 def seal(
-    lake: Path, name: str, width: int, partition: Partition, start: int, epoch: int, now: float
+    store: Store, name: str, width: int, partition: Partition, start: int, epoch: int, now: float
 ) -> bool:
     """Whether a partitioned type's bucket is done: it has its manifest now
     (written here if every partition's record is there), or lake retention
@@ -234,27 +231,27 @@ def seal(
     any partition, any number of times, at once."""
     assert partition.index is not None
     begin = dt.datetime.fromtimestamp(start, dt.UTC)
-    folder = bucket_dir(lake, name, begin, width)
-    if (folder / SUCCESS).exists():
+    folder = bucket_key(name, begin, width)
+    present = {entry.name for entry in store.files(folder)}
+    if SUCCESS in present:
         return True
-    if not folder.exists():
+    if not present:
         # This partition's record was staged in it when it closed the bucket, so
         # the folder is gone only if lake retention deleted it (sealed, and
         # expired while this partition was away).
         return True
     records = []
     for p in range(partition.count):
-        path = folder / record_name(p)
-        if not path.exists():
+        if record_name(p) not in present:
             return False
-        records.append(msgspec.json.decode(path.read_bytes(), type=Manifest))
+        records.append(msgspec.json.decode(store.read(f"{folder}/{record_name(p)}"), type=Manifest))
     files = sorted((f for r in records for f in r.files), key=lambda f: f.name)
     duplicates = sum(r.duplicates_dropped for r in records)
     manifest = _manifest(name, start, width, now, files, duplicates, sum(r.skewed for r in records))
     manifest.partitions = partition.count
-    temp = staged_path(folder / (record_name(partition.index) + ".success"), epoch)
+    temp = staged_key(f"{folder}/{record_name(partition.index)}.success", epoch)
     crashpoint("loader.before_seal")
-    if create_once(folder / SUCCESS, manifest_bytes(manifest), temp):
+    if store.create(f"{folder}/{SUCCESS}", manifest_bytes(manifest), temp):
         logger.info(
             "bucket closed",
             extra={
@@ -302,27 +299,26 @@ class Partitions(msgspec.Struct):
     first_bucket: int
 
 
-def agree_first(lake: Path, name: str, partition: Partition, candidate: int, epoch: int) -> int:
+def agree_first(store: Store, name: str, partition: Partition, candidate: int, epoch: int) -> int:
     """The first bucket every partition of a partitioned type closes: ``candidate``
     (this partition's) if it is the first to ask, else the one already agreed.
     Refuses a lake written with another number of partitions."""
-    path = lake / name / PARTITIONS
-    if not path.exists():
+    key = f"{name}/{PARTITIONS}"
+    if not store.exists(key):
         data = msgspec.json.encode(Partitions(partition.count, candidate))
-        temp = staged_path(path.with_name(f"{PARTITIONS}.p{partition.index}"), epoch)
-        create_once(path, data, temp)
-    agreed = check_partitions(lake, name, partition.count)
+        store.create(key, data, staged_key(f"{name}/{PARTITIONS}.p{partition.index}", epoch))
+    agreed = check_partitions(store, name, partition.count)
     assert agreed is not None
     return agreed.first_bucket
 
 
-def check_partitions(lake: Path, name: str, count: int) -> Partitions | None:
+def check_partitions(store: Store, name: str, count: int) -> Partitions | None:
     """What the lake says of a type's partitions (None: it was never partitioned);
     a different ``count`` is refused."""
-    path = lake / name / PARTITIONS
-    if not path.exists():
+    try:
+        agreed = msgspec.json.decode(store.read(f"{name}/{PARTITIONS}"), type=Partitions)
+    except FileNotFoundError:
         return None
-    agreed = msgspec.json.decode(path.read_bytes(), type=Partitions)
     if agreed.partitions != count:
         raise ConfigError(
             f"the lake's {name} is written with {agreed.partitions} partitions, not "

@@ -93,6 +93,7 @@ from hourglass.lake.layout import (
 )
 from hourglass.lake.manifest import Manifest, files_of, manifest_bytes, read_manifest
 from hourglass.lake.parquet import ROW_GROUP_ROWS, writer_options
+from hourglass.lake.store import LocalStore
 from hourglass.loader.metrics import LoaderMetrics
 
 if TYPE_CHECKING:
@@ -163,8 +164,10 @@ def drop_staging(lake: Path, name: str, epoch: int) -> int:
 
 def compacts(loader: StreamLoader) -> bool:
     """Whether this stream's loader compacts its type's closed buckets: of a
-    partitioned type, only partition 0's does (one merge per bucket, not P)."""
-    return loader.partition.index in (None, 0)
+    partitioned type, only partition 0's does (one merge per bucket, not P).  A
+    lake on S3 is not compacted (yet): the swap is a rename of a folder, which
+    object stores do not have; its part files stay one per flush."""
+    return loader.partition.index in (None, 0) and loader.store.local is not None
 
 
 def groups_of(paths: list[Path], target_bytes: int) -> list[list[Path]]:
@@ -236,7 +239,7 @@ def compact_bucket(
     try:
         for group in groups:
             _merge(group, staging, stop)
-        files = files_of(staging)  # rows from each file's footer, as the close does
+        files = files_of(LocalStore(staging), "")  # rows from each footer, as the close does
         if sum(f.rows for f in files) != manifest.count:
             logger.error(
                 "merged files do not hold the bucket's rows; not swapped in",

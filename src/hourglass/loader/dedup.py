@@ -58,8 +58,8 @@ so it can let a duplicate through, never drop an event):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import numpy as np
@@ -68,6 +68,7 @@ import pyarrow as pa
 from hourglass import log
 from hourglass.crashpoints import crashpoint
 from hourglass.durable import TMP_PREFIX
+from hourglass.lake.store import LocalStore
 from hourglass.loader.filter import SliceFilter
 from hourglass.loader.keys import HashFn, first_in_batch, hash64, probe_of
 from hourglass.loader.memtable import Memtable
@@ -117,6 +118,7 @@ class Deduper:
         self.lake = lake
         part = "" if partition is None else f"p{partition}"  # an event's copies share one
         self.folder = lake / stream / "_dedup" / part
+        self.store = LocalStore(lake)  # the index is always on a file system (memory-mapped)
         self.window_s = window_s
         self.memory_bytes = memory_bytes
         self.disk_bytes = disk_bytes
@@ -208,22 +210,25 @@ class Deduper:
             name = f"run-e{epoch}-{state.indexed_seq + 1:020d}-{last_seq:020d}.hgr"
             written: list[np.ndarray] = []
             chunks, hashes = self.memtable.chunks(), self.memtable.hashes()
-            write = partial(_write, chunks, hashes, self.probe, written)
-            temp = stage(self.folder / name, epoch, write)
+
+            def write(file: BinaryIO) -> None:
+                written.append(write_run(file, chunks, hashes, self.probe)[1])
+
+            temp, size = stage(self.store, self._rel(self.folder / name), epoch, write)
             crashpoint("loader.after_run")
-            current.runs.append(RunRef(name=name, keys=count, nbytes=temp.stat().st_size))
+            current.runs.append(RunRef(name=name, keys=count, nbytes=size))
             current.keys += count
             current.end = now
             plan.run = (name, written[0])
-            plan.staged[self._rel(self.folder / name)] = self._rel(temp)
+            plan.staged[self._rel(self.folder / name)] = temp
             state.indexed_seq = last_seq
         elif not count:
             state.indexed_seq = last_seq
         if self._producers_changed:
             name = f"producers-e{epoch}-{last_seq:020d}.hgp"
             data = self.producers.encode()
-            temp = stage(self.folder / name, epoch, partial(write_bytes, data))
-            plan.staged[self._rel(self.folder / name)] = self._rel(temp)
+            temp, _ = stage(self.store, self._rel(self.folder / name), epoch, write_bytes(data))
+            plan.staged[self._rel(self.folder / name)] = temp
             plan.old_producers, state.producers = state.producers, name
         self._fit_disk(plan)
         return plan
@@ -257,8 +262,9 @@ class Deduper:
         added, so its column in memory is whole."""
         column = self.filter.words[:, s.column].copy()
         name = f"slice-e{epoch}-{s.id:010d}.bloom"
-        temp = stage(self.folder / name, epoch, partial(write_bytes, column.tobytes()))
-        plan.staged[self._rel(self.folder / name)] = self._rel(temp)
+        key = self._rel(self.folder / name)
+        temp, _ = stage(self.store, key, epoch, write_bytes(column.tobytes()))
+        plan.staged[key] = temp
         s.bloom = name
 
     def _fit_disk(self, plan: Plan) -> None:
@@ -288,7 +294,7 @@ class Deduper:
             # An owner fenced after this one's recovery may have staged a run it
             # could never commit: staged files of earlier epochs go, as close.py
             # does in a bucket's folder when it closes.
-            sweep(self.folder, plan.epoch - 1, keep=[])
+            sweep(self.store, self._rel(self.folder), plan.epoch - 1, keep=[])
         if plan.old_producers not in (None, plan.state.producers):
             (self.folder / plan.old_producers).unlink(missing_ok=True)
         if plan.state.producers != self.state.producers:
@@ -432,12 +438,6 @@ class Deduper:
     @property
     def keys(self) -> int:
         return self.state.keys + self.memtable.count
-
-
-def _write(
-    chunks: list[pa.Array], hashes: np.ndarray, probe: int, out: list[np.ndarray], path: Path
-) -> None:
-    out.append(write_run(path, chunks, hashes, probe)[1])
 
 
 def _epoch_in_name(name: str) -> int | None:

@@ -23,7 +23,7 @@ import time
 from typing import TYPE_CHECKING
 
 from hourglass import log
-from hourglass.lake.layout import SUCCESS, bucket_dir, bucket_dirs, part_range, record_name
+from hourglass.lake.layout import SUCCESS, bucket_key, bucket_keys, part_range, record_name
 from hourglass.loader import close, compact, lakekeys
 from hourglass.loader.staging import publish, sweep, sync_folders
 from hourglass.loader.state import Saved, copy_state
@@ -40,17 +40,23 @@ def recover(loader: StreamLoader) -> None:
     loader.state = saved.state
     loader.processed_seq = loader.state.committed_seq
     epoch = loader.checkpoints.epoch
-    published = publish(loader.lake, saved.staged)
-    keep = {loader.lake / temp for temp in saved.staged.values()}
+    store = loader.store
+    published = publish(store, saved.staged)
+    keep = set(saved.staged.values())
     removed = 0
-    for folder in bucket_dirs(loader.lake, loader.name):
-        removed += sweep(folder, epoch, keep, loader.partition.owns)
+    # On S3 only the buckets this stream writes in are swept: from the
+    # checkpoint's first open (or unsealed) one on; a listing of every bucket of
+    # the lake's age would cost a LIST each.  (A fenced owner's staged file in an
+    # older, closed bucket is left there: no reader reads a staged name.)
+    since = None if store.local is not None else _oldest_open(loader)
+    for folder in bucket_keys(store, loader.name, since):
+        removed += sweep(store, folder, epoch, keep, loader.partition.owns)
         # An earlier version renamed parts before saving (never partitioned).
         if saved.legacy and loader.partition.index is None:
-            for path in folder.glob("part-*.parquet"):
-                span = part_range(path.name)
+            for entry in store.files(folder):
+                span = part_range(entry.name)
                 if span and span[0] > loader.state.committed_seq:
-                    path.unlink()
+                    store.delete(f"{folder}/{entry.name}")
                     removed += 1
     if loader.deduper is not None:
         removed += loader.deduper.restore(saved.dedup, epoch)
@@ -77,6 +83,14 @@ def recover(loader: StreamLoader) -> None:
     )
 
 
+def _oldest_open(loader: StreamLoader) -> int | None:
+    """The first bucket this stream may have written since its checkpoint (None:
+    it never closed one, so any)."""
+    state = loader.state
+    starts = [s for s in (state.next_close, state.unsealed) if s is not None]
+    return min(starts) if state.next_close is not None else None
+
+
 def _skip_closed(loader: StreamLoader) -> None:
     """A crash after a manifest but before the checkpoint: that bucket is closed
     (an earlier version published before it saved)."""
@@ -94,7 +108,7 @@ def _closed(loader: StreamLoader, start: int) -> bool:
     begin = dt.datetime.fromtimestamp(start, dt.UTC)
     index = loader.partition.index
     own = SUCCESS if index is None else record_name(index)
-    return (bucket_dir(loader.lake, loader.name, begin, loader.width) / own).exists()
+    return loader.store.exists(f"{bucket_key(loader.name, begin, loader.width)}/{own}")
 
 
 def _catch_up(loader: StreamLoader, *, imported: bool) -> int:
@@ -108,10 +122,10 @@ def _catch_up(loader: StreamLoader, *, imported: bool) -> int:
     if not imported and loader.state.next_close is not None:
         horizon = min(horizon, loader.state.next_close - loader.width)
     files = lakekeys.committed_after(
-        loader.lake, loader.name, deduper.state.indexed_seq, horizon, loader.partition.index
+        loader.store, loader.name, deduper.state.indexed_seq, horizon, loader.partition.index
     )
-    for i, (last, path) in enumerate(files):
-        deduper.add(lakekeys.of_file(path), now=now)
+    for i, (last, key) in enumerate(files):
+        deduper.add(lakekeys.of_file(loader.store, key), now=now)
         # A flush's files share one range: a run ends only where a range does.
         if deduper.due() and (i + 1 == len(files) or files[i + 1][0] != last):
             _commit_index(loader, last, now)
@@ -125,9 +139,9 @@ def _commit_index(loader: StreamLoader, through_seq: int, now: float) -> None:
     deduper = loader.deduper
     assert deduper is not None
     plan = deduper.plan(loader.checkpoints.epoch, through_seq, now, force=True)
-    sync_folders(loader.lake / temp for temp in plan.staged.values())
+    sync_folders(loader.store, plan.staged.values())
     loader.checkpoints.save(
         Saved(state=copy_state(loader.state), staged=plan.staged, dedup=plan.state)
     )
-    publish(loader.lake, plan.staged)
+    publish(loader.store, plan.staged)
     deduper.apply(plan, now)

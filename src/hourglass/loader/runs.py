@@ -31,9 +31,11 @@ every run of a slice kept ~8 bytes per key of the window mapped (920 MiB at
 
 from __future__ import annotations
 
+import contextlib
 import mmap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +64,7 @@ def sort_hashes(hashes: np.ndarray) -> tuple[np.ndarray, np.ndarray, int]:
 
 
 def write_run(
-    path: Path, chunks: Sequence[pa.Array], hashes: np.ndarray, probe: int
+    out: Path | BinaryIO, chunks: Sequence[pa.Array], hashes: np.ndarray, probe: int
 ) -> tuple[int, np.ndarray]:
     """Write the keys of ``chunks`` (large_binary, in order) with their ``hashes``;
     the file's size and the hashes in the file's order (to fill a filter)."""
@@ -71,7 +73,7 @@ def write_run(
     ordered, order, bits = sort_hashes(hashes)
     pad = (-4 * count) % 8
     blob = 0
-    with path.open("wb") as f:
+    with out.open("wb") if isinstance(out, Path) else contextlib.nullcontext(out) as f:
         total = sum(int(_offsets(c)[-1] - _offsets(c)[0]) for c in chunks if len(c))
         header = np.array([0, count, total, probe, bits], dtype=np.uint64)
         header[0] = np.frombuffer(MAGIC, dtype=np.uint64)[0]

@@ -46,7 +46,6 @@ from hourglass.bus.ownership import Ownership
 from hourglass.bus.retention import drop_stale_consumers, loader_durable, retain
 from hourglass.config import Settings
 from hourglass.exceptions import Fenced
-from hourglass.lake.layout import check_layout
 from hourglass.lake.retention import DAY, expire_buckets
 from hourglass.loader.compact import Compactor
 from hourglass.loader.metrics import (
@@ -63,6 +62,7 @@ from hourglass.loader.streams import (
     check_lake,
     check_partitions,
     first_bucket_hint,
+    open_lake,
 )
 
 logger = log.get("hourglass.loader")
@@ -355,20 +355,12 @@ async def run_loader(settings: Settings) -> None:
         start_http_server(
             settings.loader_metrics_port, addr=settings.host, registry=metrics.registry
         )
-    while True:
-        try:
-            check_layout(settings)
-            break
-        except OSError as exc:
-            if not is_disk_full(exc):
-                raise
-            await space.wait("_layout", "layout", exc)
-    space.wrote("_layout", "layout")
-    streams = build_streams(settings, metrics)
+    store = await open_lake(settings, space)
+    streams = build_streams(settings, metrics, store)
     url = resolve_bus_url(settings)
     nc = await jetstream.connect(url, name="hourglass-loader")
     js = nc.jetstream(timeout=10)
-    await check_partitions(js, settings, streams)
+    await check_partitions(js, settings, streams, store)
     await wait_for_streams(js, [s.stream for s in streams])
     ownership = Ownership(
         js,
@@ -392,7 +384,7 @@ async def run_loader(settings: Settings) -> None:
     tasks += [asyncio.create_task(runner.owned(s), name=s.label) for s in streams]
     logger.info(
         "loader running",
-        extra={"streams": len(streams), "bus": url, "lake": str(settings.lake_path)},
+        extra={"streams": len(streams), "bus": url, "lake": settings.lake_url},
     )
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -5,29 +5,33 @@ running: paused, then woken, it finishes the write it was in.  So nothing it
 writes may become visible on its own.  Every part file and manifest is:
 
 1. **staged**: written as ``.tmp-e<epoch>-<name>.staged`` in its final folder, fsynced,
-   and the folder fsynced (:func:`stage`, :func:`sync_folders`);
+   and the folder fsynced (:func:`stage`, :func:`sync_folders`); on S3, one PUT;
 2. **committed**: the checkpoint that names it (``Saved.staged``) is saved;
    for the service that is a revision-checked KV write a fenced loader cannot
    make;
-3. **published**: renamed to ``<name>``, the folder fsynced (:func:`publish`).
+3. **published**: renamed to ``<name>``, the folder fsynced (:func:`publish`); on
+   S3, a server-side copy, then the staged object deleted.
 
 A crash after 1 leaves a staged file no checkpoint names: the next recovery of
 that epoch or a later one deletes it (:func:`sweep`).  A crash after 2 leaves a
 committed staged file: the next recovery publishes it first (a rename of a file
-that is gone is a rename someone else already made).  Readers glob
+that is gone is a rename someone else already made; on S3 a crash between the
+copy and the delete leaves a staged object whose final is already there, which
+the next publish copies again, the same bytes).  Readers glob
 ``part-*.parquet`` (or ``*.parquet``) and ``_SUCCESS.json``; a staged name
 matches neither.
 """
 
 from __future__ import annotations
 
-import os
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from typing import BinaryIO
 
 from hourglass.crashpoints import crashpoint
-from hourglass.durable import TMP_PREFIX, fsync_dir, fsync_file, makedirs_durable
+from hourglass.durable import TMP_PREFIX
+from hourglass.lake.store import Store, Writer
 
 _STAGED = re.compile(r"^" + re.escape(TMP_PREFIX) + r"e(\d+)-")
 
@@ -38,8 +42,10 @@ _STAGED = re.compile(r"^" + re.escape(TMP_PREFIX) + r"e(\d+)-")
 STAGED_SUFFIX = ".staged"
 
 
-def staged_path(final: Path, epoch: int) -> Path:
-    return final.with_name(f"{TMP_PREFIX}e{epoch}-{final.name}{STAGED_SUFFIX}")
+def staged_key(final: str, epoch: int) -> str:
+    """The staged name of the lake key ``final`` (same folder)."""
+    folder, name = posixpath.split(final)
+    return posixpath.join(folder, f"{TMP_PREFIX}e{epoch}-{name}{STAGED_SUFFIX}")
 
 
 def final_of(name: str) -> str:
@@ -54,55 +60,58 @@ def epoch_of(name: str) -> int | None:
     return int(match.group(1)) if match else None
 
 
-def stage(final: Path, epoch: int, write: Callable[[Path], None]) -> Path:
-    """Write ``final``'s content under its staged name and fsync it; the folder is
-    fsynced by :func:`sync_folders` before the commit.  A failed write (a full
-    disk) leaves nothing behind."""
-    makedirs_durable(final.parent)
-    path = staged_path(final, epoch)
+def stage(store: Store, final: str, epoch: int, write: Writer) -> tuple[str, int]:
+    """Write ``final``'s content under its staged name (on a file system, fsynced;
+    the folder is fsynced by :func:`sync_folders` before the commit): the staged
+    key and its size.  A failed write (a full disk) leaves nothing behind."""
+    temp = staged_key(final, epoch)
     try:
-        write(path)
-        fsync_file(path)
+        size = store.put(temp, write)
     except BaseException:
-        path.unlink(missing_ok=True)
+        store.delete(temp)
         raise
     crashpoint("lake.staged")
-    return path
+    return temp, size
 
 
-def write_bytes(data: bytes, path: Path) -> None:
+def write_bytes(data: bytes) -> Writer:
     """A ``write`` for :func:`stage` of bytes already in memory (a manifest, a column)."""
-    path.write_bytes(data)
+
+    def write(file: BinaryIO) -> None:
+        file.write(data)
+
+    return write
 
 
-def sync_folders(paths: Iterable[Path]) -> None:
-    for folder in sorted({p.parent for p in paths}):
-        fsync_dir(folder)
+def folder_of(key: str) -> str:
+    return posixpath.dirname(key)
 
 
-def publish(lake: Path, staged: Mapping[str, str]) -> int:
-    """Rename each committed staged file into place; how many were still staged.
+def sync_folders(store: Store, keys: Iterable[str]) -> None:
+    store.sync({folder_of(k) for k in keys})
+
+
+def publish(store: Store, staged: Mapping[str, str]) -> int:
+    """Move each committed staged file into place; how many were still staged.
 
     A staged file that is gone was published already (by this loader before a
     crash, or by another that rolled the same checkpoint forward); its folder
     may even be gone since (lake retention), so it is not looked for.
     """
-    moved: list[Path] = []
-    for final, temp in sorted(staged.items()):
-        try:
-            os.replace(lake / temp, lake / final)
-        except FileNotFoundError:
-            continue
-        moved.append(lake / final)
-    sync_folders(moved)
+    moved = [final for final, temp in sorted(staged.items()) if store.rename(temp, final)]
+    sync_folders(store, moved)
     return len(moved)
 
 
 def sweep(
-    folder: Path, epoch: int, keep: Iterable[Path], mine: Callable[[str], bool] | None = None
+    store: Store,
+    folder: str,
+    epoch: int,
+    keep: Iterable[str],
+    mine: Callable[[str], bool] | None = None,
 ) -> int:
     """Delete what an interrupted write left in ``folder``: staged files of epochs up
-    to ``epoch`` not in ``keep`` (paths: every bucket's staged manifest has the same
+    to ``epoch`` not in ``keep`` (keys: every bucket's staged manifest has the same
     name), and any other temp file; how many.
 
     Staged files of later epochs are left alone: a later owner may be writing
@@ -113,14 +122,15 @@ def sweep(
     """
     kept = set(keep)
     removed = 0
-    for path in folder.iterdir():
-        if not path.name.startswith(TMP_PREFIX) or path in kept:
+    for entry in store.files(folder):
+        key = posixpath.join(folder, entry.name)
+        if not entry.name.startswith(TMP_PREFIX) or key in kept:
             continue
-        if mine is not None and not mine(final_of(path.name)):
+        if mine is not None and not mine(final_of(entry.name)):
             continue
-        stamped = epoch_of(path.name)
+        stamped = epoch_of(entry.name)
         if stamped is not None and stamped > epoch:
             continue
-        path.unlink(missing_ok=True)
+        store.delete(key)
         removed += 1
     return removed

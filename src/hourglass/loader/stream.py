@@ -59,11 +59,12 @@ from hourglass.lake.arrow import SEQUENCE_COLUMNS
 from hourglass.lake.layout import (
     ONLY,
     Partition,
-    bucket_dir,
+    bucket_key,
     part_name,
 )
 from hourglass.lake.manifest import Manifest
 from hourglass.lake.parquet import write_table
+from hourglass.lake.store import LocalStore, Store
 from hourglass.loader import close, copies, recovery
 from hourglass.loader.dedup import MEMORY_BYTES, Deduper
 from hourglass.loader.metrics import Observer, Stats
@@ -108,6 +109,7 @@ class StreamLoader:
         clock: Callable[[], float] = time.time,
         observer: Observer | None = None,
         partition: Partition = ONLY,
+        store: Store | None = None,
     ) -> None:
         self.name = name
         self.partition = partition
@@ -115,7 +117,10 @@ class StreamLoader:
         # (``close.agree_first``); set by the service before the first rows.
         self.first_hint: int | None = None
         self.fmt = fmt
+        # ``lake``: the local root, of the dedup index (and of everything when the
+        # lake is a folder); ``store``: where the rows go (``lake/store.py``).
         self.lake = lake
+        self.store: Store = store or LocalStore(lake)
         self.checkpoints = checkpoints
         self.quarantine = Quarantine(quarantine, quarantine_max_bytes)
         self.width = width_s
@@ -167,6 +172,7 @@ class StreamLoader:
             clock=self.clock,
             observer=self.observer,
             partition=self.partition,
+            store=self.store,
         )
 
     # ---------------------------------------------------------------- recovery
@@ -184,7 +190,7 @@ class StreamLoader:
         if self.first_hint is not None:
             candidate = min(candidate, self.first_hint)
         return close.agree_first(
-            self.lake, self.name, self.partition, candidate, self.checkpoints.epoch
+            self.store, self.name, self.partition, candidate, self.checkpoints.epoch
         )
 
     def index_state(self) -> DedupState | None:
@@ -305,16 +311,15 @@ class StreamLoader:
             table = pa.concat_tables(tables)
             start = dt.datetime.fromtimestamp(bucket, dt.UTC)
             name = part_name(first, last, self.partition.index)
-            path = bucket_dir(self.lake, self.name, start, self.width) / name
-            temp = stage(path, epoch, partial(write_table, table))
-            staged[path.relative_to(self.lake).as_posix()] = temp.relative_to(self.lake).as_posix()
+            key = f"{bucket_key(self.name, start, self.width)}/{name}"
+            staged[key], _ = stage(self.store, key, epoch, partial(write_table, table))
             crashpoint("loader.after_part")
             rows, files = rows + table.num_rows, files + 1
         plan = None
         if self.deduper is not None:
             plan = self.deduper.plan(epoch, last, self.clock())
             staged.update(plan.staged)
-        sync_folders(self.lake / temp for temp in staged.values())
+        sync_folders(self.store, staged.values())
         state = copy_state(self.state)
         state.committed_seq = last
         state.markers.update(self._pending_markers)
@@ -325,7 +330,7 @@ class StreamLoader:
         crashpoint("loader.before_checkpoint")
         self.checkpoints.save(Saved(state=state, staged=staged, dedup=plan.state if plan else None))
         crashpoint("loader.after_checkpoint")
-        publish(self.lake, staged)
+        publish(self.store, staged)
         if plan is not None and self.deduper is not None:
             self.deduper.apply(plan, self.clock())
             self.stats.on_index(self.deduper.report(self.clock()))
@@ -397,7 +402,7 @@ class StreamLoader:
         closed = []
         for _ in starts:
             manifest, self.state = close.close_bucket(
-                self.lake,
+                self.store,
                 self.name,
                 self.width,
                 self.state,
@@ -419,7 +424,7 @@ class StreamLoader:
         state = self.state
         while state.unsealed is not None:
             done = close.seal(
-                self.lake,
+                self.store,
                 self.name,
                 self.width,
                 self.partition,

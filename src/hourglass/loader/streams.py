@@ -4,6 +4,7 @@ checks, at start, that refuse a bus or lake laid out for other settings."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from dataclasses import dataclass
@@ -18,9 +19,10 @@ from hourglass.durable import TMP_PREFIX
 from hourglass.exceptions import ConfigError
 from hourglass.lake.arrow import LakeSchema
 from hourglass.lake.failed import FAILED_DIR, FailedFormat
-from hourglass.lake.layout import Partition
+from hourglass.lake.layout import Partition, check_layout
+from hourglass.lake.store import Store, lake_store
 from hourglass.loader import close
-from hourglass.loader.metrics import LoaderMetrics, StreamMetrics
+from hourglass.loader.metrics import LakeSpace, LoaderMetrics, StreamMetrics, is_disk_full
 from hourglass.loader.owner import Unclaimed
 from hourglass.loader.resources import dedup_share, pending_share
 from hourglass.loader.stream import RowFormat, StreamLoader
@@ -43,8 +45,12 @@ class Stream:
         self.label = self.label or self.name
 
 
-def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
-    """One :class:`Stream` per event type, and one for the failed-events stream."""
+def build_streams(
+    settings: Settings, metrics: LoaderMetrics, store: Store | None = None
+) -> list[Stream]:
+    """One :class:`Stream` per event type, and one for the failed-events stream,
+    writing to ``store`` (the settings' lake if not given)."""
+    store = store or lake_store(settings)
     registry = load_registry(settings)
     width = bucket_seconds(settings.bucket)
     lake = settings.lake_path
@@ -81,6 +87,7 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                         dedup_run_keys=settings.dedup_run_keys or None,
                         observer=StreamMetrics(metrics, label),
                         partition=partition,
+                        store=store,
                     ),
                     # Partitioned types came after the file checkpoints: none to import.
                     settings.checkpoint_path(name if index is None else stream),
@@ -105,12 +112,29 @@ def build_streams(settings: Settings, metrics: LoaderMetrics) -> list[Stream]:
                 closes=False,
                 dedup=False,
                 observer=StreamMetrics(metrics, FAILED_DIR),
+                store=store,
             ),
             settings.checkpoint_path(FAILED_DIR),
             pending,
         )
     )
     return streams
+
+
+async def open_lake(settings: Settings, space: LakeSpace) -> Store:
+    """The settings' lake, its bucket width checked (``layout.check_layout``),
+    once there is room on a full disk to record it."""
+    store = lake_store(settings)
+    while True:
+        try:
+            check_layout(settings, store)
+            break
+        except OSError as exc:
+            if not is_disk_full(exc):
+                raise
+            await space.wait("_layout", "layout", exc)
+    space.wrote("_layout", "layout")
+    return store
 
 
 def dedup_budgets(settings: Settings, types: int) -> tuple[int, int]:
@@ -123,15 +147,24 @@ def dedup_budgets(settings: Settings, types: int) -> tuple[int, int]:
     return dedup_share(settings.loader_memory_bytes, types), disk // types
 
 
-async def check_partitions(js: JetStreamContext, settings: Settings, streams: list[Stream]) -> None:
+async def check_partitions(
+    js: JetStreamContext, settings: Settings, streams: list[Stream], store: Store
+) -> None:
     """Refuse, before any stream loads (not a loop of failing restarts), partitions
     other than those a type's streams or its lake folder have (``bus/jetstream.py``,
-    ``loader/close.py``): no waiting for streams no gateway will create."""
+    ``loader/close.py``): no waiting for streams no gateway will create.  Their
+    manifests are created once: by a hard link, or on S3 a conditional PUT; a
+    lake that cannot is refused here rather than at every close."""
     counts = {s.name: s.loader.partition.count for s in streams if s.name != FAILED_DIR}
     for name, count in counts.items():
-        close.check_partitions(settings.lake_path, name, count)
+        close.check_partitions(store, name, count)
     if any(n > 1 for n in counts.values()):
-        check_hard_links(settings.lake_path)
+        if settings.lake_remote:
+            from hourglass.lake.s3 import check_conditional  # obstore: the s3 extra's
+
+            await asyncio.to_thread(check_conditional, store)
+        else:
+            check_hard_links(settings.lake_path)
     jetstream.check_layout(await jetstream.stream_names(js), counts)
 
 
@@ -157,7 +190,7 @@ def check_hard_links(lake: Path) -> None:
 async def check_lake(ownership: Ownership, settings: Settings, streams: list[Stream]) -> None:
     """Refuse to start as the standby of a loader that writes to another lake: it
     would take over into a lake of its own, splitting every stream in two."""
-    lake = str(settings.lake_path.resolve())
+    lake = settings.lake_url if settings.lake_remote else str(settings.lake_path.resolve())
     for s in streams:
         record, _ = await read_record(ownership.js, s.stream, ownership.records)
         if record is not None and record.lake != lake:

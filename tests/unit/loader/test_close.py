@@ -15,6 +15,7 @@ import pytest
 
 from hourglass.lake.layout import SUCCESS, bucket_dir
 from hourglass.lake.manifest import Manifest
+from hourglass.lake.store import LocalStore
 from hourglass.loader import close
 from hourglass.loader.close import Facts, complete, due
 from hourglass.loader.staging import publish, sweep
@@ -99,7 +100,7 @@ def test_close_bucket_stages_the_manifest_saves_then_publishes(tmp_path: Path) -
         next_close=START,
         buckets={START: BucketCounts(duplicates=2, skewed=1), END: BucketCounts(skewed=4)},
     )
-    manifest, saved = close.close_bucket(lake, "t", W, state, store, now=END + 12.5)
+    manifest, saved = close.close_bucket(LocalStore(lake), "t", W, state, store, now=END + 12.5)
     assert (manifest.count, manifest.duplicates_dropped, manifest.skewed) == (0, 2, 1)
     assert manifest.close_delay_s == 12.5
     assert _manifest_of(lake) == manifest
@@ -119,10 +120,10 @@ def test_close_bucket_stages_the_manifest_saves_then_publishes(tmp_path: Path) -
 def test_a_manifest_from_before_a_crash_is_kept_not_rewritten(tmp_path: Path) -> None:
     lake, store = tmp_path / "lake", FileCheckpoints(tmp_path / "t.json")
     state = LoaderState(next_close=START)
-    first, _ = close.close_bucket(lake, "t", W, state, store, now=END + 1)
+    first, _ = close.close_bucket(LocalStore(lake), "t", W, state, store, now=END + 1)
     # An earlier version saved its checkpoint after renaming the manifest; a crash
     # between the two: the same bucket is closed again, later.
-    again, saved = close.close_bucket(lake, "t", W, state, store, now=END + 99)
+    again, saved = close.close_bucket(LocalStore(lake), "t", W, state, store, now=END + 99)
     assert again == first and _manifest_of(lake) == first
     assert saved.next_close == END and store.load().staged == {}
 
@@ -154,19 +155,23 @@ def test_a_crash_either_side_of_the_close_s_save(
 
     monkeypatch.setattr("hourglass.loader.close.crashpoint", crashpoint)
     with pytest.raises(Crash):
-        close.close_bucket(lake, "t", W, LoaderState(next_close=START), store, now=END + 1)
+        close.close_bucket(
+            LocalStore(lake), "t", W, LoaderState(next_close=START), store, now=END + 1
+        )
     assert not (folder / SUCCESS).exists(), "nothing visible before the publish"
     assert [p.name for p in folder.iterdir()] == [".tmp-e0-_SUCCESS.json.staged"]
     saved = store.load()
     if point == "loader.after_manifest":
         assert saved.state.next_close is None and saved.staged == {}
-        assert sweep(folder, 0, keep=[]) == 1  # nothing named in the checkpoint
+        assert (
+            sweep(LocalStore(lake), folder.relative_to(lake).as_posix(), 0, keep=[]) == 1
+        )  # nothing named in the checkpoint
         assert list(folder.iterdir()) == []
     else:
         assert saved.state.next_close == END
-        assert publish(lake, saved.staged) == 1
+        assert publish(LocalStore(lake), saved.staged) == 1
         assert _manifest_of(lake).bucket_start.timestamp() == START
-        assert publish(lake, saved.staged) == 0, "publishing again is a no-op"
+        assert publish(LocalStore(lake), saved.staged) == 0, "publishing again is a no-op"
 
 
 def test_markers_of_gateways_long_gone_are_forgotten_live_ones_kept() -> None:

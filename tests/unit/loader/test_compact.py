@@ -21,6 +21,7 @@ import pytest
 from hourglass.audit import integrity
 from hourglass.lake.layout import part_name
 from hourglass.lake.manifest import manifest_bytes, read_manifest
+from hourglass.lake.store import LocalStore
 from hourglass.loader import compact, lakekeys
 from hourglass.loader.compact import Stopped, compact_bucket, compact_closed, drop_staging
 from tests.unit.loader.conftest import H0, SKIPPED, Harness, key, skipped
@@ -206,8 +207,8 @@ def test_catch_up_reads_a_merged_file_that_starts_before_the_index(tmp_path: Pat
     folder.mkdir(parents=True)
     pq.write_table(pa.table({"id": ["a"]}), folder / part_name(3, 9))
     pq.write_table(pa.table({"id": ["b"]}), folder / part_name(2, 4))
-    found = lakekeys.committed_after(tmp_path, SKIPPED, 5, 0)
-    assert [p.name for _, p in found] == [part_name(3, 9)]
+    found = lakekeys.committed_after(LocalStore(tmp_path), SKIPPED, 5, 0)
+    assert [key.rsplit("/", 1)[-1] for _, key in found] == [part_name(3, 9)]
 
 
 _CHILD = """

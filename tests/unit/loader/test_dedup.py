@@ -13,6 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from hourglass.lake.store import LocalStore
 from hourglass.loader.dedup import Deduper
 from hourglass.loader.hashindex import HashIndex, nonzero
 from hourglass.loader.keys import HashFn, hash64, keys_of
@@ -91,13 +92,13 @@ class Sim:
         self.pending = []
         if crash == "saved":
             return self.crash()
-        publish(self.lake, plan.staged)
+        publish(LocalStore(self.lake), plan.staged)
         self.d.apply(plan, self.now)
         return None
 
     def crash(self) -> None:
         self.pending = []
-        publish(self.lake, self.saved_staged)  # what recovery does first
+        publish(LocalStore(self.lake), self.saved_staged)  # what recovery does first
         self.d = self._start()
 
 
@@ -317,6 +318,6 @@ def test_a_run_staged_by_a_fenced_owner_is_deleted_at_the_next_run(tmp_path: Pat
     sim.batch([b"b"])
     seq = sim.seq + 1
     plan = sim.d.plan(epoch=1, last_seq=seq, now=sim.now)
-    publish(tmp_path, plan.staged)
+    publish(LocalStore(tmp_path), plan.staged)
     sim.d.apply(plan, sim.now)
     assert not fenced.exists() and later.exists()
