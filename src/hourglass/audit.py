@@ -22,19 +22,22 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass, field
-from pathlib import Path
+from typing import Any
 
 import duckdb
+import msgspec
+import pyarrow as pa
 from nats.js import JetStreamContext
 
 from hourglass.bus import jetstream
 from hourglass.bus.consumer import tally_by_minute
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
-from hourglass.lake.layout import SUCCESS, bucket_dirs, bucket_of_dir, part_range
-from hourglass.lake.manifest import Manifest, read_manifest
-from hourglass.lake.parquet import row_count, sha256_of
+from hourglass.lake.dataset import part_keys, type_dataset
+from hourglass.lake.layout import SUCCESS, bucket_keys, bucket_of_key
+from hourglass.lake.manifest import Manifest, files_of
 from hourglass.lake.retention import read_deletions
+from hourglass.lake.store import Store, lake_store
 from hourglass.loader.owner import read_checkpoint
 from hourglass.schemas import load_registry
 
@@ -98,61 +101,72 @@ async def published_by_bucket(
     return published, horizon
 
 
-_COUNT = (
-    "select (floor(epoch(received_at))::bigint // $w) * $w as b, count(*) "
-    "from read_parquet($p) group by b"
-)
+_COUNT = "select (floor(epoch(received_at))::bigint // $w) * $w as b, count(*) from rows group by b"
+_UNREADABLE = (duckdb.Error, pa.ArrowException, OSError)
+
+
+def _count(settings: Settings, store: Store, type_name: str, keys: list[str], width: int) -> Any:
+    rows = type_dataset(settings, store, type_name, keys)
+    with duckdb.connect() as con:
+        con.register("rows", rows)
+        return con.execute(_COUNT, {"w": width}).fetchall()
 
 
 def delivered_by_bucket(
-    lake: Path, type_name: str, width: int
-) -> tuple[dict[int, int], list[Path]]:
+    settings: Settings, store: Store, type_name: str, width: int
+) -> tuple[dict[int, int], list[str]]:
     """Rows per bucket of ``received_at`` across every part file; and unreadable files."""
-    files = sorted((lake / type_name).rglob("part-*.parquet"))
+    keys = part_keys(store, type_name)
     counts: dict[int, int] = {}
-    unreadable: list[Path] = []
-    if not files:
+    unreadable: list[str] = []
+    if not keys:
         return counts, unreadable
-    with duckdb.connect() as con:
-        try:
-            rows = con.execute(_COUNT, {"w": width, "p": [str(f) for f in files]}).fetchall()
-        except duckdb.Error:
-            rows = []
-            for path in files:  # find the damaged ones, count the rest
-                try:
-                    rows += con.execute(_COUNT, {"w": width, "p": str(path)}).fetchall()
-                except duckdb.Error:
-                    unreadable.append(path)
+    try:
+        rows = _count(settings, store, type_name, keys, width)
+    except _UNREADABLE:
+        rows = []
+        for key in keys:  # find the damaged ones, count the rest
+            try:
+                rows += _count(settings, store, type_name, [key], width)
+            except _UNREADABLE:
+                unreadable.append(key)
     for bucket, n in rows:
         counts[int(bucket)] = counts.get(int(bucket), 0) + int(n)
     return counts, unreadable
 
 
-def integrity(folder: Path, manifest: Manifest) -> list[str]:
+def integrity(store: Store, folder: str, manifest: Manifest) -> list[str]:
     """Differences between a closed bucket's folder and its manifest."""
     problems = []
-    present = {p.name for p in folder.iterdir() if part_range(p.name) is not None}
+    present = {f.name: f for f in files_of(store, folder)}
     listed = {f.name: f for f in manifest.files}
-    for name in sorted(listed.keys() - present):
+    for name in sorted(listed.keys() - present.keys()):
         problems.append(f"file {name} deleted after close")
-    for name in sorted(present - listed.keys()):
+    for name in sorted(present.keys() - listed.keys()):
         problems.append(f"file {name} added after close")
-    for name in sorted(listed.keys() & present):
-        entry, path = listed[name], folder / name
-        if sha256_of(path) != entry.sha256:
+    for name in sorted(listed.keys() & present.keys()):
+        entry, found = listed[name], present[name]
+        if found.sha256 != entry.sha256:
             problems.append(f"file {name} altered after close (sha256 differs)")
-        elif row_count(path) != entry.rows:
-            problems.append(f"file {name} has {row_count(path)} rows, manifest says {entry.rows}")
+        elif found.rows != entry.rows:
+            problems.append(f"file {name} has {found.rows} rows, manifest says {entry.rows}")
     if sum(f.rows for f in manifest.files) != manifest.count:
         problems.append("manifest count differs from the sum of its files")
     return problems
+
+
+def _manifest_at(store: Store, folder: str) -> Manifest | None:
+    try:
+        return msgspec.json.decode(store.read(f"{folder}/{SUCCESS}"), type=Manifest)
+    except FileNotFoundError:
+        return None
 
 
 async def run_audit(
     settings: Settings, *, type_name: str | None = None, since: dt.datetime | None = None
 ) -> list[BucketAudit]:
     width = bucket_seconds(settings.bucket)
-    lake = settings.lake_path
+    store = lake_store(settings)
     types = [s.type_name for s in load_registry(settings)]
     counts = jetstream.partition_counts(settings, types)
     if type_name is not None:
@@ -163,14 +177,15 @@ async def run_audit(
         js = nc.jetstream(timeout=10)
         for name in types:
             published, horizon = await published_by_bucket(js, name, counts[name], width)
-            delivered, unreadable = delivered_by_bucket(lake, name, width)
-            deleted = read_deletions(lake, name)
+            delivered, unreadable = delivered_by_bucket(settings, store, name, width)
+            # Lake retention (a lake on a file system only) records what it deleted.
+            deleted = {} if settings.lake_remote else read_deletions(settings.lake_path, name)
             seen: set[int] = set()
-            for folder in bucket_dirs(lake, name):
-                start = bucket_of_dir(lake, name, folder)
+            for folder in bucket_keys(store, name):
+                start = bucket_of_key(name, folder)
                 key = int(start.timestamp())
                 seen.add(key)
-                manifest = read_manifest(folder) if (folder / SUCCESS).exists() else None
+                manifest = _manifest_at(store, folder)
                 if manifest is None or key in deleted or (since is not None and start < since):
                     continue
                 results.append(
@@ -181,7 +196,7 @@ async def run_audit(
                         delivered.get(key, 0),
                         manifest.duplicates_dropped,
                         manifest.skewed,
-                        integrity(folder, manifest),
+                        integrity(store, folder, manifest),
                     )
                 )
             closed_before = await _closed_before(js, settings, name, counts[name])

@@ -135,6 +135,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.lake_url.startswith("s3://")
 
     @property
+    def lake_id(self) -> str:
+        """The lake as loaders compare it (every loader of a bus writes one lake)."""
+        return self.lake_url if self.lake_remote else str(self.lake_path.resolve())
+
+    @property
     def lake_path(self) -> Path:
         """The lake's folder on this machine; for a lake on S3, the loader's local
         folder for what needs a file system (its dedup index: a cache, rebuilt

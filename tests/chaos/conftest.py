@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import hashlib
-import shutil
 import threading
 import time
 import uuid
@@ -29,7 +28,6 @@ import nats
 import pyarrow as pa
 import pyarrow.dataset as ds
 import pyarrow.parquet as pq
-import pytest
 
 from hourglass.bus.jetstream import FAILED_SUBJECT, KIND, MSG_ID, connect, stream_name, subject
 from hourglass.bus.ownership import read_loaders, read_record
@@ -38,7 +36,12 @@ from hourglass.exceptions import BusUnavailable
 from hourglass.lake.manifest import Manifest
 from hourglass.loader.state import Saved
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
-from tests.integration.conftest import nats_server, start_gateway, start_loader  # noqa: F401
+from tests.integration.conftest import (  # noqa: F401  (fixtures)
+    nats_server,
+    one_type_schemas,
+    start_gateway,
+    start_loader,
+)
 from tests.integration.support import BATCH, skipped
 
 T = TypeVar("T")
@@ -49,16 +52,6 @@ Key = tuple[str, str]  # (source, id)
 
 
 # --------------------------------------------------------------------- fixtures
-
-
-@pytest.fixture
-def one_type_schemas(tmp_path: Path) -> str:
-    """A schemas folder with only ``music.SongSkipped``: one stream, so the order of
-    the loader's durable writes (and so ``<point>:<n>``) is deterministic."""
-    folder = tmp_path / "schemas"
-    folder.mkdir()
-    shutil.copy(DEMO_SCHEMAS_DIR / "SongSkipped.avsc", folder / "SongSkipped.avsc")
-    return str(folder)
 
 
 # One-minute buckets, fast markers, leases and flushes: a chaos case closes buckets,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -11,11 +12,14 @@ import pytest
 
 from hourglass.bus.embedded import free_port
 from hourglass.config import Settings
+from hourglass.schemas import DEMO_SCHEMAS_DIR
 from tests.integration.support import (
+    S3_CREDENTIALS,
     Bus,
     GatewayProcess,
     HourglassProcess,
     LoaderProcess,
+    MotoServer,
     NatsServer,
 )
 
@@ -91,3 +95,27 @@ def start_loader(nats_server: NatsServer, tmp_path: Path) -> Iterator[StartLoade
 @pytest.fixture
 def gateway(start_gateway: StartGateway) -> GatewayProcess:
     return start_gateway()
+
+
+@pytest.fixture
+def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
+    """A real S3 HTTP API (moto's server) with a ``lake`` bucket; this process and
+    the ones it starts get the AWS variables that reach it."""
+    for name, value in S3_CREDENTIALS.items():
+        monkeypatch.setenv(name, value)
+    server = MotoServer(tmp_path / "moto.log")
+    try:
+        server.start()
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def one_type_schemas(tmp_path: Path) -> str:
+    """A schemas folder with only ``music.SongSkipped``: one stream, so the order of
+    the loader's durable writes (and so ``<point>:<n>``) is deterministic."""
+    folder = tmp_path / "schemas"
+    folder.mkdir()
+    shutil.copy(DEMO_SCHEMAS_DIR / "SongSkipped.avsc", folder / "SongSkipped.avsc")
+    return str(folder)

@@ -128,6 +128,48 @@ class NatsCluster:
             node.stop()
 
 
+S3_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "hourglass-test",
+    "AWS_SECRET_ACCESS_KEY": "hourglass-test-secret",
+    "AWS_REGION": "us-east-1",
+}
+
+
+@dataclass
+class MotoServer:
+    """moto's S3 server (a real S3 HTTP API, in a process of its own) on a free
+    port, with one bucket; the AWS variables of :data:`S3_CREDENTIALS` reach it."""
+
+    log_path: Path
+    bucket: str = "lake"
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+                stdout=log,
+                stderr=log,
+            )
+        wait_port(self.port, timeout=30)
+        r = httpx.put(f"{self.endpoint}/{self.bucket}", timeout=10)
+        assert r.status_code == 200, r.text
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+
 @dataclass
 class HourglassProcess:
     """``python -m hourglass <command>`` with exactly ``settings``, output to a log file."""

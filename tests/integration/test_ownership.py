@@ -75,7 +75,7 @@ def test_a_live_lease_is_exclusive_and_an_expired_one_is_taken_over(
 def test_a_claim_fences_every_later_save_of_the_previous_owner(
     nats_server: NatsServer, tmp_path: Path
 ) -> None:
-    lake = tmp_path / "lake"
+    lake = str(tmp_path / "lake")
 
     async def run() -> None:
         async with _two(nats_server.url) as (a, b):
@@ -97,7 +97,7 @@ def test_a_claim_fences_every_later_save_of_the_previous_owner(
         record, _ = await b.read_record(STREAM)
         assert record is not None and record.epoch == 2 and record.owner == b.me.loader
         with pytest.raises(ConfigError, match="share its lake"):
-            await KvCheckpoints.claim(a, STREAM, tmp_path / "elsewhere", tmp_path / "none.json")
+            await KvCheckpoints.claim(a, STREAM, str(tmp_path / "else"), tmp_path / "none.json")
 
     asyncio.run(run())
 
@@ -114,10 +114,10 @@ def test_a_checkpoint_file_of_an_earlier_version_is_imported_once(
             await _body(a, b)
 
     async def _body(a: Ownership, b: Ownership) -> None:
-        imported = await KvCheckpoints.claim(a, STREAM, tmp_path / "lake", legacy)
+        imported = await KvCheckpoints.claim(a, STREAM, str(tmp_path / "lake"), legacy)
         assert imported.load().state.committed_seq == 41 and imported.load().legacy
         assert not legacy.exists() and legacy.with_name("t.json.imported").exists()
-        again = await KvCheckpoints.claim(b, STREAM, tmp_path / "lake", legacy)
+        again = await KvCheckpoints.claim(b, STREAM, str(tmp_path / "lake"), legacy)
         assert again.load().state.committed_seq == 41 and again.epoch == 2
 
     asyncio.run(run())

@@ -100,13 +100,13 @@ class KvCheckpoints:
         cls,
         ownership: Ownership,
         stream: str,
-        lake: Path,
+        lake: str,
         legacy: Path,
         on_saved: Callable[[int], None] | None = None,
     ) -> KvCheckpoints:
         """Claim ``stream``'s record; a stream with none yet starts from ``legacy``
         (the local checkpoint file of an earlier version) if there is one."""
-        record, revision = await ownership.claim(stream, str(lake.resolve()))
+        record, revision = await ownership.claim(stream, lake)
         saved = msgspec.json.decode(record.body, type=Saved | None)
         loop = asyncio.get_running_loop()
         if saved is None:

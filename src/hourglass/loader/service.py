@@ -168,7 +168,7 @@ class Runner:
         checkpoints = await KvCheckpoints.claim(
             self.ownership,
             s.stream,
-            self.settings.lake_path,
+            self.settings.lake_id,
             s.legacy,
             self.metrics.checkpoint_bytes.labels(s.label).set,
         )

@@ -190,7 +190,7 @@ def check_hard_links(lake: Path) -> None:
 async def check_lake(ownership: Ownership, settings: Settings, streams: list[Stream]) -> None:
     """Refuse to start as the standby of a loader that writes to another lake: it
     would take over into a lake of its own, splitting every stream in two."""
-    lake = settings.lake_url if settings.lake_remote else str(settings.lake_path.resolve())
+    lake = settings.lake_id
     for s in streams:
         record, _ = await read_record(ownership.js, s.stream, ownership.records)
         if record is not None and record.lake != lake:

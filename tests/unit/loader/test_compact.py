@@ -53,7 +53,7 @@ def _duck_keys(folder: Path) -> list[tuple[str, str]]:
 def _assert_folder_is_its_manifest(folder: Path) -> None:
     manifest = read_manifest(folder)
     assert manifest is not None
-    assert integrity(folder, manifest) == []
+    assert integrity(LocalStore(folder), "", manifest) == []
     for f in manifest.files:
         assert hashlib.sha256((folder / f.name).read_bytes()).hexdigest() == f.sha256
 
