@@ -50,7 +50,7 @@ from tests.chaos.conftest import (
     wait_until,
 )
 from tests.integration.conftest import StartGateway, StartLoader
-from tests.integration.support import MotoServer, NatsServer, post, skipped
+from tests.integration.support import LoaderProcess, MotoServer, NatsServer, post, skipped
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -222,46 +222,69 @@ def test_a_partitioned_type_on_s3_closes_each_bucket_once_within_a_minute(
     start_gateway: StartGateway,
     start_loader: StartLoader,
     one_type_schemas: str,
+    tmp_path: Path,
 ) -> None:
-    """Two loaders share its two partitions; the one owning more is killed (-9)
-    under load and the other takes its partition over."""
+    """Two loaders, each with a data folder of its own (two machines), share the
+    type's two partitions; one is killed (-9) under load and the other takes its
+    partition over with none of its local files: the index comes from the lake,
+    so a re-send of an event the dead one loaded is still dropped."""
     settings: dict[str, Any] = {
         **FAST,
         "schemas": one_type_schemas,
         "type_partitions": {SKIPPED: 2},
-        "loader_lease_ttl_s": 3.0,
+        "dedup_run_keys": 100,  # runs are written (and mirrored) within seconds
         **s3_lake(s3, "group"),
     }
     gw = start_gateway(**settings)
-    loaders = [start_loader(**settings), start_loader(**settings)]
+    loaders = [start_loader(data_dir=str(tmp_path / f"machine-{i}"), **settings) for i in (0, 1)]
+    lake = loaders[1].settings
+    sent = [skipped(source="/resent") for _ in range(300)]
+    assert post(gw.base, sent).status_code == 200
     sender = Sender(gw.base, make=lambda: skipped(source="/s3"))
     sender.start()
     started = time.time()
     try:
         sender.wait_for(300, timeout=30)
+        wanted = set(keys_of_events(sent))
+        wait_until(lambda: set(lake_keys_s3(lake, SKIPPED)[0]) >= wanted, 30, "the batch loaded")
         loaders[0].kill()
+        wait_until(lambda: owned(loaders[1]) == 2, 30, "the survivor owns both partitions")
+        assert post(gw.base, sent).status_code == 200  # a client's retry, after the takeover
         # Traffic goes on past the end of the minute it started in.
         first = minute_start(started)
         time.sleep(max(0.0, (first + MINUTE).timestamp() - time.time() + 3))
         sender.wait_for(len(sender.acked) + 200, timeout=30)
     finally:
         acked = sender.finish()
-    lake = loaders[1].settings
+    expected = keys_of_events(sent) + acked
     wait_until(lambda: manifest_of(lake, first) is not None, 60, "the first minute's manifest")
-    wait_until(lambda: set(lake_keys_s3(lake, SKIPPED)[0]) >= set(acked), 30, "every event loaded")
+    wait_until(
+        lambda: set(lake_keys_s3(lake, SKIPPED)[0]) >= set(expected), 30, "every event loaded"
+    )
     manifest = manifest_of(lake, first)
     assert manifest is not None and manifest.partitions == 2
     assert {part_partition(f.name) for f in manifest.files} == {0, 1}
     assert manifest.close_delay_s <= 60, manifest.close_delay_s
     by_arrow, by_duck = lake_keys_s3(lake, SKIPPED)
-    assert_exactly_once(by_arrow, acked, maybe=sender.unanswered)
-    assert_exactly_once(by_duck, acked, maybe=sender.unanswered)
+    assert_exactly_once(by_arrow, expected, maybe=sender.unanswered)
+    assert_exactly_once(by_duck, expected, maybe=sender.unanswered)
+    log = loaders[1].log_path.read_text()
+    assert "took the stream over" in log and "unreadable" not in log
     found = objects(s3, "group")
     assert f"{SKIPPED}/_partitions.json" in found
-    assert not any(k.startswith(f"{SKIPPED}/_dedup") for k in found), "the index is local"
+    assert any(k.startswith(f"{SKIPPED}/_dedup/p") for k in found), "the index is in the lake"
 
     audit = hourglass(lake, "audit", "--type", SKIPPED)
     assert audit.returncode == 0, audit.stdout + audit.stderr
     query = hourglass(lake, "query", f'select count(*) from "{SKIPPED}"')  # noqa: S608
     assert query.returncode == 0, query.stderr
     assert str(len(by_arrow)) in query.stdout, query.stdout
+
+
+def owned(loader: LoaderProcess) -> int:
+    """Partitions of the type this loader process claimed, from its log."""
+    return sum(
+        1
+        for line in loader.log_path.read_text().splitlines()
+        if "owner of the stream" in line and f"stream={SKIPPED}/" in line
+    )

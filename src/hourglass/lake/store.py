@@ -32,6 +32,7 @@ batch of renames or creations touched.
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +41,7 @@ from typing import BinaryIO, Protocol
 from hourglass.config import Settings
 from hourglass.durable import create_once, fsync_dir, makedirs_durable
 
-__all__ = ["INDEX", "Entry", "LocalStore", "Routed", "Store", "Writer", "lake_store"]
+__all__ = ["INDEX", "Entry", "LocalStore", "Mirrored", "Routed", "Store", "Writer", "lake_store"]
 
 INDEX = "_dedup"  # <lake>/<type>/_dedup/: the loader's dedup index (loader/dedup.py)
 
@@ -191,17 +192,86 @@ def lake_store(settings: Settings) -> Store:
     from hourglass.lake.s3 import S3Store  # obstore: the s3 extra's
 
     rows = S3Store.from_url(settings.lake_url, endpoint=settings.s3_endpoint or None)
-    return Routed(rows, LocalStore(settings.lake_path))
+    return Routed(rows, Mirrored(LocalStore(settings.lake_path), rows))
+
+
+class Mirrored:
+    """The dedup index of a lake on S3: every write goes to this machine's folder
+    (where runs are memory-mapped) and to the lake, so that a loader taking the
+    stream over on another machine finds the index the checkpoint names (it
+    copies a file the first time it needs it: ``Deduper._local``), and the lake
+    stays the only state a loader needs.  Reads are local, listings the lake's
+    (what a sweep must see, wherever a crash left it)."""
+
+    def __init__(self, local: LocalStore, remote: Store) -> None:
+        self.local_store, self.remote = local, remote
+
+    @property
+    def url(self) -> str:
+        return self.remote.url
+
+    @property
+    def local(self) -> Path | None:
+        return self.local_store.root
+
+    def where(self, key: str) -> str:
+        return self.remote.where(key)
+
+    def put(self, key: str, write: Writer) -> int:
+        size = self.local_store.put(key, write)
+        with self.local_store.open(key) as file:
+            self.remote.put(key, lambda out: shutil.copyfileobj(file, out))
+        return size
+
+    def create(self, key: str, data: bytes, temp: str) -> bool:
+        created = self.remote.create(key, data, temp)
+
+        def write(out: BinaryIO) -> None:
+            out.write(data)
+
+        self.local_store.put(key, write)
+        return created
+
+    def read(self, key: str) -> bytes:
+        try:
+            return self.local_store.read(key)
+        except FileNotFoundError:
+            return self.remote.read(key)
+
+    def open(self, key: str) -> BinaryIO:
+        try:
+            return self.local_store.open(key)
+        except FileNotFoundError:
+            return self.remote.open(key)
+
+    def exists(self, key: str) -> bool:
+        return self.local_store.exists(key) or self.remote.exists(key)
+
+    def files(self, folder: str) -> list[Entry]:
+        return self.remote.files(folder)
+
+    def folders(self, folder: str) -> list[str]:
+        return self.remote.folders(folder)
+
+    def rename(self, src: str, dst: str) -> bool:
+        # The lake's copy first: a staged file another machine wrote is only there.
+        moved = self.remote.rename(src, dst)
+        return self.local_store.rename(src, dst) or moved
+
+    def delete(self, key: str) -> None:
+        self.remote.delete(key)
+        self.local_store.delete(key)
+
+    def sync(self, folders: Iterable[str]) -> None:
+        self.local_store.sync(folders)
 
 
 class Routed:
-    """A lake on S3 with the loader's dedup index on a local disk: keys
-    ``<type>/_dedup/…`` go to ``index`` (memory-mapped run files need a file
-    system), the rest to ``rows``.  The index is a cache of what the lake's part
-    files hold: a loader that takes a stream over on another machine rebuilds it
-    from the lake (``loader/recovery.py``)."""
+    """A lake on S3 with the loader's dedup index also on a local disk: keys
+    ``<type>/_dedup/…`` go to ``index`` (:class:`Mirrored`: memory-mapped run
+    files need a file system), the rest to ``rows``."""
 
-    def __init__(self, rows: Store, index: LocalStore) -> None:
+    def __init__(self, rows: Store, index: Store) -> None:
         self.rows, self.index = rows, index
 
     def _of(self, key: str) -> Store:

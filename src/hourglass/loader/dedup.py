@@ -67,15 +67,16 @@ import pyarrow as pa
 
 from hourglass import log
 from hourglass.crashpoints import crashpoint
-from hourglass.durable import TMP_PREFIX
-from hourglass.lake.store import LocalStore
+from hourglass.durable import durable_write_bytes
+from hourglass.lake.store import LocalStore, Store
 from hourglass.loader.filter import SliceFilter
+from hourglass.loader.indexfiles import sweep_index
 from hourglass.loader.keys import HashFn, first_in_batch, hash64, probe_of
 from hourglass.loader.memtable import Memtable
 from hourglass.loader.metrics import IndexReport
 from hourglass.loader.producers import ProducerTable
 from hourglass.loader.runs import Run, RunError, write_run
-from hourglass.loader.staging import epoch_of, final_of, stage, sweep, write_bytes
+from hourglass.loader.staging import stage, sweep, write_bytes
 from hourglass.loader.state import DedupState, RunRef, SliceState
 
 logger = log.get("hourglass.loader")
@@ -114,11 +115,14 @@ class Deduper:
         run_keys: int | None = None,
         hash_fn: HashFn = hash64,
         partition: int | None = None,
+        store: Store | None = None,
     ) -> None:
         self.lake = lake
         part = "" if partition is None else f"p{partition}"  # an event's copies share one
         self.folder = lake / stream / "_dedup" / part
-        self.store = LocalStore(lake)  # the index is always on a file system (memory-mapped)
+        # Keys relative to ``lake``; the runs are memory-mapped from ``folder``, on
+        # this machine (a lake on S3 keeps a copy there: ``lake/store.py``).
+        self.store: Store = store or LocalStore(lake)
         self.window_s = window_s
         self.memory_bytes = memory_bytes
         self.disk_bytes = disk_bytes
@@ -282,7 +286,7 @@ class Deduper:
             for ref in s.runs:
                 self._runs.pop(ref.name, None)
             for name in [ref.name for ref in s.runs] + ([s.bloom] if s.bloom else []):
-                (self.folder / name).unlink(missing_ok=True)
+                self.store.delete(self._rel(self.folder / name))
         if plan.new_slice is not None:
             self.filter.clear(plan.new_slice)
         if plan.run is not None:
@@ -296,7 +300,7 @@ class Deduper:
             # does in a bucket's folder when it closes.
             sweep(self.store, self._rel(self.folder), plan.epoch - 1, keep=[])
         if plan.old_producers not in (None, plan.state.producers):
-            (self.folder / plan.old_producers).unlink(missing_ok=True)
+            self.store.delete(self._rel(self.folder / plan.old_producers))
         if plan.state.producers != self.state.producers:
             self._producers_changed = False
         was_short = self.effective_window_s(now) < self.window_s
@@ -342,9 +346,9 @@ class Deduper:
         kept: list[SliceState] = []
         for s in state.slices:
             try:
-                runs = {ref.name: Run(self.folder / ref.name, self.probe) for ref in s.runs}
+                runs = {ref.name: Run(self._local(ref.name), self.probe) for ref in s.runs}
                 if s.bloom is not None:
-                    self.filter.load_column(s.column, (self.folder / s.bloom).read_bytes())
+                    self.filter.load_column(s.column, self._local(s.bloom).read_bytes())
                 else:
                     for run in runs.values():
                         self.filter.add(s.column, np.asarray(run.hashes), in_order=True)
@@ -370,7 +374,7 @@ class Deduper:
         if state.producers is None:
             return
         try:
-            self.producers.load((self.folder / state.producers).read_bytes())
+            self.producers.load(self._local(state.producers).read_bytes())
         except (OSError, ValueError) as exc:
             # Re-sends of those producers get through as duplicates until their
             # floors are learnt again; nothing is dropped.
@@ -381,27 +385,16 @@ class Deduper:
             self.producers = ProducerTable(window_s=self.window_s)
             state.producers = None
 
+    def _local(self, name: str) -> Path:
+        """A file of the index on this machine, copied from the store if only it
+        has one (a loader taking a stream of an S3 lake over on another machine)."""
+        path = self.folder / name
+        if not path.exists():
+            durable_write_bytes(path, self.store.read(self._rel(path)))
+        return path
+
     def _sweep(self, epoch: int) -> int:
-        if not self.folder.exists():
-            return 0
-        named = {r.name for s in self.state.slices for r in s.runs}
-        named |= {s.bloom for s in self.state.slices if s.bloom}
-        named |= {self.state.producers} if self.state.producers else set()
-        removed = 0
-        for path in self.folder.iterdir():
-            name = path.name
-            if name.startswith(TMP_PREFIX):
-                stamped = epoch_of(name)
-                final = final_of(name)
-                if stamped is not None and (stamped > epoch or final in named):
-                    continue  # a later owner's, or committed (published by recovery)
-            else:
-                stamped = _epoch_in_name(name)
-                if name in named or stamped is None or stamped > epoch:
-                    continue
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+        return sweep_index(self.store, self._rel(self.folder), self.state, epoch)
 
     # ------------------------------------------------------------- reporting
 
@@ -438,13 +431,3 @@ class Deduper:
     @property
     def keys(self) -> int:
         return self.state.keys + self.memtable.count
-
-
-def _epoch_in_name(name: str) -> int | None:
-    """``run-e<epoch>-…`` / ``slice-e<epoch>-…`` / ``producers-e<epoch>-…``; None
-    for a name of none of these kinds."""
-    head, _, rest = name.partition("-e")
-    if head not in ("run", "slice", "producers"):
-        return None
-    digits = rest.split("-", 1)[0]
-    return int(digits) if digits.isdigit() else None

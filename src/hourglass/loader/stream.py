@@ -139,6 +139,7 @@ class StreamLoader:
                 disk_bytes=dedup_disk_bytes,
                 run_keys=dedup_run_keys,
                 partition=partition.index,
+                store=self.store,
             )
             if dedup
             else None
