@@ -135,9 +135,9 @@ def main() -> None:
         for name, ops in _clients(endpoint).items():
             keys = iter(range(10**9))
             rows = {
-                "put": lambda ops=ops, keys=keys: ops["put"](f"{name}/o{next(keys)}", data),
-                "get": lambda ops=ops: ops["get"](f"{name}/o0"),
-                "list": lambda ops=ops: ops["list"](f"{name}/"),
+                "put": lambda ops=ops, keys=keys, n=name: ops["put"](f"{n}/o{next(keys)}", data),
+                "get": lambda ops=ops, n=name: ops["get"](f"{n}/o0"),
+                "list": lambda ops=ops, n=name: ops["list"](f"{n}/"),
             }
             for op, call in rows.items():
                 cpu, wall = _measure(call, args.n if op != "list" else max(1, args.n // 10))
