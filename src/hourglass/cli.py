@@ -23,7 +23,7 @@ from typing import Any
 
 from hourglass import log
 from hourglass.config import Settings, load_settings
-from hourglass.exceptions import HourglassError
+from hourglass.exceptions import ConfigError, HourglassError
 
 COMMON = ("data_dir", "schemas", "port", "bus", "bucket", "log_level")
 PLUGINS = "hourglass.commands"
@@ -176,6 +176,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from hourglass.replay import replay
 
     settings = _settings(args)
+    if settings.lake_remote:
+        raise ConfigError("replay-failed reads a lake folder; on an S3 lake it is not built yet")
     since = dt.datetime.fromisoformat(args.since).replace(tzinfo=dt.UTC) if args.since else None
     url = args.url or f"http://127.0.0.1:{settings.port}"
     result = replay(settings.lake_path, args.event_type, url, since=since)

@@ -25,13 +25,13 @@ loader's supervised loop tries again, with nothing committed).
 from __future__ import annotations
 
 import configparser
-import io
 import os
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, BinaryIO, TypeVar
+from typing import Any, BinaryIO, TypeVar, cast
 
 import obstore
 from obstore.exceptions import (
@@ -48,6 +48,9 @@ from hourglass.lake.store import Entry, Store, Writer
 __all__ = ["S3Store", "check_conditional", "credentials"]
 
 T = TypeVar("T")
+# An object bigger than this is buffered in a temporary file, not in memory (a
+# dedup run can be hundreds of MB; a part file is a few).
+SPOOL_BYTES = 64 * 1024 * 1024
 
 
 @contextmanager
@@ -151,11 +154,12 @@ class S3Store:
             return call()
 
     def put(self, key: str, write: Writer) -> int:
-        buffer = io.BytesIO()
-        write(buffer)
-        data = buffer.getbuffer()
-        self._call(f"write {key}", lambda: obstore.put(self._store, key, data))
-        return len(data)
+        with tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES) as buffer:
+            write(cast(BinaryIO, buffer))
+            size = buffer.tell()
+            buffer.seek(0)
+            self._call(f"write {key}", lambda: obstore.put(self._store, key, buffer))
+        return size
 
     def create(self, key: str, data: bytes, temp: str) -> bool:
         try:
@@ -170,7 +174,16 @@ class S3Store:
         return self._call(f"read {key}", lambda: bytes(obstore.get(self._store, key).bytes()))
 
     def open(self, key: str) -> BinaryIO:
-        return io.BytesIO(self.read(key))
+        buffer = tempfile.SpooledTemporaryFile(max_size=SPOOL_BYTES)
+        try:
+            with _mapped(f"read {key}"):
+                for chunk in obstore.get(self._store, key).stream():
+                    buffer.write(chunk)
+        except BaseException:
+            buffer.close()
+            raise
+        buffer.seek(0)
+        return cast(BinaryIO, buffer)
 
     def exists(self, key: str) -> bool:
         try:

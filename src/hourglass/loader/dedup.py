@@ -57,7 +57,9 @@ so it can let a duplicate through, never drop an event):
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO
 
@@ -67,7 +69,7 @@ import pyarrow as pa
 
 from hourglass import log
 from hourglass.crashpoints import crashpoint
-from hourglass.durable import durable_write_bytes
+from hourglass.durable import durable_write
 from hourglass.lake.store import LocalStore, Store
 from hourglass.loader.filter import SliceFilter
 from hourglass.loader.indexfiles import sweep_index
@@ -390,7 +392,8 @@ class Deduper:
         has one (a loader taking a stream of an S3 lake over on another machine)."""
         path = self.folder / name
         if not path.exists():
-            durable_write_bytes(path, self.store.read(self._rel(path)))
+            with self.store.open(self._rel(path)) as source:
+                durable_write(path, partial(_copy, source))
         return path
 
     def _sweep(self, epoch: int) -> int:
@@ -431,3 +434,8 @@ class Deduper:
     @property
     def keys(self) -> int:
         return self.state.keys + self.memtable.count
+
+
+def _copy(source: BinaryIO, path: Path) -> None:
+    with open(path, "wb") as out:
+        shutil.copyfileobj(source, out)
