@@ -27,6 +27,7 @@ from typing import Any
 import duckdb
 import msgspec
 import pyarrow as pa
+import pyarrow.parquet as pq
 from nats.js import JetStreamContext
 
 from hourglass.bus import jetstream
@@ -34,8 +35,8 @@ from hourglass.bus.consumer import tally_by_minute
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
 from hourglass.lake.dataset import part_keys, type_dataset
-from hourglass.lake.layout import SUCCESS, bucket_keys, bucket_of_key
-from hourglass.lake.manifest import Manifest, files_of
+from hourglass.lake.layout import SUCCESS, bucket_keys, bucket_of_key, part_range
+from hourglass.lake.manifest import Manifest, sha256_of_file
 from hourglass.lake.retention import read_deletions
 from hourglass.lake.store import Store, lake_store
 from hourglass.loader.owner import read_checkpoint
@@ -138,18 +139,22 @@ def delivered_by_bucket(
 def integrity(store: Store, folder: str, manifest: Manifest) -> list[str]:
     """Differences between a closed bucket's folder and its manifest."""
     problems = []
-    present = {f.name: f for f in files_of(store, folder)}
+    present = {e.name for e in store.files(folder) if part_range(e.name) is not None}
     listed = {f.name: f for f in manifest.files}
-    for name in sorted(listed.keys() - present.keys()):
+    for name in sorted(listed.keys() - present):
         problems.append(f"file {name} deleted after close")
-    for name in sorted(present.keys() - listed.keys()):
+    for name in sorted(present - listed.keys()):
         problems.append(f"file {name} added after close")
-    for name in sorted(listed.keys() & present.keys()):
-        entry, found = listed[name], present[name]
-        if found.sha256 != entry.sha256:
-            problems.append(f"file {name} altered after close (sha256 differs)")
-        elif found.rows != entry.rows:
-            problems.append(f"file {name} has {found.rows} rows, manifest says {entry.rows}")
+    for name in sorted(listed.keys() & present):
+        entry = listed[name]
+        with store.open(f"{folder}/{name}" if folder else name) as file:
+            if sha256_of_file(file) != entry.sha256:
+                problems.append(f"file {name} altered after close (sha256 differs)")
+                continue
+            file.seek(0)
+            rows = pq.ParquetFile(file).metadata.num_rows
+        if rows != entry.rows:
+            problems.append(f"file {name} has {rows} rows, manifest says {entry.rows}")
     if sum(f.rows for f in manifest.files) != manifest.count:
         problems.append("manifest count differs from the sum of its files")
     return problems

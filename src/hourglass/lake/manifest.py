@@ -18,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from pathlib import Path
+from typing import BinaryIO
 
 import msgspec
 import pyarrow.parquet as pq
@@ -65,13 +66,18 @@ def files_of(store: Store, folder: str, partition: int | None = None) -> list[Fi
             partition is None or part_partition(entry.name) == partition
         ):
             with store.open(f"{folder}/{entry.name}" if folder else entry.name) as file:
-                digest = hashlib.sha256()
-                while chunk := file.read(1 << 20):
-                    digest.update(chunk)
+                digest = sha256_of_file(file)
                 file.seek(0)
                 rows = pq.ParquetFile(file).metadata.num_rows
-            entries.append(FileEntry(entry.name, rows, entry.size, digest.hexdigest()))
+            entries.append(FileEntry(entry.name, rows, entry.size, digest))
     return entries
+
+
+def sha256_of_file(file: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := file.read(1 << 20):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
 def write_manifest(folder: Path, manifest: Manifest) -> None:

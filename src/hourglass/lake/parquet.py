@@ -6,7 +6,6 @@ reads one file there through ``hourglass.durable``.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -54,18 +53,6 @@ def leaf_paths(field: pa.Field, prefix: str = "") -> list[str]:
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         return leaf_paths(kind.value_field.with_name("element"), name + ".list.")
     return [name]
-
-
-def row_count(path: Path) -> int:
-    return int(pq.ParquetFile(path).metadata.num_rows)
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def read_columns(path: Path | BinaryIO, columns: list[str]) -> pa.Table:
