@@ -156,9 +156,18 @@ class LocalStore:
         return (self.root / key).exists()
 
     def files(self, folder: str) -> list[Entry]:
-        path = self.root / folder
+        # Loaders of other partitions rename and delete in a shared bucket folder
+        # while this lists it: a file gone between the listing and its stat was
+        # never this caller's to see (its partition's files are its own).
+        found = []
         try:
-            found = [Entry(p.name, p.stat().st_size) for p in path.iterdir() if not p.is_dir()]
+            with os.scandir(self.root / folder) as entries:
+                for entry in entries:
+                    try:
+                        if entry.is_file():
+                            found.append(Entry(entry.name, entry.stat().st_size))
+                    except FileNotFoundError:
+                        continue
         except FileNotFoundError:
             return []
         return sorted(found, key=lambda e: e.name)
