@@ -95,7 +95,7 @@ def pause(proc: HourglassProcess, seconds: float) -> None:
         os.kill(proc.proc.pid, signal.SIGCONT)
 
 
-def chaos_end(now: float, at_least_s: float = 65.0) -> float:
+def chaos_end(now: float, at_least_s: float = 58.0) -> float:
     """The first :55 of a minute at least ``at_least_s`` away: the traffic stops 5 s
     before a minute ends, so the last bucket closes soon after, and at least one
     whole minute boundary passes under load."""
