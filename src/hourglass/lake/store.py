@@ -209,8 +209,14 @@ class Mirrored:
     (where runs are memory-mapped) and to the lake, so that a loader taking the
     stream over on another machine finds the index the checkpoint names (it
     copies a file the first time it needs it: ``Deduper._local``), and the lake
-    stays the only state a loader needs.  Reads are local, listings the lake's
-    (what a sweep must see, wherever a crash left it)."""
+    stays the only state a loader needs.  Reads are local first; a listing is
+    both copies', so a sweep sees what a crash left in either.
+
+    Each write is local (fsynced), then the lake's: a crash between leaves a
+    staged file in one place, which no checkpoint names and the next sweep
+    deletes; a publish renames the lake's copy first, and a crash before the
+    local rename leaves a local staged file whose final the lake has (the next
+    recovery's publish renames it, or ``_local`` fetches the final)."""
 
     def __init__(self, local: LocalStore, remote: Store) -> None:
         self.local_store, self.remote = local, remote
@@ -257,10 +263,12 @@ class Mirrored:
         return self.local_store.exists(key) or self.remote.exists(key)
 
     def files(self, folder: str) -> list[Entry]:
-        return self.remote.files(folder)
+        found = {e.name: e for e in self.local_store.files(folder)}
+        found.update((e.name, e) for e in self.remote.files(folder))
+        return sorted(found.values(), key=lambda e: e.name)
 
     def folders(self, folder: str) -> list[str]:
-        return self.remote.folders(folder)
+        return sorted(set(self.local_store.folders(folder)) | set(self.remote.folders(folder)))
 
     def rename(self, src: str, dst: str) -> bool:
         # The lake's copy first: a staged file another machine wrote is only there.
