@@ -45,7 +45,7 @@ from hourglass.bus.marks import LeaseView
 from hourglass.bus.ownership import Ownership
 from hourglass.bus.retention import drop_stale_consumers, loader_durable, retain
 from hourglass.config import Settings
-from hourglass.exceptions import Fenced
+from hourglass.exceptions import Fenced, LakeUnavailable
 from hourglass.lake.retention import DAY, expire_buckets
 from hourglass.loader.compact import Compactor
 from hourglass.loader.metrics import (
@@ -204,9 +204,10 @@ class Runner:
                 if isinstance(exc, OSError) and is_disk_full(exc):
                     await self.space.wait(s.label, "recover", exc)
                 else:
-                    if isinstance(exc, BusUnavailable):
+                    if isinstance(exc, (BusUnavailable, LakeUnavailable)):
                         why = {"stream": s.label, "error": str(exc)}
-                        logger.warning("bus unavailable; restarting the stream", extra=why)
+                        what = "bus" if isinstance(exc, BusUnavailable) else "lake"
+                        logger.warning(f"{what} unavailable; restarting the stream", extra=why)
                     else:
                         logger.exception(
                             "stream loader failed; restarting it", extra={"stream": s.label}
