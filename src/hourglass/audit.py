@@ -21,6 +21,7 @@ retention (``lake/retention.py``'s record) are skipped.
 from __future__ import annotations
 
 import datetime as dt
+import posixpath
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -147,7 +148,7 @@ def integrity(store: Store, folder: str, manifest: Manifest) -> list[str]:
         problems.append(f"file {name} added after close")
     for name in sorted(listed.keys() & present):
         entry = listed[name]
-        with store.open(f"{folder}/{name}" if folder else name) as file:
+        with store.open(posixpath.join(folder, name)) as file:
             if sha256_of_file(file) != entry.sha256:
                 problems.append(f"file {name} altered after close (sha256 differs)")
                 continue

@@ -31,6 +31,18 @@ from hourglass.loader.state import LoaderState
 BATCH = {"content-type": "application/cloudevents-batch+json"}
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    """SIGTERM a process that still runs; SIGKILL it if it is not gone in ``timeout`` s."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
 class Bus(Protocol):
     """What the process fixtures need of a bus: one server, or a cluster."""
 
@@ -67,12 +79,7 @@ class NatsServer:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 10)
 
 
 @dataclass
@@ -161,13 +168,7 @@ class MotoServer:
         assert r.status_code == 200, r.text
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
+        terminate(self.proc, 10)
 
 
 @dataclass
@@ -211,13 +212,7 @@ class HourglassProcess:
             self.proc.wait(10)
 
     def stop(self) -> None:
-        if self.alive():
-            assert self.proc is not None
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.proc, 15)
 
 
 @dataclass

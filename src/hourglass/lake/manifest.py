@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import posixpath
 from pathlib import Path
 from typing import BinaryIO
 
@@ -65,7 +66,7 @@ def files_of(store: Store, folder: str, partition: int | None = None) -> list[Fi
         if part_range(entry.name) is not None and (
             partition is None or part_partition(entry.name) == partition
         ):
-            with store.open(f"{folder}/{entry.name}" if folder else entry.name) as file:
+            with store.open(posixpath.join(folder, entry.name)) as file:
                 digest = sha256_of_file(file)
                 file.seek(0)
                 rows = pq.ParquetFile(file).metadata.num_rows

@@ -162,12 +162,11 @@ class S3Store:
         return size
 
     def create(self, key: str, data: bytes, temp: str) -> bool:
-        try:
-            self._call(f"create {key}", lambda: obstore.put(self._store, key, data, mode="create"))
-        except LakeUnavailable as exc:
-            if isinstance(exc.__cause__, AlreadyExistsError):
+        with _mapped(f"create {key}"):
+            try:
+                obstore.put(self._store, key, data, mode="create")
+            except AlreadyExistsError:  # 412: another writer created it first
                 return False
-            raise
         return True
 
     def read(self, key: str) -> bytes:

@@ -41,11 +41,30 @@ from typing import BinaryIO, Protocol
 from hourglass.config import Settings
 from hourglass.durable import create_once, fsync_dir, makedirs_durable
 
-__all__ = ["INDEX", "Entry", "LocalStore", "Mirrored", "Routed", "Store", "Writer", "lake_store"]
+__all__ = [
+    "INDEX",
+    "Entry",
+    "LocalStore",
+    "Mirrored",
+    "Routed",
+    "Store",
+    "Writer",
+    "lake_store",
+    "write_bytes",
+]
 
 INDEX = "_dedup"  # <lake>/<type>/_dedup/: the loader's dedup index (loader/dedup.py)
 
 Writer = Callable[[BinaryIO], None]  # writes an object's bytes to the file it is given
+
+
+def write_bytes(data: bytes) -> Writer:
+    """A ``Writer`` of bytes already in memory (a manifest, a filter column)."""
+
+    def write(file: BinaryIO) -> None:
+        file.write(data)
+
+    return write
 
 
 @dataclass(frozen=True)
@@ -240,11 +259,7 @@ class Mirrored:
 
     def create(self, key: str, data: bytes, temp: str) -> bool:
         created = self.remote.create(key, data, temp)
-
-        def write(out: BinaryIO) -> None:
-            out.write(data)
-
-        self.local_store.put(key, write)
+        self.local_store.put(key, write_bytes(data))
         return created
 
     def read(self, key: str) -> bytes:

@@ -27,11 +27,11 @@ from __future__ import annotations
 import posixpath
 import re
 from collections.abc import Callable, Iterable, Mapping
-from typing import BinaryIO
 
 from hourglass.crashpoints import crashpoint
 from hourglass.durable import TMP_PREFIX
 from hourglass.lake.store import Store, Writer
+from hourglass.lake.store import write_bytes as write_bytes  # for stage()'s callers
 
 _STAGED = re.compile(r"^" + re.escape(TMP_PREFIX) + r"e(\d+)-")
 
@@ -72,15 +72,6 @@ def stage(store: Store, final: str, epoch: int, write: Writer) -> tuple[str, int
         raise
     crashpoint("lake.staged")
     return temp, size
-
-
-def write_bytes(data: bytes) -> Writer:
-    """A ``write`` for :func:`stage` of bytes already in memory (a manifest, a column)."""
-
-    def write(file: BinaryIO) -> None:
-        file.write(data)
-
-    return write
 
 
 def folder_of(key: str) -> str:
