@@ -42,6 +42,18 @@ def _common(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--s3-endpoint", help="an S3-compatible store's URL, e.g. http://minio:9000")
     g.add_argument("--config", help="settings file (default ./hourglass.toml)")
     g.add_argument("--log-level", help="debug, info, warning (info)")
+    g.add_argument(
+        "--segment",
+        action="store_true",
+        default=None,
+        help="accept Segment's HTTP API (/v1/batch...): Segment's and RudderStack's SDKs",
+    )
+    g.add_argument(
+        "--snowplow",
+        action="store_true",
+        default=None,
+        help="accept Snowplow's tracker protocol (/com.snowplowanalytics.snowplow/tp2, /i)",
+    )
 
 
 def _gateway_flags(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +61,12 @@ def _gateway_flags(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--host", help="address to listen on (127.0.0.1)")
     g.add_argument("--workers", type=int, help="gateway processes sharing the port (1)")
     g.add_argument("--api-keys", help="TOML file of API keys and the types each may send")
+    g.add_argument(
+        "--cors-origin",
+        action="append",
+        dest="cors_origins",
+        help="a web page origin that may send, e.g. https://www.example.com (repeatable)",
+    )
     g.add_argument("--tls-cert", help="PEM certificate: serve HTTPS")
     g.add_argument("--tls-key", help="PEM private key for --tls-cert")
     g.add_argument("--max-body-bytes", type=int, help="largest body after decompression")

@@ -116,6 +116,18 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     failed_body_cap: int = 1 * MiB  # unparseable bodies are kept up to this size
 
     api_keys: str | None = None  # TOML file: key = ["type", ...] or "*"
+    # The analytics SDKs' protocols (gateway/segment.py, gateway/snowplow.py):
+    # each adds its types (schemas/segment, schemas/snowplow) to every process's
+    # registry, so the gateway and the loaders must agree on them.
+    segment: bool = False  # Segment's HTTP API, which RudderStack's SDKs speak too
+    snowplow: bool = False  # Snowplow's tracker protocol (tp2 and the GET pixel)
+    # Segment's documented limits; a message over its limit is rejected alone
+    # (and kept), a batch over its limit is refused with 400.
+    segment_max_message_bytes: int = 32 * KiB
+    segment_max_batch_bytes: int = 500 * KiB
+    # Web pages of these origins (scheme://host[:port]) may send (CORS,
+    # gateway/cors.py); a request from any other origin is refused with 403.
+    cors_origins: list[str] = []
     tls_cert: str | None = None
     tls_key: str | None = None
     log_level: str = "info"
@@ -201,8 +213,23 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             )
         if self.lake.startswith(("s3a://", "gs://", "az://", "http://", "https://")):
             raise ConfigError(f"lake {self.lake!r}: a path or s3://bucket/prefix")
+        self._validate_protocols()
         bucket_seconds(self.bucket)
         return self
+
+    def _validate_protocols(self) -> None:
+        if self.segment and self.segment_max_message_bytes * 2 + 4 * KiB > self.max_event_bytes:
+            raise ConfigError(
+                f"segment_max_message_bytes ({self.segment_max_message_bytes}) must be under "
+                f"half of max_event_bytes ({self.max_event_bytes}): a message's objects are "
+                "stored as JSON text, whose escapes can double its size"
+            )
+        for origin in self.cors_origins:
+            if origin != origin.rstrip("/") or "://" not in origin:
+                raise ConfigError(
+                    f"cors_origins: {origin!r} is not an origin; write scheme://host[:port], "
+                    "with no path or trailing slash"
+                )
 
 
 _DURATION = re.compile(r"^(\d+)(s|m|h)$")

@@ -242,13 +242,19 @@ async def _up(
         base = f"{scheme}://{settings.host}:{settings.port}"
         if not await _unless_stopped(stop, wait_ready(base, 60.0, verify=False, workers=ready)):
             return
+        protocols = ""
+        if settings.segment:
+            protocols += f"  Segment:      host {base}  (Segment's and RudderStack's SDKs)\n"
+        if settings.snowplow:
+            protocols += f"  Snowplow:     collector {base}  (tp2 and /i)\n"
         print(
             f"\nHourglass is up.\n"
             f"  send events:  POST {base}/v1/events  (CloudEvents, see README)\n"
+            f"{protocols}"
             f"  health:       {base}/readyz   metrics: {base}/metrics\n"
             f"  loader:       metrics http://{settings.host}:{metrics_port}/metrics\n"
             f"  bus:          {url}  ({'embedded, ' + str(bus.root) if bus else 'external'})\n"
-            f"  lake:         {settings.data_path / 'lake'}  (buckets of {settings.bucket})\n"
+            f"  lake:         {settings.lake_url}  (buckets of {settings.bucket})\n"
             f"  stop:         Ctrl-C\n",
             flush=True,
         )

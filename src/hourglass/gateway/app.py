@@ -20,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import time
-from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any, Protocol
 from urllib.parse import unquote
 
@@ -31,7 +30,6 @@ from hourglass.bus.jetstream import FAILED_SUBJECT, partition_counts, partition_
 from hourglass.config import Settings
 from hourglass.events import EventTypes, FailedEvent, utcnow
 from hourglass.exceptions import (
-    BodyTooLarge,
     BusUnavailable,
     InvalidInput,
     Overloaded,
@@ -39,18 +37,18 @@ from hourglass.exceptions import (
     Unauthorized,
     Unparseable,
 )
+from hourglass.gateway import segment, snowplow
+from hourglass.gateway.adapt import CLOUDEVENTS, SEGMENT, SNOWPLOW, Converted, Style, answer, merge
+from hourglass.gateway.analytics import SegmentRoute, SnowplowRoute
+from hourglass.gateway.asgi import Handler, Receive, Scope, Send, adding, read_body
 from hourglass.gateway.auth import ApiKeys
 from hourglass.gateway.commit import GroupCommitter
+from hourglass.gateway.cors import Cors
 from hourglass.gateway.metrics import GatewayMetrics
 from hourglass.gateway.openapi import openapi_document
 from hourglass.gateway.validate import Checked, Limits, Rejection, Validator
 from hourglass.gateway.watermark import InFlight
-from hourglass.gateway.wire import decompress, to_payload
-from hourglass.protocol import ErrorResponse, IngestResponse, Rejected
-
-Scope = MutableMapping[str, Any]
-Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
-Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+from hourglass.gateway.wire import Mode, Payload, decompress, to_payload
 
 logger = log.get("hourglass.gateway")
 
@@ -95,70 +93,139 @@ class Gateway:
         self.openapi = self.encoder.encode(openapi_document(types.registry))
         self.inflight = 0
         self.partitions = partition_counts(settings, types.registry.type_names)
+        self.cors = Cors(settings.cors_origins)
+        self.routes: dict[str, tuple[str, Handler, Style]] = {
+            "/v1/events": ("POST", self._cloudevents, CLOUDEVENTS)
+        }
+        if settings.segment:
+            api = segment.SegmentApi(types, settings)
+            for path, call in segment.PATHS.items():
+                self.routes[path] = ("POST", SegmentRoute(self, api, call), SEGMENT)
+        if settings.snowplow:
+            sp = SnowplowRoute(self, snowplow.SnowplowApi(settings.max_event_bytes))
+            self.routes[snowplow.TP2] = ("POST", sp, SNOWPLOW)
+            self.routes[snowplow.PIXEL] = ("GET", sp, SNOWPLOW)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return
         path, method = scope["path"], scope["method"]
-        if path == "/v1/events":
-            if method != "POST":
-                await self._error(send, 405, "use POST to send events", [(b"allow", b"POST")])
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        origin = headers.get("origin")
+        if origin is not None:
+            if not self.cors.allows(origin):
+                await self.error(send, 403, f"origin {origin} may not send here (cors_origins)")
                 return
-            await self._ingest(scope, receive, send)
+            if method == "OPTIONS" and "access-control-request-method" in headers:
+                await self.reply(send, 204, b"", self.cors.preflight(origin, headers))
+                return
+            send = adding(send, self.cors.simple(origin))
+        route = self.routes.get(path)
+        if route is not None:
+            allowed, handle, style = route
+            if method != allowed:
+                await self.error(
+                    send, 405, f"use {allowed} here", [(b"allow", allowed.encode())], style
+                )
+                return
+            await self._ingest(scope, headers, receive, send, handle, style)
         elif path in ("/healthz", "/readyz", "/metrics", "/openapi.json"):
             if method not in ("GET", "HEAD"):
-                await self._error(send, 405, "use GET", [(b"allow", b"GET, HEAD")])
+                await self.error(send, 405, "use GET", [(b"allow", b"GET, HEAD")])
             elif path == "/openapi.json":
-                await self._reply(send, 200, self.openapi)
+                await self.reply(send, 200, self.openapi)
             elif path == "/healthz":
-                await self._reply(send, 200, b'{"status":"ok"}')
+                await self.reply(send, 200, b'{"status":"ok"}')
             elif path == "/readyz":
                 ok = self.bus.ready
                 body = b'{"status":"ready"}' if ok else b'{"status":"bus not ready"}'
-                await self._reply(send, 200 if ok else 503, body)
+                await self.reply(send, 200 if ok else 503, body)
             else:
-                await self._reply(
+                await self.reply(
                     send,
                     200,
                     self.metrics.render(),
                     [(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")],
                 )
         else:
-            await self._error(send, 404, f"no such endpoint {path}; POST events to /v1/events")
+            await self.error(send, 404, f"no such endpoint {path}; POST events to /v1/events")
 
-    async def _ingest(self, scope: Scope, receive: Receive, send: Send) -> None:
+    async def _ingest(
+        self,
+        scope: Scope,
+        headers: dict[str, str],
+        receive: Receive,
+        send: Send,
+        handle: Handler,
+        style: Style,
+    ) -> None:
         started = time.perf_counter()
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         status = 500
         try:
-            status = await self._handle(headers, receive, send)
+            status = await handle(scope, headers, receive, send)
         except Retryable as exc:
             status = exc.status
             retry = str(max(1, round(exc.retry_after))).encode()
-            await self._error(send, status, str(exc), [(b"retry-after", retry)])
+            await self.error(send, status, str(exc), [(b"retry-after", retry)], style)
         except (InvalidInput, Unauthorized) as exc:
-            status = exc.status
-            await self._error(send, status, str(exc))
+            status = style.client_status(exc.status)
+            await self.error(send, status, str(exc), None, style)
         except Exception:
             logger.exception("unexpected error while ingesting")
-            await self._error(send, 500, "internal error; the request was not acknowledged")
+            await self.error(send, 500, "internal error; the request was not acknowledged")
         finally:
             self.metrics.requests.labels(str(status)).inc()
             self.metrics.request_seconds.observe(time.perf_counter() - started)
 
-    async def _handle(self, headers: dict[str, str], receive: Receive, send: Send) -> int:
+    async def _cloudevents(
+        self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
+    ) -> int:
         allowed = self.keys.allowed(headers) if self.keys is not None else None
         limit = self.settings.max_body_bytes
-        sent = await _read_body(receive, headers, limit)
+        sent = await read_body(receive, headers, limit)
         encoding = headers.get("content-encoding", "").strip().lower()
         try:
             body = decompress(sent, encoding, limit)
         except Unparseable as exc:  # kept as sent, with its encoding
-            return await self._keep_unparseable(exc, sent, encoding or None, headers, send)
+            return await self.keep_unparseable(exc, sent, encoding or None, headers, send)
         try:
             checked = self.validator.check(to_payload(body, headers.get("content-type"), headers))
         except Unparseable as exc:  # kept decompressed, readable
-            return await self._keep_unparseable(exc, body, None, headers, send)
+            return await self.keep_unparseable(exc, body, None, headers, send)
+        await self.deliver(checked, allowed)
+        await self.reply(send, 200, self.encoder.encode(answer(checked)))
+        return 200
+
+    async def read_body(
+        self,
+        headers: dict[str, str],
+        receive: Receive,
+        send: Send,
+        style: Style,
+        stored: object = True,
+    ) -> tuple[bytes, int]:
+        """The request's body, decompressed; (b"", status) when it was refused
+        (kept in the failed stream if ``stored``, else refused as unauthorized)."""
+        limit = self.settings.max_body_bytes
+        sent = await read_body(receive, headers, limit)
+        encoding = headers.get("content-encoding", "").strip().lower()
+        try:
+            return decompress(sent, encoding, limit), 0
+        except Unparseable as exc:
+            if not stored:
+                raise Unauthorized("missing API key: send the write key", status=401) from exc
+            return b"", await self.keep_unparseable(
+                exc, sent, encoding or None, headers, send, style
+            )
+
+    def validated(self, converted: Converted, now: dt.datetime, data_name: str = "data") -> Checked:
+        checked = None
+        if converted.events:
+            checked = self.validator.check(Payload(Mode.BATCH, converted.events), now)
+        return merge(converted, checked, data_name)
+
+    async def deliver(self, checked: Checked, allowed: frozenset[str] | None) -> None:
+        """Make every event of ``checked`` durable on the bus, or raise (Retryable)."""
         if allowed is not None:
             # Unknown types are not a permission question: they are rejected per
             # event ("unknown event type") and kept, like any invalid event.
@@ -186,17 +253,10 @@ class Gateway:
             self.metrics.inflight.set(self.inflight)
             if stamp is not None:
                 self.stamps.leave(stamp)
-        accepted = checked.count - len(checked.rejected)
         for type_name, envelopes in checked.by_type.items():
             self.metrics.accepted.labels(type_name).inc(len(envelopes))
         for rejection in checked.rejected:
             self.metrics.rejected.labels(rejection.type or "", rejection.code).inc()
-        response = IngestResponse(
-            accepted,
-            [Rejected(r.index, r.id, r.reason) for r in checked.rejected],
-        )
-        await self._reply(send, 200, self.encoder.encode(response))
-        return 200
 
     async def _commit(self, checked: Checked) -> None:
         stamp = _micros(checked.received_at)
@@ -230,13 +290,14 @@ class Gateway:
             body=None if r.text else bytes(r.raw),
         )
 
-    async def _keep_unparseable(
+    async def keep_unparseable(
         self,
         exc: Unparseable,
         body: bytes,
         encoding: str | None,
         headers: dict[str, str],
         send: Send,
+        style: Style | None = None,
     ) -> int:
         """Store an unparseable body (capped) in the failed stream, then answer 400.
 
@@ -262,15 +323,20 @@ class Gateway:
             await self.committer.commit(FAILED_BODY_SUBJECT, line, 1)
         except Retryable as err:
             retry = str(max(1, round(err.retry_after))).encode()
-            await self._error(
-                send, 503, f"{exc}; and it could not be stored: {err}", [(b"retry-after", retry)]
+            await self.error(
+                send,
+                503,
+                f"{exc}; and it could not be stored: {err}",
+                [(b"retry-after", retry)],
+                style,
             )
             return 503
         self.metrics.rejected.labels("", "unparseable").inc()
-        await self._error(send, 400, f"{exc} (the body was kept in the failed-events stream)")
+        message = f"{exc} (the body was kept in the failed-events stream)"
+        await self.error(send, 400, message, None, style)
         return 400
 
-    async def _reply(
+    async def reply(
         self,
         send: Send,
         status: int,
@@ -286,15 +352,17 @@ class Gateway:
         )
         await send({"type": "http.response.body", "body": body})
 
-    async def _error(
+    async def error(
         self,
         send: Send,
         status: int,
         message: str,
         extra: list[tuple[bytes, bytes]] | None = None,
+        style: Style | None = None,
     ) -> None:
-        body = self.encoder.encode(ErrorResponse(message))
-        await self._reply(send, status, body, _JSON + (extra or []))
+        style = style or CLOUDEVENTS
+        body = style.body(self.encoder, status, message)
+        await self.reply(send, style.client_status(status), body, _JSON + (extra or []))
 
 
 def _header(headers: dict[str, str], name: str) -> str | None:
@@ -308,25 +376,6 @@ _MICRO = dt.timedelta(microseconds=1)
 
 def _micros(ts: dt.datetime | None) -> int | None:
     return None if ts is None else (ts - _EPOCH) // _MICRO
-
-
-async def _read_body(receive: Receive, headers: dict[str, str], limit: int) -> bytes:
-    declared = headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge(f"body of {declared} bytes exceeds max_body_bytes ({limit})")
-    chunks: list[bytes] = []
-    size = 0
-    while True:
-        message = await receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidInput("client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        size += len(chunk)
-        if size > limit:
-            raise BodyTooLarge(f"body exceeds max_body_bytes ({limit})")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            return b"".join(chunks)
 
 
 def _by_partition(envelopes: list[Any], count: int) -> list[tuple[int | None, list[Any]]]:

@@ -77,7 +77,9 @@ class Validator:
         shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
         self._known_text = f"known types: {shown}"
 
-    def check(self, payload: Payload) -> Checked:
+    def check(self, payload: Payload, now: dt.datetime | None = None) -> Checked:
+        """Validate ``payload``; accepted events are stamped ``now`` (default: the
+        present)."""
         try:
             if payload.mode is Mode.BATCH:
                 envelopes = self._types.batch_decoder.decode(payload.body)
@@ -90,18 +92,18 @@ class Validator:
             self._check_sizes(raws)
             avro_json = self._types.avro_json_batch_decoder
             if avro_json is None or payload.mode is not Mode.BATCH:
-                return self._one_by_one(raws)
+                return self._one_by_one(raws, now)
             try:
                 envelopes = avro_json.decode(payload.body)
             except _DECODE_ERRORS:
-                return self._one_by_one(raws)
+                return self._one_by_one(raws, now)
             self._types.canonical(envelopes)
         else:
             self._check_count(len(envelopes))
             if len(payload.body) > self._limits.max_event_bytes:
                 self._check_sizes(self._split(payload))
         checked = Checked(count=len(envelopes))
-        self._group(envelopes, checked)
+        self._group(envelopes, checked, now)
         return checked
 
     def _split(self, payload: Payload) -> list[msgspec.Raw]:
@@ -111,7 +113,7 @@ class Validator:
             else:
                 raws = [self._raw_one.decode(payload.body)]
         except msgspec.ValidationError as exc:
-            raise Unparseable(f"body must be a JSON array of events: {_plain(exc)}") from exc
+            raise Unparseable(f"body must be a JSON array of events: {plain(exc)}") from exc
         except msgspec.DecodeError as exc:
             raise Unparseable(f"body is not valid JSON: {exc}") from exc
         except RecursionError as exc:
@@ -137,7 +139,7 @@ class Validator:
                 f"event at index {index} is {sizes[index]} bytes, over max_event_bytes ({limit})"
             )
 
-    def _group(self, envelopes: list[Any], checked: Checked) -> None:
+    def _group(self, envelopes: list[Any], checked: Checked, now: dt.datetime | None) -> None:
         """Stamp ``received_at`` on each envelope and sort them by type.
 
         The stamp loop costs ~20 ns per event (about 1 % of validate + encode).
@@ -145,7 +147,7 @@ class Validator:
         of each line's closing brace) measured 10-20 times that, and would
         still have to overwrite a ``received_at`` sent by the client.
         """
-        now = checked.received_at = utcnow()
+        now = checked.received_at = now or utcnow()
         for envelope in envelopes:
             envelope.received_at = now
         name_of = self._types.name_of
@@ -156,7 +158,7 @@ class Validator:
         for envelope in envelopes:
             checked.by_type.setdefault(name_of[type(envelope)], []).append(envelope)
 
-    def _one_by_one(self, raws: list[msgspec.Raw]) -> Checked:
+    def _one_by_one(self, raws: list[msgspec.Raw], now: dt.datetime | None) -> Checked:
         checked = Checked(count=len(raws))
         good: list[Any] = []
         for index, raw in enumerate(raws):
@@ -164,7 +166,7 @@ class Validator:
             if envelope is not None:
                 good.append(envelope)
         if good:
-            self._group(good, checked)
+            self._group(good, checked, now)
         return checked
 
     def _check_one(self, index: int, raw: msgspec.Raw, rejected: list[Rejection]) -> Any:
@@ -205,7 +207,7 @@ class Validator:
             if isinstance(exc, RecursionError):
                 reject("event is nested too deeply to parse", "invalid_data")
             else:
-                reason = _plain(exc)
+                reason = plain(exc)
                 reject(reason, "invalid_data" if "data" in reason else "invalid_attribute")
             return None
         self._types.canonical([envelope])
@@ -285,7 +287,7 @@ def _where_bad(value: Any, path: str) -> str | None:
 _AT = re.compile(r" - at `\$\.?(.*)`$")
 
 
-def _plain(exc: Exception) -> str:
+def plain(exc: Exception) -> str:
     """msgspec's message, with its JSON path made readable for a person."""
     text = str(exc)
     match = _AT.search(text)

@@ -67,6 +67,8 @@ __all__ = [
 ]
 
 DEMO_SCHEMAS_DIR = Path(__file__).parent / "demo"
+SEGMENT_SCHEMAS_DIR = Path(__file__).parent / "segment"
+SNOWPLOW_SCHEMAS_DIR = Path(__file__).parent / "snowplow"
 _FLOAT32_MAX = 3.4028234663852886e38
 _AWARE_DATETIME = Annotated[datetime.datetime, Meta(tz=True)]
 _SCALARS: dict[tuple[str, str | None], Any] = {
@@ -335,5 +337,17 @@ class SchemaRegistry:
 
 
 def load_registry(settings: Settings) -> SchemaRegistry:
-    """The registry of ``--schemas``, or the bundled demo schemas."""
-    return SchemaRegistry.load(Path(settings.schemas) if settings.schemas else DEMO_SCHEMAS_DIR)
+    """The registry of ``--schemas`` (or the bundled demo schemas), with the types of
+    the analytics protocols that are on (``segment``, ``snowplow``)."""
+    own = SchemaRegistry.load(Path(settings.schemas) if settings.schemas else DEMO_SCHEMAS_DIR)
+    extra = [
+        d
+        for on, d in (
+            (settings.segment, SEGMENT_SCHEMAS_DIR),
+            (settings.snowplow, SNOWPLOW_SCHEMAS_DIR),
+        )
+        if on
+    ]
+    if not extra:
+        return own
+    return SchemaRegistry.from_schemas([*own, *(s for d in extra for s in SchemaRegistry.load(d))])
