@@ -185,7 +185,6 @@ class SegmentApi:
         limit = self._max_call
         for index, raw in enumerate(parsed.raws()):
             if len(raw) > limit:
-                parsed.calls[index] = None
                 parsed.early[index] = (
                     f"call is {len(raw)} bytes, over segment_max_message_bytes ({limit})"
                 )
@@ -197,7 +196,7 @@ class SegmentApi:
         early = parsed.early
         mapped = self.mapped
         for index, c in enumerate(parsed.calls):
-            if c is None:
+            if c is None or index in early:
                 continue
             problem = _problem(c)
             if problem is not None:
@@ -225,20 +224,27 @@ class SegmentApi:
         if early:
             raws = parsed.raws()
             for index, reason in sorted(early.items()):
-                c = parsed.calls[index]
+                head = parsed.calls[index] or _head(raws[index])
+                message_id = head.message_id if isinstance(head.message_id, str) else None
+                kind = TABLES.get(head.type) if isinstance(head.type, str) else None
                 rejected.append(
-                    Rejection(
-                        index,
-                        c.message_id if c is not None else None,
-                        source,
-                        TABLES.get(c.type or "") if c is not None else None,
-                        reason,
-                        "invalid_call",
-                        raws[index],
-                    )
+                    Rejection(index, message_id, source, kind, reason, "invalid_call", raws[index])
                 )
         body = self._encoder.encode(events) if events else b""
         return Converted(body, origin, rejected, parsed.raws, len(parsed.calls))
+
+
+class _Head(msgspec.Struct, rename="camel"):
+    type: Any = None
+    message_id: Any = None
+
+
+def _head(raw: msgspec.Raw) -> _Head:
+    """What can be told of a call that did not decode, to name it."""
+    try:
+        return msgspec.json.decode(raw, type=_Head)
+    except _DECODE_ERRORS:
+        return _Head()
 
 
 class _SentAt(msgspec.Struct, rename="camel"):

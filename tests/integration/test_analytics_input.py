@@ -1,0 +1,208 @@
+"""Segment's and Snowplow's endpoints of a real gateway: answers, keys, CORS, and
+what bad input leaves in the failed stream (the SDKs themselves:
+test_analytics_sdks.py)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.integration.conftest import StartGateway
+from tests.integration.support import GatewayProcess, NatsServer, events_of, failed, post, skipped
+
+KEYS = """
+[keys]
+"wk-web-3f9a" = { name = "website", types = ["segment.*"] }
+"k-skips-only" = ["music.SongSkipped"]
+"""
+ORIGIN = "http://app.test:3000"
+TP2 = "/com.snowplowanalytics.snowplow/tp2"
+PAYLOAD = "iglu:com.snowplowanalytics.snowplow/payload_data/jsonschema/1-0-4"
+
+
+@pytest.fixture
+def gw(start_gateway: StartGateway, tmp_path: Path) -> GatewayProcess:
+    keys = tmp_path / "keys.toml"
+    keys.write_text(KEYS)
+    return start_gateway(segment=True, snowplow=True, api_keys=str(keys), cors_origins=[ORIGIN])
+
+
+def _track(message_id: str | None, **over: Any) -> dict[str, Any]:
+    call = {"type": "track", "messageId": message_id, "userId": "u-1", "event": "Clicked"}
+    call.update(over)
+    return {k: v for k, v in call.items() if v is not None}
+
+
+def _batch(gw: GatewayProcess, body: Any, **kwargs: Any) -> httpx.Response:
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    kwargs.setdefault("auth", ("wk-web-3f9a", ""))
+    return httpx.post(gw.base + "/v1/batch", content=content, timeout=30, **kwargs)
+
+
+def test_a_batch_with_bad_calls_is_200_and_they_are_kept(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
+    calls = [
+        _track("good-0"),
+        _track(None),  # no messageId
+        _track("big", properties={"pad": "x" * 40_000}),
+        "not a call",
+        _track("good-4", type="identify", event=None, traits={"plan": "pro"}),
+    ]
+    r = _batch(gw, {"batch": calls, "sentAt": "2026-12-03T12:00:00Z"})
+    assert r.status_code == 200, r.text
+    answer = r.json()
+    assert (answer["success"], answer["accepted"]) == (True, 2)
+    assert [(x["index"], x["id"]) for x in answer["rejected"]] == [(1, None), (2, "big"), (3, None)]
+    assert "messageId" in answer["rejected"][0]["reason"]
+    assert "segment_max_message_bytes" in answer["rejected"][1]["reason"]
+    assert "JSON object" in answer["rejected"][2]["reason"]
+
+    tracks = events_of(nats_server.url, "segment.tracks")
+    assert [(e["id"], e["source"]) for e in tracks] == [("good-0", "website")]
+    assert [e["id"] for e in events_of(nats_server.url, "segment.identifies")] == ["good-4"]
+    kept = [f for f in failed(nats_server.url) if f.get("index") is not None]
+    assert [(f["index"], f["event"]) for f in kept] == [(1, calls[1]), (2, calls[2]), (3, calls[3])]
+    assert all(f["source"] == "website" and f["reason"] for f in kept)
+    # the key itself is stored nowhere: the events carry its name
+    assert "wk-web-3f9a" not in json.dumps([*tracks, *kept])
+
+
+def test_where_the_write_key_may_be(gw: GatewayProcess, nats_server: NatsServer) -> None:
+    gz = gzip.compress(json.dumps({"batch": [_track("gzip-basic")]}).encode())
+    ok = [
+        _batch(gw, gz, headers={"content-encoding": "gzip"}),  # RudderStack's default
+        _batch(
+            gw,
+            {"batch": [_track("bearer")]},
+            auth=None,
+            headers={"authorization": "Bearer wk-web-3f9a"},
+        ),
+        # analytics.js: the key in the body, as text/plain (no preflight)
+        _batch(
+            gw,
+            {"batch": [_track("in-body")], "writeKey": "wk-web-3f9a"},
+            auth=None,
+            headers={"content-type": "text/plain"},
+        ),
+        httpx.post(
+            gw.base + "/v1/track",
+            json={**_track("single"), "type": None},
+            auth=("wk-web-3f9a", ""),
+            timeout=10,
+        ),
+    ]
+    assert [r.status_code for r in ok] == [200] * 4, [r.text for r in ok]
+    ids = sorted(e["id"] for e in events_of(nats_server.url, "segment.tracks"))
+    assert ids == ["bearer", "gzip-basic", "in-body", "single"]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "code"),
+    [
+        ({"auth": ("wk-nope", "")}, 401, "unauthorized"),
+        ({"auth": None}, 401, "unauthorized"),
+        ({"auth": ("k-skips-only", "")}, 403, "forbidden"),
+    ],
+    ids=["wrong key", "no key", "key without the segment types"],
+)
+def test_a_refused_key_is_a_4xx_rudderstack_can_read(
+    gw: GatewayProcess, nats_server: NatsServer, kwargs: dict[str, Any], status: int, code: str
+) -> None:
+    r = _batch(gw, {"batch": [_track("refused")]}, **kwargs)
+    assert r.status_code == status, r.text
+    body = r.json()
+    assert body["code"] == code and body["message"]  # RudderStack reads both, else retries
+    assert events_of(nats_server.url, "segment.tracks") == []
+
+
+def test_an_unusable_segment_request_is_refused_whole(
+    gw: GatewayProcess, nats_server: NatsServer
+) -> None:
+    r = _batch(gw, b'{"batch": [')
+    assert r.status_code == 400 and r.json()["code"] == "invalid_request"
+    assert "kept in the failed-events stream" in r.json()["message"]
+    (kept,) = failed(nats_server.url)
+    assert kept["body"] and kept["status"] == 400
+    # with no key in the headers, a body that does not parse is not stored
+    r = _batch(gw, b"{nope", auth=None)
+    assert r.status_code == 401
+    assert len(failed(nats_server.url)) == 1
+    big = {"batch": [_track(f"m{i}", properties={"pad": "x" * 1000}) for i in range(600)]}
+    r = _batch(gw, big)
+    assert r.status_code == 413 and "segment_max_batch_bytes" in r.json()["message"]
+    r = httpx.get(gw.base + "/v1/batch", timeout=10)
+    assert r.status_code == 405 and r.json()["code"] == "method_not_allowed"
+    assert events_of(nats_server.url, "segment.tracks") == []
+
+
+def test_snowplow_answers(gw: GatewayProcess, nats_server: NatsServer) -> None:
+    events = [{"e": "se", "eid": "sp-0", "aid": "shop"}, {"e": "se"}, {"e": "pv", "eid": "sp-2"}]
+    r = httpx.post(gw.base + TP2, json={"schema": PAYLOAD, "data": events}, timeout=10)
+    assert r.status_code == 200, r.text
+    assert r.json()["accepted"] == 2
+    assert [x["index"] for x in r.json()["rejected"]] == [1]
+    pixel = httpx.get(gw.base + "/i?e=pv&eid=sp-3&aid=web&url=http%3A%2F%2Fx", timeout=10)
+    assert pixel.status_code == 200 and pixel.headers["content-type"] == "image/gif"
+    assert pixel.content.startswith(b"GIF89a")
+    got = {(e["id"], e["source"]) for e in events_of(nats_server.url, "snowplow.events")}
+    assert got == {("sp-0", "shop"), ("sp-2", "snowplow"), ("sp-3", "web")}
+    (kept,) = failed(nats_server.url)
+    assert (kept["index"], kept["event"]) == (1, events[1])
+
+    # Every refusal a tracker should not resend is a 400: it resends a 413 or 405 forever.
+    refusals = [
+        httpx.post(gw.base + TP2, content=b"{", timeout=10),
+        httpx.post(
+            gw.base + TP2, json={"schema": "iglu:x/y/jsonschema/1-0-0", "data": []}, timeout=10
+        ),
+        httpx.get(gw.base + TP2, timeout=10),
+        httpx.post(gw.base + TP2, content=b" " * (9 << 20), timeout=30),  # over max_body_bytes
+        httpx.get(gw.base + "/i", timeout=10),
+    ]
+    assert [r.status_code for r in refusals] == [400] * 5, [r.text for r in refusals]
+
+
+def test_cors(gw: GatewayProcess, nats_server: NatsServer) -> None:
+    asked = {
+        "origin": ORIGIN,
+        "access-control-request-method": "POST",
+        "access-control-request-headers": "content-type, x-api-key, x-evil",
+    }
+    pre = httpx.options(gw.base + "/v1/events", headers=asked, timeout=10)
+    assert pre.status_code == 204
+    assert pre.headers["access-control-allow-origin"] == ORIGIN
+    assert "POST" in pre.headers["access-control-allow-methods"]
+    assert pre.headers["access-control-allow-headers"] == "content-type, x-api-key"
+    assert "access-control-allow-credentials" not in pre.headers
+    assert pre.headers["vary"] == "Origin"
+
+    other = httpx.options(
+        gw.base + "/v1/events", headers={**asked, "origin": "http://evil.test"}, timeout=10
+    )
+    assert other.status_code == 403 and "access-control-allow-origin" not in other.headers
+
+    allowed = post(
+        gw.base, [skipped(id="from-page")], headers={"origin": ORIGIN, "x-api-key": "k-skips-only"}
+    )
+    assert allowed.status_code == 200, allowed.text
+    assert allowed.headers["access-control-allow-origin"] == ORIGIN
+    refused = post(
+        gw.base,
+        [skipped(id="from-elsewhere")],
+        headers={"origin": "http://evil.test", "x-api-key": "k-skips-only"},
+    )
+    assert refused.status_code == 403 and "cors_origins" in refused.json()["error"]
+    ids = [e["id"] for e in events_of(nats_server.url, "music.SongSkipped")]
+    assert ids == ["from-page"]
+
+
+def test_the_protocols_are_off_by_default(start_gateway: StartGateway) -> None:
+    gw = start_gateway()
+    assert httpx.post(gw.base + "/v1/batch", json={"batch": []}, timeout=10).status_code == 404
+    assert httpx.post(gw.base + TP2, json={}, timeout=10).status_code == 404
