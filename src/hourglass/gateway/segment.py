@@ -9,8 +9,9 @@ key's name, so the loader's ``(source, id)`` dedup removes the copies an SDK's
 retries make.  A track whose name a schema claims (its top-level attribute
 ``"hourglass.segment_event": "<event name>"``) also becomes an event of that
 type, whose ``data`` is the track's ``properties``: like Segment's own per-event
-tables, the row in ``segment.tracks`` is always there, and the typed row is
-validated against its schema (a failure rejects only the typed copy).
+tables, the row in ``segment.tracks`` is always there (with the user's ids and
+context: join on ``id``), and the typed row is validated against its schema (a
+failure rejects only the typed copy).
 
 Why the answers are what they are: both SDKs drop a batch on a 4xx other than
 429 and retry a 5xx; RudderStack's takes only exactly 200 as success and reads
@@ -216,8 +217,6 @@ class SegmentApi:
                 }
                 if c.timestamp is not None:
                     typed["time"] = event["time"]
-                if (subject := event["data"]["userId"] or event["data"]["anonymousId"]) is not None:
-                    typed["subject"] = subject
                 events.append(typed)
                 origin.append(index)
         rejected = []
