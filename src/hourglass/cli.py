@@ -203,6 +203,11 @@ def cmd_replay(args: argparse.Namespace) -> int:
         f"{result.found} rejected {args.event_type} events found, {result.accepted} accepted "
         f"now, {len(result.rejected)} rejected again"
     )
+    if result.not_cloudevents:
+        print(
+            f"{result.not_cloudevents} of them were rejected from the Segment or Snowplow "
+            "endpoints and are not CloudEvents: not replayed (docs/analytics-sdks.md)"
+        )
     for reason in result.rejected[:20]:
         print(f"  - {reason}")
     return 1 if result.rejected else 0

@@ -9,6 +9,10 @@ the rejected event as answered, so under its sequence the loader would take
 the replay for a re-send and drop it; without them it goes by its key.
 Events rejected again are reported with the new reason (and land in
 ``_failed`` once more).
+
+Calls rejected from Segment's or Snowplow's endpoints are kept as their SDK sent
+them, not as CloudEvents, and this command cannot send them again (their write
+key is not stored): they are counted as ``not_cloudevents`` and left alone.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ class ReplayResult:
     found: int = 0
     accepted: int = 0
     rejected: list[str] = field(default_factory=list)
+    not_cloudevents: int = 0  # Segment calls or Snowplow events: not replayed
 
 
 SEQUENCE_ATTRIBUTES = [f[0] for f in SEQUENCE_FIELDS]
@@ -76,8 +81,9 @@ def replay(
     since: dt.datetime | None = None,
     batch: int = 500,
 ) -> ReplayResult:
-    events = failed_events(lake, type_name, since)
-    result = ReplayResult(found=len(events))
+    found = failed_events(lake, type_name, since)
+    events = [e for e in found if '"specversion"' in e]
+    result = ReplayResult(found=len(found), not_cloudevents=len(found) - len(events))
     with httpx.Client(base_url=base_url, timeout=30) as client:
         for start in range(0, len(events), batch):
             chunk = events[start : start + batch]

@@ -32,6 +32,7 @@ from snowplow_tracker import (
     Tracker,
 )
 
+from hourglass.replay import failed_events, replay
 from tests.chaos.conftest import duck, wait_until
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import GatewayProcess, LoaderProcess
@@ -252,3 +253,18 @@ def _no_stray_clients() -> Iterator[None]:
     joins); only clients built by the tests, each joined."""
     yield
     assert segment.analytics.default_client is None
+
+
+def test_replay_leaves_a_rejected_segment_call_alone(
+    stack: tuple[GatewayProcess, LoaderProcess],
+) -> None:
+    gw, loader = stack
+    client = segment.analytics.Client("wk-seg-5b1f90", host=gw.base, upload_interval=0.05)
+    try:
+        client.track("u-9", "Song Skipped", {"track_id": "t-x"})  # no position_ms
+        client.flush()
+    finally:
+        client.join()
+    wait_until(lambda: failed_events(loader.lake, "web.SongSkipped") != [], 30, "the rejected copy")
+    result = replay(loader.lake, "web.SongSkipped", gw.base)
+    assert (result.found, result.not_cloudevents, result.accepted, result.rejected) == (1, 1, 0, [])

@@ -105,14 +105,15 @@ class Stack:
         self,
         nats_server: NatsServer,
         start_gateway: StartGateway,
-        loader: LoaderProcess,
+        start_loader: StartLoader,
         gateway_settings: dict[str, Any],
+        loader_settings: dict[str, Any],
     ) -> None:
         self.nats = nats_server
         self._start_gateway = start_gateway
         self._settings = gateway_settings
         self.gateway: GatewayProcess = start_gateway(**gateway_settings)
-        self.loader = loader
+        self.loader: LoaderProcess = start_loader(**loader_settings)  # the gateway made its streams
 
     @property
     def base(self) -> str:
@@ -155,8 +156,8 @@ def stack(
         "schemas": typed_schemas(tmp_path),
         "flush_interval_s": 0.5,
     }
-    loader = start_loader(**common)
-    return Stack(nats_server, start_gateway, loader, {**common, "api_keys": str(keys)})
+    gateway = {**common, "api_keys": str(keys)}
+    return Stack(nats_server, start_gateway, start_loader, gateway, common)
 
 
 # -------------------------------------------------------- the clients' requests
