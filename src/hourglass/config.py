@@ -121,8 +121,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # registry, so the gateway and the loaders must agree on them.
     segment: bool = False  # Segment's HTTP API, which RudderStack's SDKs speak too
     snowplow: bool = False  # Snowplow's tracker protocol (tp2 and the GET pixel)
-    # Segment's documented limits; a message over its limit is rejected alone
-    # (and kept), a batch over its limit is refused with 400.
+    # Segment's documented limits; a call over its limit is rejected alone, a
+    # batch over its limit refused whole (413); both are kept in the failed stream.
     segment_max_message_bytes: int = 32 * KiB
     segment_max_batch_bytes: int = 500 * KiB
     # Web pages of these origins (scheme://host[:port]) may send (CORS,

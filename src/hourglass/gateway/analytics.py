@@ -9,14 +9,15 @@ what is a source, and the answer each protocol's clients read as intended.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from hourglass.events import utcnow
-from hourglass.exceptions import Unauthorized, Unparseable
+from hourglass.exceptions import BodyTooLarge, Unauthorized, Unparseable
 from hourglass.gateway import segment, snowplow
 from hourglass.gateway.adapt import SEGMENT, SNOWPLOW, answer
 from hourglass.gateway.asgi import Receive, Scope, Send
-from hourglass.gateway.auth import Key, presented
+from hourglass.gateway.auth import ApiKeys, Key, presented
 
 if TYPE_CHECKING:
     from hourglass.gateway.app import Gateway
@@ -49,7 +50,7 @@ class SegmentRoute:
             return refused
         try:
             parsed = self.api.parse(body, self.call)
-        except Unparseable as exc:
+        except (Unparseable, BodyTooLarge) as exc:  # kept: the SDKs drop a 4xx batch
             if unknown:
                 raise Unauthorized("missing API key: send the write key", status=401) from exc
             return await gw.keep_unparseable(exc, body, None, headers, send, SEGMENT)
@@ -57,7 +58,8 @@ class SegmentRoute:
             entry = keys.key(parsed.write_key)
         source = entry.name if entry is not None else segment.NO_KEY_SOURCE
         now = utcnow()
-        checked = gw.validated(self.api.convert(parsed, source, now), now, "properties")
+        converted = self.api.convert(parsed, source, now, _may_send(entry))
+        checked = gw.validated(converted, now, "properties")
         await gw.deliver(checked, entry.types if entry is not None else None)
         accepted = checked.count - len(checked.rejected)
         rejected = [{"index": r.index, "id": r.id, "reason": r.reason} for r in checked.rejected]
@@ -102,3 +104,17 @@ class SnowplowRoute:
         else:
             await gw.reply(send, 200, gw.encoder.encode(answer(checked)))
         return 200
+
+
+def _may_send(entry: Key | None) -> Callable[[str], bool]:
+    if entry is None:
+        return lambda _: True
+    return lambda type_name: _allows(entry.types, type_name)
+
+
+def _allows(types: frozenset[str], type_name: str) -> bool:
+    try:
+        ApiKeys.check_types(types, [type_name])
+    except Unauthorized:
+        return False
+    return True

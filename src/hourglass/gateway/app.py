@@ -46,6 +46,7 @@ from hourglass.gateway.commit import GroupCommitter
 from hourglass.gateway.cors import Cors
 from hourglass.gateway.metrics import GatewayMetrics
 from hourglass.gateway.openapi import openapi_document
+from hourglass.gateway.segment import REFUSED
 from hourglass.gateway.validate import Checked, Limits, Rejection, Validator
 from hourglass.gateway.watermark import InFlight
 from hourglass.gateway.wire import Mode, Payload, decompress, to_payload
@@ -112,15 +113,16 @@ class Gateway:
         path, method = scope["path"], scope["method"]
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
         origin = headers.get("origin")
+        route = self.routes.get(path)
         if origin is not None:
             if not self.cors.allows(origin):
-                await self.error(send, 403, f"origin {origin} may not send here (cors_origins)")
+                message = f"origin {origin} may not send here (cors_origins)"
+                await self.error(send, 403, message, None, route[2] if route else None)
                 return
             if method == "OPTIONS" and "access-control-request-method" in headers:
                 await self.reply(send, 204, b"", self.cors.preflight(origin, headers))
                 return
             send = adding(send, self.cors.simple(origin))
-        route = self.routes.get(path)
         if route is not None:
             allowed, handle, style = route
             if method != allowed:
@@ -172,7 +174,9 @@ class Gateway:
             await self.error(send, status, str(exc), None, style)
         except Exception:
             logger.exception("unexpected error while ingesting")
-            await self.error(send, 500, "internal error; the request was not acknowledged")
+            await self.error(
+                send, 500, "internal error; the request was not acknowledged", None, style
+            )
         finally:
             self.metrics.requests.labels(str(status)).inc()
             self.metrics.request_seconds.observe(time.perf_counter() - started)
@@ -230,7 +234,9 @@ class Gateway:
             # Unknown types are not a permission question: they are rejected per
             # event ("unknown event type") and kept, like any invalid event.
             known = self.types.by_name
-            seen = list(checked.by_type) + [r.type for r in checked.rejected if r.type in known]
+            seen = list(checked.by_type) + [
+                r.type for r in checked.rejected if r.type in known and r.code != REFUSED
+            ]
             ApiKeys.check_types(allowed, seen)
         if self.inflight + checked.count > self.settings.max_inflight_events:
             raise Overloaded(
@@ -292,7 +298,7 @@ class Gateway:
 
     async def keep_unparseable(
         self,
-        exc: Unparseable,
+        exc: InvalidInput,
         body: bytes,
         encoding: str | None,
         headers: dict[str, str],

@@ -36,7 +36,7 @@ import msgspec
 
 from hourglass.config import Settings
 from hourglass.events import EventTypes
-from hourglass.exceptions import BodyTooLarge, Unparseable
+from hourglass.exceptions import BodyTooLarge, ConfigError, Unparseable
 from hourglass.gateway.adapt import Converted
 from hourglass.gateway.validate import Rejection, plain
 
@@ -48,8 +48,16 @@ TABLES = {
     "group": "segment.groups",
     "alias": "segment.aliases",
 }
-PATHS = {"/v1/batch": None, **{f"/v1/{call}": call for call in TABLES}}
+# analytics.js (analytics-next) posts to the short paths: /v1/t, /v1/b, ...
+PATHS = {
+    "/v1/batch": None,
+    "/v1/b": None,
+    **{f"/v1/{call}": call for call in TABLES},
+    **{f"/v1/{call[0]}": call for call in TABLES if call != "screen"},
+    "/v1/s": "screen",
+}
 EVENT_ATTRIBUTE = "hourglass.segment_event"
+REFUSED = "forbidden_type"  # a rejection's code: the key may not send the typed copy
 NO_KEY_SOURCE = "segment"  # the source of every call when the gateway has no keys file
 
 _NULL = msgspec.Raw(b"null")
@@ -117,6 +125,11 @@ class SegmentApi:
         for schema in types.registry:
             name = schema.avro.get(EVENT_ATTRIBUTE)
             if isinstance(name, str):
+                if (first := self.mapped.get(name)) is not None:
+                    raise ConfigError(
+                        f"types {first} and {schema.type_name} both claim the Segment event "
+                        f"{name!r} ({EVENT_ATTRIBUTE}): one type per event name"
+                    )
                 self.mapped[name] = schema.type_name
 
     def parse(self, body: bytes, call: str | None) -> Parsed:
@@ -190,8 +203,18 @@ class SegmentApi:
                     f"call is {len(raw)} bytes, over segment_max_message_bytes ({limit})"
                 )
 
-    def convert(self, parsed: Parsed, source: str, now: dt.datetime) -> Converted:
-        """The events of ``parsed``'s calls; those that cannot be events are rejected."""
+    def convert(
+        self,
+        parsed: Parsed,
+        source: str,
+        now: dt.datetime,
+        may_send: Callable[[str], bool] = lambda _: True,
+    ) -> Converted:
+        """The events of ``parsed``'s calls; those that cannot be events are rejected.
+
+        A typed copy of a track whose type the key may not send (``may_send``) is
+        rejected alone, so a key limited to ``segment.*`` still sends its tracks."""
+        refused: list[Rejection] = []
         events: list[dict[str, Any]] = []
         origin: list[int] = []
         early = parsed.early
@@ -207,7 +230,15 @@ class SegmentApi:
             event = _event(c, table, source, now, parsed.sent_at)
             events.append(event)
             origin.append(index)
-            if c.event is not None and (claimed := mapped.get(c.event)) is not None:
+            claimed = mapped.get(c.event) if c.type == "track" and c.event else None
+            if claimed is not None and not may_send(claimed):
+                reason = f"this write key may not send type {claimed} (the typed copy)"
+                refused.append(
+                    Rejection(
+                        index, c.message_id, source, claimed, reason, REFUSED, parsed.raws()[index]
+                    )
+                )
+            elif claimed is not None:
                 typed = {
                     "specversion": "1.0",
                     "id": c.message_id,
@@ -219,7 +250,7 @@ class SegmentApi:
                     typed["time"] = event["time"]
                 events.append(typed)
                 origin.append(index)
-        rejected = []
+        rejected = refused
         if early:
             raws = parsed.raws()
             for index, reason in sorted(early.items()):
@@ -229,6 +260,7 @@ class SegmentApi:
                 rejected.append(
                     Rejection(index, message_id, source, kind, reason, "invalid_call", raws[index])
                 )
+            rejected.sort(key=lambda r: r.index)
         body = self._encoder.encode(events) if events else b""
         return Converted(body, origin, rejected, parsed.raws, len(parsed.calls))
 

@@ -16,7 +16,7 @@ import pytest
 
 from hourglass.config import Settings
 from hourglass.events import EventTypes
-from hourglass.exceptions import BodyTooLarge, Unparseable
+from hourglass.exceptions import BodyTooLarge, ConfigError, Unparseable
 from hourglass.gateway.adapt import merge
 from hourglass.gateway.segment import SegmentApi
 from hourglass.gateway.validate import Checked, Limits, Validator
@@ -221,3 +221,37 @@ def test_the_segment_types_exist_only_when_on() -> None:
         "segment.groups",
         "segment.aliases",
     }
+
+
+def test_a_typed_copy_the_key_may_not_send_is_rejected_alone(tmp_path: Path) -> None:
+    api, validator = _api(_mapped_schemas(tmp_path))
+    call = _track(
+        messageId="s-1", event="Song Skipped", properties={"track_id": "t", "position_ms": 5}
+    )
+    raw = json.dumps({"batch": [call, _track(messageId="c-2")]}).encode()
+    converted = api.convert(
+        api.parse(raw, None), "website", NOW, lambda t: t.startswith("segment.")
+    )
+    checked = merge(converted, validator.check(Payload(Mode.BATCH, converted.events), NOW))
+    assert [e.id for e in checked.by_type["segment.tracks"]] == ["s-1", "c-2"]
+    assert "web.SongSkipped" not in checked.by_type
+    assert [(r.index, r.type, r.code) for r in checked.rejected] == [
+        (0, "web.SongSkipped", "forbidden_type")
+    ]
+    assert "may not send type web.SongSkipped" in checked.rejected[0].reason
+
+
+def test_only_a_track_is_copied_to_a_typed_table(tmp_path: Path) -> None:
+    api, validator = _api(_mapped_schemas(tmp_path))
+    page = {"type": "page", "messageId": "p-1", "userId": "u", "event": "Song Skipped"}
+    checked = _run(api, validator, {"batch": [page]})
+    assert list(checked.by_type) == ["segment.pages"]
+
+
+def test_two_types_may_not_claim_one_event_name(tmp_path: Path) -> None:
+    folder = _mapped_schemas(tmp_path)
+    other = json.loads((tmp_path / "SongSkipped.avsc").read_text())
+    other["name"] = "SongSkippedToo"
+    (tmp_path / "SongSkippedToo.avsc").write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="both claim the Segment event 'Song Skipped'"):
+        _api(folder)
