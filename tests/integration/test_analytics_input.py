@@ -12,7 +12,9 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.integration.conftest import StartGateway
+from hourglass.replay import failed_events, replay
+from tests.chaos.conftest import wait_until
+from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import GatewayProcess, NatsServer, events_of, failed, post, skipped
 
 KEYS = """
@@ -219,3 +221,18 @@ def test_the_protocols_are_off_by_default(start_gateway: StartGateway) -> None:
     gw = start_gateway()
     assert httpx.post(gw.base + "/v1/batch", json={"batch": []}, timeout=10).status_code == 404
     assert httpx.post(gw.base + TP2, json={}, timeout=10).status_code == 404
+
+
+def test_replay_leaves_a_rejected_segment_call_alone(
+    start_gateway: StartGateway, start_loader: StartLoader, tmp_path: Path
+) -> None:
+    """A rejected call is kept as the SDK sent it, not as a CloudEvent:
+    ``replay-failed`` counts it and does not post it to /v1/events."""
+    common: dict[str, Any] = {"segment": True, "flush_interval_s": 0.5}
+    gw = start_gateway(**common)  # it creates the streams the loader waits for
+    loader = start_loader(**common)
+    r = _batch(gw, {"batch": [_track("kept", userId=None)]}, auth=None)
+    assert r.status_code == 200 and r.json()["accepted"] == 0
+    wait_until(lambda: failed_events(loader.lake, "segment.tracks") != [], 30, "the rejection")
+    result = replay(loader.lake, "segment.tracks", gw.base)
+    assert (result.found, result.not_cloudevents, result.accepted, result.rejected) == (1, 1, 0, [])
