@@ -1,4 +1,5 @@
-"""The gateway's ASGI application: ``POST /v1/events`` and the operational endpoints.
+"""The gateway's ASGI application: ``POST /v1/events``, the analytics SDKs'
+endpoints (``analytics.py``, when on), CORS, and the operational endpoints.
 
 Order of work for one request, and why it is safe:
 
@@ -12,7 +13,9 @@ If step 3 fails for any part, the answer is 503 and the client resends the whole
 request; parts that did land are removed downstream by ``(source, id)`` dedup.
 A body that cannot be parsed at all is itself stored in the failed-events stream
 before the 400 goes out.  No exception escapes as a crash: an unexpected one is
-logged with its traceback and answered 500.
+logged with its traceback and answered 500.  Segment's and Snowplow's requests
+take the same steps, their calls turned into CloudEvents before step 2; each
+route answers refusals in the form its clients read (``adapt.Style``).
 """
 
 from __future__ import annotations
@@ -206,7 +209,7 @@ class Gateway:
         receive: Receive,
         send: Send,
         style: Style,
-        stored: object = True,
+        stored: bool = True,
     ) -> tuple[bytes, int]:
         """The request's body, decompressed; (b"", status) when it was refused
         (kept in the failed stream if ``stored``, else refused as unauthorized)."""
