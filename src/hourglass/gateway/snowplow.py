@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import math
 from collections.abc import Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -64,6 +65,13 @@ def _b64json(text: str) -> str:
     return decoded
 
 
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # JSON has no inf or nan: it would be stored as null
+        raise ValueError("not a finite number")
+    return value
+
+
 def _json(text: str) -> str:
     msgspec.json.decode(text)
     return text
@@ -97,7 +105,7 @@ _FIELDS: dict[str, tuple[str, Callable[[str], Any]]] = {
     "se_ac": ("se_action", str),
     "se_la": ("se_label", str),
     "se_pr": ("se_property", str),
-    "se_va": ("se_value", float),
+    "se_va": ("se_value", _finite),
     "pp_mix": ("pp_xoffset_min", int),
     "pp_max": ("pp_xoffset_max", int),
     "pp_miy": ("pp_yoffset_min", int),

@@ -125,6 +125,7 @@ BAD = {
     "dtm not a number": ({"e": "se", "eid": "x", "dtm": "soon"}, "parameter 'dtm'"),
     "cx not base64 JSON": ({"e": "se", "eid": "x", "cx": "!!!"}, "parameter 'cx'"),
     "co not JSON": ({"e": "se", "eid": "x", "co": "{"}, "parameter 'co'"),
+    "se_va infinite": ({"e": "se", "eid": "x", "se_va": "inf"}, "parameter 'se_va'"),
     "a value is an object": ({"e": "se", "eid": "x", "se_ca": {}}, "JSON object of strings"),
     "not an object": ("pv", "JSON object of strings"),
     "too large": ({"e": "se", "eid": "x", "se_la": "x" * 200_000}, "over half of max_event_bytes"),
