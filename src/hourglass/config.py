@@ -27,6 +27,22 @@ SETTINGS_ENV = "HOURGLASS__SETTINGS"
 MAX_PARTITIONS = 256
 
 
+class TypeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What an operator sets for one event type (``[types."<type>"]`` in
+    hourglass.toml): kept apart from its schema, which its producers own and
+    whose every change is checked for compatibility."""
+
+    owner: str = ""  # who to call: a team, a channel
+    # The timeliness tier: its hours must close within tier_targets_s[tier].
+    tier: int = 2
+    # False: the gateway refuses the type's events one by one, with the reason,
+    # and keeps them in the failed stream (replay them once it is on again).
+    enabled: bool = True
+
+
+DEFAULT_TYPE = TypeSettings()
+
+
 class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """Every knob, with the default a new user gets."""
 
@@ -75,6 +91,12 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # Fixed once a type has streams: changing it is refused (docs/deploy.md).
     partitions: int = 1
     type_partitions: dict[str, int] = {}
+    # Per type: owner, timeliness tier, enabled (TypeSettings); and each tier's
+    # target, in seconds from a bucket's end to its close (Spotify's timeliness).
+    types: dict[str, TypeSettings] = {}
+    tier_targets_s: dict[int, int] = msgspec.field(
+        default_factory=lambda: {1: 900, 2: 3600, 3: 6 * 3600}
+    )
 
     # Hour close: gateways' markers and leases, the loader's cadence.
     marker_interval_s: float = 1.0
@@ -158,6 +180,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         from the lake by a loader that has none)."""
         return self.data_path / "lake-local" if self.lake_remote else Path(self.lake_url)
 
+    def type_settings(self, type_name: str) -> TypeSettings:
+        return self.types.get(type_name, DEFAULT_TYPE)
+
+    def check_type_names(self, known: list[str]) -> None:
+        """Refuse per-type settings of types the registry does not have (a typo
+        would otherwise be ignored)."""
+        for table, names in (("types", self.types), ("type_partitions", self.type_partitions)):
+            unknown = sorted(set(names) - set(known))
+            if unknown:
+                raise ConfigError(
+                    f"{table} names unknown types {unknown}; known: {sorted(known)[:10]}"
+                )
+
     def partitions_of(self, type_name: str) -> int:
         return self.type_partitions.get(type_name, self.partitions)
 
@@ -214,8 +249,19 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         if self.lake.startswith(("s3a://", "gs://", "az://", "http://", "https://")):
             raise ConfigError(f"lake {self.lake!r}: a path or s3://bucket/prefix")
         self._validate_protocols()
+        self._validate_types()
         bucket_seconds(self.bucket)
         return self
+
+    def _validate_types(self) -> None:
+        for name, t in self.types.items():
+            if t.tier not in self.tier_targets_s:
+                raise ConfigError(
+                    f"types.{name}.tier is {t.tier}; the tiers are those of tier_targets_s "
+                    f"({sorted(self.tier_targets_s)})"
+                )
+        if any(target <= 0 for target in self.tier_targets_s.values()):
+            raise ConfigError("tier_targets_s: every target must be a positive number of seconds")
 
     def _validate_protocols(self) -> None:
         if self.segment and self.segment_max_message_bytes * 2 + 4 * KiB > self.max_event_bytes:

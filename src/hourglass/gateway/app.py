@@ -92,6 +92,7 @@ class Gateway:
         self.validator = Validator(
             types,
             Limits(settings.max_event_bytes, settings.max_events_per_request),
+            frozenset(name for name, t in settings.types.items() if not t.enabled),
         )
         self.encoder = msgspec.json.Encoder()
         self.openapi = self.encoder.encode(openapi_document(types.registry))

@@ -34,6 +34,14 @@ from hourglass.gateway.wire import Mode, Payload
 
 _DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 INVALID_UTF8 = "invalid_utf8"
+DISABLED = "disabled_type"
+
+
+def _off(name: str) -> str:
+    return (
+        f"event type {name} is disabled (types.{name}.enabled = false); "
+        "the event is kept in the failed stream"
+    )
 
 
 @dataclass(frozen=True)
@@ -67,9 +75,14 @@ class Limits:
 
 
 class Validator:
-    def __init__(self, types: EventTypes, limits: Limits) -> None:
+    def __init__(
+        self, types: EventTypes, limits: Limits, disabled: frozenset[str] = frozenset()
+    ) -> None:
         self._types = types
         self._limits = limits
+        # Types switched off (``types.<type>.enabled = false``): each of their
+        # events is rejected alone and kept, as any invalid one.
+        self._disabled = disabled
         self._raw_list = msgspec.json.Decoder(list[msgspec.Raw])
         self._raw_one = msgspec.json.Decoder(msgspec.Raw)
         self._head = msgspec.json.Decoder(EventHead)
@@ -103,8 +116,27 @@ class Validator:
             if len(payload.body) > self._limits.max_event_bytes:
                 self._check_sizes(self._split(payload))
         checked = Checked(count=len(envelopes))
+        if self._disabled:
+            envelopes = self._refuse_disabled(envelopes, checked)
         self._group(envelopes, checked, now)
         return checked
+
+    def _refuse_disabled(self, envelopes: list[Any], checked: Checked) -> list[Any]:
+        """The envelopes of enabled types; the others rejected under their index."""
+        name_of, disabled = self._types.name_of, self._disabled
+        if not any(name_of[type(e)] in disabled for e in envelopes):
+            return envelopes
+        kept = []
+        for index, e in enumerate(envelopes):
+            name = name_of[type(e)]
+            if name in disabled:
+                raw = msgspec.Raw(msgspec.json.encode(e))
+                checked.rejected.append(
+                    Rejection(index, e.id, e.source, name, _off(name), DISABLED, raw)
+                )
+            else:
+                kept.append(e)
+        return kept
 
     def _split(self, payload: Payload) -> list[msgspec.Raw]:
         try:
@@ -196,6 +228,9 @@ class Validator:
             return None
         if type_name is None:
             reject("attribute 'type' must be a string", "invalid_attribute")
+            return None
+        if type_name in self._disabled:
+            reject(_off(type_name), DISABLED)
             return None
         decoder = self._types.decoders.get(type_name)
         if decoder is None:

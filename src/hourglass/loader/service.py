@@ -46,6 +46,7 @@ from hourglass.bus.ownership import Ownership
 from hourglass.bus.retention import drop_stale_consumers, loader_durable, retain
 from hourglass.config import Settings
 from hourglass.exceptions import Fenced, LakeUnavailable
+from hourglass.lake.failed import FAILED_DIR
 from hourglass.lake.retention import DAY, expire_buckets
 from hourglass.loader.compact import Compactor
 from hourglass.loader.metrics import (
@@ -56,6 +57,7 @@ from hourglass.loader.metrics import (
 )
 from hourglass.loader.owner import Group, KvCheckpoints, Unclaimed, announce, own
 from hourglass.loader.resources import limit_malloc_arenas, yield_cpu
+from hourglass.loader.slo import describe_types
 from hourglass.loader.streams import (
     Stream,
     build_streams,
@@ -358,6 +360,7 @@ async def run_loader(settings: Settings) -> None:
         )
     store = await open_lake(settings, space)
     streams = build_streams(settings, metrics, store)
+    describe_types(metrics.registry, settings, sorted({s.name for s in streams} - {FAILED_DIR}))
     url = resolve_bus_url(settings)
     nc = await jetstream.connect(url, name="hourglass-loader")
     js = nc.jetstream(timeout=10)

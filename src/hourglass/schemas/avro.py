@@ -348,6 +348,10 @@ def load_registry(settings: Settings) -> SchemaRegistry:
         )
         if on
     ]
-    if not extra:
-        return own
-    return SchemaRegistry.from_schemas([*own, *(s for d in extra for s in SchemaRegistry.load(d))])
+    registry = own
+    if extra:
+        registry = SchemaRegistry.from_schemas(
+            [*own, *(s for d in extra for s in SchemaRegistry.load(d))]
+        )
+    settings.check_type_names(registry.type_names)
+    return registry
