@@ -9,6 +9,7 @@ what is a source, and the answer each protocol's clients read as intended.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -109,12 +110,4 @@ class SnowplowRoute:
 def _may_send(entry: Key | None) -> Callable[[str], bool]:
     if entry is None:
         return lambda _: True
-    return lambda type_name: _allows(entry.types, type_name)
-
-
-def _allows(types: frozenset[str], type_name: str) -> bool:
-    try:
-        ApiKeys.check_types(types, [type_name])
-    except Unauthorized:
-        return False
-    return True
+    return functools.partial(ApiKeys.permits, entry.types)

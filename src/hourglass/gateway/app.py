@@ -189,13 +189,9 @@ class Gateway:
         self, scope: Scope, headers: dict[str, str], receive: Receive, send: Send
     ) -> int:
         allowed = self.keys.allowed(headers) if self.keys is not None else None
-        limit = self.settings.max_body_bytes
-        sent = await read_body(receive, headers, limit)
-        encoding = headers.get("content-encoding", "").strip().lower()
-        try:
-            body = decompress(sent, encoding, limit)
-        except Unparseable as exc:  # kept as sent, with its encoding
-            return await self.keep_unparseable(exc, sent, encoding or None, headers, send)
+        body, refused = await self.read_body(headers, receive, send, CLOUDEVENTS)
+        if refused:
+            return refused
         try:
             checked = self.validator.check(to_payload(body, headers.get("content-type"), headers))
         except Unparseable as exc:  # kept decompressed, readable
@@ -219,7 +215,7 @@ class Gateway:
         encoding = headers.get("content-encoding", "").strip().lower()
         try:
             return decompress(sent, encoding, limit), 0
-        except Unparseable as exc:
+        except Unparseable as exc:  # kept as sent, with its encoding
             if not stored:
                 raise Unauthorized("missing API key: send the write key", status=401) from exc
             return b"", await self.keep_unparseable(

@@ -73,11 +73,15 @@ class ApiKeys:
         raise Unauthorized("unknown API key", status=401)
 
     @staticmethod
+    def permits(allowed: frozenset[str], type_name: str) -> bool:
+        """Whether a key with ``allowed`` types may send ``type_name``."""
+        if ANY in allowed or type_name in allowed:
+            return True
+        return any(t.endswith(".*") and type_name.startswith(t[:-1]) for t in allowed)
+
+    @staticmethod
     def check_types(allowed: frozenset[str], types: Iterable[str]) -> None:
-        if ANY in allowed:
-            return
-        prefixes = tuple(t[:-1] for t in allowed if t.endswith(".*"))
-        refused = sorted(t for t in set(types) - allowed if not t.startswith(prefixes or ("\0",)))
+        refused = sorted(t for t in set(types) if not ApiKeys.permits(allowed, t))
         if refused:
             raise Unauthorized(
                 f"this API key may not send event type(s): {', '.join(refused)}", status=403

@@ -36,9 +36,9 @@ import msgspec
 
 from hourglass.config import Settings
 from hourglass.events import EventTypes
-from hourglass.exceptions import BodyTooLarge, ConfigError, Unparseable
+from hourglass.exceptions import BodyTooLarge, ConfigError
 from hourglass.gateway.adapt import Converted
-from hourglass.gateway.validate import Rejection, plain
+from hourglass.gateway.validate import DECODE_ERRORS, Rejection, decode_body, plain
 
 TABLES = {
     "track": "segment.tracks",
@@ -61,7 +61,6 @@ REFUSED = "forbidden_type"  # a rejection's code: the key may not send the typed
 NO_KEY_SOURCE = "segment"  # the source of every call when the gateway has no keys file
 
 _NULL = msgspec.Raw(b"null")
-_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 _KINDS = ", ".join(TABLES)
 
 
@@ -142,7 +141,7 @@ class SegmentApi:
             return self._parse_one(body, call)
         try:
             batch = self._batch.decode(body)
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             return self._parse_each(body)
         raws = _lazy(lambda: self._raw_batch.decode(body).batch)
         parsed = Parsed(list(batch.batch), raws, batch.write_key, batch.sent_at)
@@ -151,15 +150,10 @@ class SegmentApi:
         return parsed
 
     def _parse_one(self, body: bytes, call: str) -> Parsed:
-        try:
-            raw = self._raw_one.decode(body)
-        except msgspec.DecodeError as exc:
-            raise Unparseable(f"body is not valid JSON: {exc}") from exc
-        except RecursionError as exc:
-            raise Unparseable("body is nested too deeply to parse") from exc
+        raw = decode_body(self._raw_one, body, "JSON")
         try:
             one = self._one.decode(raw)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             parsed = Parsed([None], lambda: [raw], None, None, {0: _reason(exc)})
         else:
             one.type = call  # the path names the kind
@@ -169,27 +163,19 @@ class SegmentApi:
 
     def _parse_each(self, body: bytes) -> Parsed:
         """The slow path, for a batch with a call that does not decode: each in turn."""
-        try:
-            raw_batch = self._raw_batch.decode(body)
-        except msgspec.ValidationError as exc:
-            raise Unparseable(
-                f'body must be a JSON object with "batch": an array of calls: {plain(exc)}'
-            ) from exc
-        except msgspec.DecodeError as exc:
-            raise Unparseable(f"body is not valid JSON: {exc}") from exc
-        except RecursionError as exc:
-            raise Unparseable("body is nested too deeply to parse") from exc
+        shape = 'a JSON object with "batch": an array of calls'
+        raw_batch = decode_body(self._raw_batch, body, shape)
         raws = raw_batch.batch
         key = raw_batch.write_key if isinstance(raw_batch.write_key, str) else None
         try:
             sent_at = msgspec.json.decode(body, type=_SentAt).sent_at
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             sent_at = None
         parsed = Parsed([], lambda: raws, key, sent_at)
         for index, raw in enumerate(raws):
             try:
                 parsed.calls.append(self._one.decode(raw))
-            except _DECODE_ERRORS as exc:
+            except DECODE_ERRORS as exc:
                 parsed.calls.append(None)
                 parsed.early[index] = _reason(exc)
         self._check_sizes(parsed)
@@ -274,7 +260,7 @@ def _head(raw: msgspec.Raw) -> _Head:
     """What can be told of a call that did not decode, to name it."""
     try:
         return msgspec.json.decode(raw, type=_Head)
-    except _DECODE_ERRORS:
+    except DECODE_ERRORS:
         return _Head()
 
 

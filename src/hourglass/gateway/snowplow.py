@@ -32,7 +32,7 @@ import msgspec
 
 from hourglass.exceptions import Unparseable
 from hourglass.gateway.adapt import Converted
-from hourglass.gateway.validate import Rejection, plain
+from hourglass.gateway.validate import DECODE_ERRORS, Rejection, decode_body, plain
 
 TP2 = "/com.snowplowanalytics.snowplow/tp2"
 PIXEL = "/i"
@@ -132,17 +132,11 @@ class SnowplowApi:
         self._encoder = msgspec.json.Encoder()
 
     def parse_post(self, body: bytes) -> list[msgspec.Raw]:
-        try:
-            payload = self._body.decode(body)
-        except msgspec.ValidationError as exc:
-            raise Unparseable(
-                'body must be payload_data: {"schema": "iglu:com.snowplowanalytics.snowplow/'
-                f'payload_data/jsonschema/1-0-4", "data": [events]}}: {plain(exc)}'
-            ) from exc
-        except msgspec.DecodeError as exc:
-            raise Unparseable(f"body is not valid JSON: {exc}") from exc
-        except RecursionError as exc:
-            raise Unparseable("body is nested too deeply to parse") from exc
+        shape = (
+            'payload_data: {"schema": "iglu:com.snowplowanalytics.snowplow/'
+            'payload_data/jsonschema/1-0-4", "data": [events]}'
+        )
+        payload = decode_body(self._body, body, shape)
         if not payload.schema.startswith(PAYLOAD_DATA):
             raise Unparseable(
                 f"schema {payload.schema!r} is not {PAYLOAD_DATA}x (Snowplow's payload_data)"
@@ -187,7 +181,7 @@ class SnowplowApi:
             return reject(f"event is {len(raw)} bytes, over half of max_event_bytes ({self._max})")
         try:
             params = self._event.decode(raw)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             return reject(f"an event must be a JSON object of strings: {plain(exc)}")
         eid = params.pop("eid", None)
         aid = params.get("aid")
@@ -232,6 +226,3 @@ class SnowplowApi:
 def _scalar(value: int | float | bool) -> str:
     """A tracker that sends a number where the protocol has a string: as text."""
     return msgspec.json.encode(value).decode()
-
-
-_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)

@@ -24,7 +24,7 @@ import datetime as dt
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 
@@ -32,7 +32,8 @@ from hourglass.events import EventHead, EventTypes, utcnow
 from hourglass.exceptions import BodyTooLarge, EmptyBatch, Unparseable
 from hourglass.gateway.wire import Mode, Payload
 
-_DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
+T = TypeVar("T")
 INVALID_UTF8 = "invalid_utf8"
 DISABLED = "disabled_type"
 
@@ -98,7 +99,7 @@ class Validator:
                 envelopes = self._types.batch_decoder.decode(payload.body)
             else:
                 envelopes = [self._types.single_decoder.decode(payload.body)]
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             # Errors in the order they had when the split ran first: a malformed
             # body or a limit it finds wins over what the typed decode found.
             raws = self._split(payload)
@@ -108,7 +109,7 @@ class Validator:
                 return self._one_by_one(raws, now)
             try:
                 envelopes = avro_json.decode(payload.body)
-            except _DECODE_ERRORS:
+            except DECODE_ERRORS:
                 return self._one_by_one(raws, now)
             self._types.canonical(envelopes)
         else:
@@ -139,17 +140,10 @@ class Validator:
         return kept
 
     def _split(self, payload: Payload) -> list[msgspec.Raw]:
-        try:
-            if payload.mode is Mode.BATCH:
-                raws = self._raw_list.decode(payload.body)
-            else:
-                raws = [self._raw_one.decode(payload.body)]
-        except msgspec.ValidationError as exc:
-            raise Unparseable(f"body must be a JSON array of events: {plain(exc)}") from exc
-        except msgspec.DecodeError as exc:
-            raise Unparseable(f"body is not valid JSON: {exc}") from exc
-        except RecursionError as exc:
-            raise Unparseable("body is nested too deeply to parse") from exc
+        if payload.mode is Mode.BATCH:
+            raws = decode_body(self._raw_list, payload.body, "a JSON array of events")
+        else:
+            raws = [decode_body(self._raw_one, payload.body, "JSON")]
         self._check_count(len(raws))
         return raws
 
@@ -208,7 +202,7 @@ class Validator:
             return None
         try:
             head = self._head.decode(raw)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             reason = (
                 "event must be a JSON object"
                 if isinstance(exc, msgspec.ValidationError)
@@ -238,7 +232,7 @@ class Validator:
             return None
         try:
             envelope = decoder.decode(raw)
-        except _DECODE_ERRORS as exc:
+        except DECODE_ERRORS as exc:
             if isinstance(exc, RecursionError):
                 reject("event is nested too deeply to parse", "invalid_data")
             else:
@@ -247,6 +241,19 @@ class Validator:
             return None
         self._types.canonical([envelope])
         return envelope
+
+
+def decode_body(decoder: msgspec.json.Decoder[T], body: bytes, shape: str) -> T:
+    """``body`` decoded as a whole, or Unparseable saying why: not JSON, nested too
+    deeply, or not ``shape`` (what the body must be, for the message)."""
+    try:
+        return decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise Unparseable(f"body must be {shape}: {plain(exc)}") from exc
+    except msgspec.DecodeError as exc:
+        raise Unparseable(f"body is not valid JSON: {exc}") from exc
+    except RecursionError as exc:
+        raise Unparseable("body is nested too deeply to parse") from exc
 
 
 _UNDECODED = re.compile("[\udc80-\udcff]")  # surrogateescape's stand-ins for bad bytes
