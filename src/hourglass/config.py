@@ -22,6 +22,9 @@ from hourglass.exceptions import ConfigError
 KiB = 1024
 MiB = 1024 * KiB
 GiB = 1024 * MiB
+# The largest bus message (the embedded nats-server's max_payload, bus/embedded.py):
+# here, below every stage, because the settings are checked against it.
+BUS_MAX_PAYLOAD = 8 * MiB
 
 SETTINGS_ENV = "HOURGLASS__SETTINGS"
 MAX_PARTITIONS = 256
@@ -38,6 +41,14 @@ class TypeSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # False: the gateway refuses the type's events one by one, with the reason,
     # and keeps them in the failed stream (replay them once it is on again).
     enabled: bool = True
+    # Overrides of the global settings of the same name; None: the global one.
+    # Read them through Settings.max_event_bytes_of and its siblings.
+    # An event over the type's own size limit is rejected alone and kept (one
+    # over the global limit as well: 413, as without it; gateway/validate.py).
+    max_event_bytes: int | None = None
+    stream_max_bytes: int | None = None  # the type's budget, shared by its partitions
+    dedup_window_s: int | None = None
+    partitions: int | None = None  # as type_partitions; both, and different: refused
 
 
 DEFAULT_TYPE = TypeSettings()
@@ -128,6 +139,11 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     # this size, in the background (loader/compact.py); 0: never merged.
     compact_target_bytes: int = 128 * MiB
     loader_metrics_port: int = 0  # 0: no metrics endpoint
+    # ``hourglass dashboard`` (monitor/): the SLO metrics and the built-in page,
+    # from the bus and the lake, independent of the loader it watches.
+    dashboard_port: int = 8090  # ``hourglass up`` picks a free one unless set
+    dashboard_buckets: int = 48  # buckets per type it keeps and shows
+    dashboard_refresh_s: float = 5.0
     # Per stream: messages the loader cannot convert are kept up to this; at the
     # bound the stream pauses (loader/quarantine.py), it never drops them.
     quarantine_max_bytes: int = 1 << 30
@@ -194,7 +210,22 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 )
 
     def partitions_of(self, type_name: str) -> int:
-        return self.type_partitions.get(type_name, self.partitions)
+        own = self.type_settings(type_name).partitions
+        return own if own is not None else self.type_partitions.get(type_name, self.partitions)
+
+    def max_event_bytes_of(self, type_name: str) -> int:
+        own = self.type_settings(type_name).max_event_bytes
+        return self.max_event_bytes if own is None else own
+
+    def stream_max_bytes_of(self, type_name: str) -> int:
+        """The type's stream budget; each of its partitions' streams holds an even
+        share (``bus/jetstream.py``)."""
+        own = self.type_settings(type_name).stream_max_bytes
+        return self.stream_max_bytes if own is None else own
+
+    def dedup_window_of(self, type_name: str) -> int:
+        own = self.type_settings(type_name).dedup_window_s
+        return self.dedup_window_s if own is None else own
 
     def checkpoint_path(self, stream: str) -> Path:
         """The loader's checkpoint of ``stream`` (a type name, or ``_failed``)."""
@@ -260,8 +291,64 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                     f"types.{name}.tier is {t.tier}; the tiers are those of tier_targets_s "
                     f"({sorted(self.tier_targets_s)})"
                 )
+            self._validate_overrides(name, t)
         if any(target <= 0 for target in self.tier_targets_s.values()):
             raise ConfigError("tier_targets_s: every target must be a positive number of seconds")
+
+    def _validate_overrides(self, name: str, t: TypeSettings) -> None:
+        """A type's limit overrides: positive, and within what the global ones
+        must respect too."""
+        for key in ("max_event_bytes", "stream_max_bytes", "dedup_window_s", "partitions"):
+            value = getattr(t, key)
+            if value is not None and value <= 0:
+                raise ConfigError(
+                    f"types.{name}.{key} is {value}; it must be positive "
+                    f"(or left out: the global {key})"
+                )
+        if t.max_event_bytes is not None:
+            self._validate_event_size(name, t.max_event_bytes)
+        if t.partitions is not None:
+            if t.partitions > MAX_PARTITIONS:
+                raise ConfigError(
+                    f"types.{name}.partitions is {t.partitions}, must be 1..{MAX_PARTITIONS}"
+                )
+            also = self.type_partitions.get(name, t.partitions)
+            if also != t.partitions:
+                raise ConfigError(
+                    f"types.{name}.partitions is {t.partitions} and type_partitions gives "
+                    f"{name} {also}: set one of them"
+                )
+        if t.stream_max_bytes is not None:
+            share = t.stream_max_bytes // self.partitions_of(name)
+            if share < self.commit_max_bytes:
+                raise ConfigError(
+                    f"types.{name}.stream_max_bytes ({t.stream_max_bytes}) gives each of its "
+                    f"{self.partitions_of(name)} stream(s) {share} bytes, under commit_max_bytes "
+                    f"({self.commit_max_bytes}): a full bus message could never be stored"
+                )
+        window = t.dedup_window_s
+        if window is not None and self.lake_retention_days:
+            if self.lake_retention_days * 86400 < window:
+                raise ConfigError(
+                    f"lake_retention_days ({self.lake_retention_days}) must keep at least "
+                    f"types.{name}.dedup_window_s ({window} s): dedup reads the lake's "
+                    "recent files"
+                )
+
+    def _validate_event_size(self, name: str, limit: int) -> None:
+        """An event of its type's largest size must fit in a body and, once
+        accepted, in one bus message, as one of ``max_event_bytes`` must."""
+        bounds = {
+            "max_body_bytes": self.max_body_bytes,
+            "commit_max_bytes": self.commit_max_bytes,
+            "the bus's largest message less its headers": BUS_MAX_PAYLOAD - 4096,
+        }
+        for what, bound in bounds.items():
+            if limit > bound:
+                raise ConfigError(
+                    f"types.{name}.max_event_bytes ({limit}) must not exceed {what} "
+                    f"({bound}): an event must fit in a request and in a bus message"
+                )
 
     def _validate_protocols(self) -> None:
         if self.segment and self.segment_max_message_bytes * 2 + 4 * KiB > self.max_event_bytes:

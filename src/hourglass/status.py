@@ -91,7 +91,7 @@ async def gather_status(settings: Settings) -> str:
         after, took = await _usages(js, names), time.monotonic() - started
         lines.extend(await _budgets(js, before, after, took, states))
         lines.append("")
-        lines.extend(_dedup(saveds, settings.dedup_window_s, time.time()))
+        lines.extend(_dedup(saveds, settings, time.time()))
         lines.append("")
         lines.extend(_compaction(states, width))
         lines.append("")
@@ -148,7 +148,7 @@ async def _budgets(
     return lines
 
 
-def _dedup(saveds: dict[str, Saved], window_s: int, now: float) -> list[str]:
+def _dedup(saveds: dict[str, Saved], settings: Settings, now: float) -> list[str]:
     """Each type's dedup index (``loader/dedup.py``) as its last checkpoint names it:
     the window it holds against the configured one, keys and run bytes.  Keys since
     the last run are in the loader's memory only, and not counted here."""
@@ -157,6 +157,7 @@ def _dedup(saveds: dict[str, Saved], window_s: int, now: float) -> list[str]:
         index = saved.dedup
         if name == FAILED_DIR:
             continue
+        window_s = settings.dedup_window_of(name.split("/")[0])
         if index is None:
             lines.append(f"{name:<28} (no run written yet)")
             continue

@@ -50,13 +50,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from hourglass import log
-from hourglass.config import Settings
+from hourglass.config import BUS_MAX_PAYLOAD, Settings
 from hourglass.exceptions import ConfigError
 from hourglass.process import Supervised
 
 logger = log.get("hourglass.bus")
 
-MAX_PAYLOAD = 8 * 1024 * 1024
+MAX_PAYLOAD = BUS_MAX_PAYLOAD
 
 # Log lines of a store write that failed for good (see the module docstring).
 # "maximum bytes exceeded" (a full stream, discard: new) is not one of them: the

@@ -9,7 +9,8 @@ Layout (a contract with the loader):
 * or, for a type of P > 1 partitions, P streams ``HG_<type>-<p>``, subjects
   ``hg.ev.<type>.<p>``, an event in partition :func:`partition_of` its
   ``(source, id)`` (so every copy meets the same dedup state), markers into each,
-  the type's byte budget shared evenly; the streams record P in their metadata
+  the type's byte budget (its own ``types.<type>.stream_max_bytes``, else
+  ``stream_max_bytes``) shared evenly; the streams record P in their metadata
   and a different P for a type that has streams is refused (:func:`check_layout`):
   moving events between partitions would break dedup and the close;
 * one failed-events stream ``HG_FAILED``, subjects ``hg.failed.>``.
@@ -26,7 +27,7 @@ import asyncio
 import re
 import zlib
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import nats
 import nats.errors
@@ -109,11 +110,13 @@ def partition_counts(settings: Settings, type_names: Sequence[str]) -> dict[str,
 
 @dataclass(frozen=True)
 class StreamLimits:
-    max_bytes: int
+    max_bytes: int  # a type's budget, and the failed stream's
     max_age_s: int
     replicas: int
     duplicate_window_s: int
     max_msg_size: int
+    # Types' own budgets (``Settings.stream_max_bytes_of``), by type name.
+    type_max_bytes: Mapping[str, int] = field(default_factory=dict)
 
 
 def stream_configs(
@@ -123,7 +126,7 @@ def stream_configs(
     partitions; a plain iterable: one each)."""
     counts = dict(types) if isinstance(types, Mapping) else dict.fromkeys(types, 1)
     names: dict[str, str] = {}
-    wanted: list[tuple[str, list[str], int]] = []
+    wanted: list[tuple[str, list[str], int, int]] = []  # name, subjects, partitions, budget
     for type_name in sorted(counts):
         name = stream_name(type_name)
         if name in names:
@@ -132,10 +135,12 @@ def stream_configs(
             )
         names[name] = type_name
         count = counts[type_name]
+        budget = limits.type_max_bytes.get(type_name, limits.max_bytes)
         wanted += [
-            (stream_name(type_name, p), [subject(type_name, p)], count) for p in partitions(count)
+            (stream_name(type_name, p), [subject(type_name, p)], count, budget)
+            for p in partitions(count)
         ]
-    wanted.append((FAILED_STREAM, [FAILED_SUBJECT + ".>"], 1))
+    wanted.append((FAILED_STREAM, [FAILED_SUBJECT + ".>"], 1, limits.max_bytes))
     return [
         StreamConfig(
             name=name,
@@ -143,14 +148,14 @@ def stream_configs(
             retention=RetentionPolicy.LIMITS,
             discard=DiscardPolicy.NEW,
             storage=StorageType.FILE,
-            max_bytes=limits.max_bytes // count,
+            max_bytes=budget // count,
             max_age=float(limits.max_age_s),
             max_msg_size=limits.max_msg_size,
             num_replicas=limits.replicas,
             duplicate_window=float(limits.duplicate_window_s),
             metadata={PARTITIONS_KEY: str(count)} if count > 1 else None,
         )
-        for name, subjects_, count in wanted
+        for name, subjects_, count, budget in wanted
     ]
 
 
@@ -175,7 +180,8 @@ def check_layout(existing: Iterable[str], types: Mapping[str, int]) -> None:
             raise ConfigError(
                 f"{type_name} has {has} partition(s) on the bus ({', '.join(sorted(names))}), "
                 f"the settings say {count}: the partitions of a type cannot change once it "
-                f"has streams. Set type_partitions for it back to {has}, or drain its "
+                f"has streams. Set its partitions (types.{type_name}.partitions or "
+                f"type_partitions) back to {has}, or drain its "
                 "streams into the lake and delete them first (docs/deploy.md)"
             )
 

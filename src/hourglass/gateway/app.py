@@ -91,7 +91,11 @@ class Gateway:
         self.stamps = stamps or InFlight()
         self.validator = Validator(
             types,
-            Limits(settings.max_event_bytes, settings.max_events_per_request),
+            Limits(
+                settings.max_event_bytes,
+                settings.max_events_per_request,
+                {name: settings.max_event_bytes_of(name) for name in settings.types},
+            ),
             frozenset(name for name, t in settings.types.items() if not t.enabled),
         )
         self.encoder = msgspec.json.Encoder()
@@ -107,7 +111,9 @@ class Gateway:
             for path, call in segment.PATHS.items():
                 self.routes[path] = ("POST", SegmentRoute(self, api, call), SEGMENT)
         if settings.snowplow:
-            sp = SnowplowRoute(self, snowplow.SnowplowApi(settings.max_event_bytes))
+            sp = SnowplowRoute(
+                self, snowplow.SnowplowApi(settings.max_event_bytes_of(snowplow.TYPE))
+            )
             self.routes[snowplow.TP2] = ("POST", sp, SNOWPLOW)
             self.routes[snowplow.PIXEL] = ("GET", sp, SNOWPLOW)
 

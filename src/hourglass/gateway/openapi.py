@@ -126,8 +126,8 @@ _RESPONSES: dict[str, JsonSchema] = {
     "TooLarge": _json(
         _ERROR,
         "The body (after decompression) is over max_body_bytes, an event over "
-        "max_event_bytes (its index is named), or there are more than "
-        "max_events_per_request events. Nothing was stored.",
+        "max_event_bytes or its type's higher override (its index is named), or "
+        "there are more than max_events_per_request events. Nothing was stored.",
     ),
     "UnsupportedMediaType": _json(_ERROR, "Unsupported Content-Type or Content-Encoding."),
     "Overloaded": _with_retry_after(

@@ -74,6 +74,7 @@ class BusLink:
             replicas=replicas,
             duplicate_window_s=s.duplicate_window_s,
             max_msg_size=-1,
+            type_max_bytes={t: s.stream_max_bytes_of(t) for t in self.type_names},
         )
 
     async def connect(self, url: str, name: str) -> None:
@@ -310,6 +311,7 @@ async def serve(settings: Settings) -> None:
             interval=settings.marker_interval_s,
             ttl_s=settings.lease_ttl_s,
             replicas=bus.limits().replicas,
+            metrics=metrics,
         )
         await heartbeat.run()
 

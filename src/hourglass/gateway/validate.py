@@ -4,6 +4,11 @@ The common case — every event valid — is one ``msgspec`` call in C that deco
 the whole array into the tagged union of envelope types; the count limit is
 checked on its result.  Only a body larger than ``max_event_bytes`` (else no
 event in it can be) is also split into raw events to check each one's size.
+A type may have a size limit of its own (``types.<type>.max_event_bytes``): then
+the bound is the smallest limit of the types in the body, so a body of types
+without one costs what it did.  An event over its type's own limit is rejected
+alone and kept; one over the global limit as well is refused with the request
+(413), as it is without an override: the failed stream holds what fits in it.
 When the decode fails, the body is split (naming a body that is not JSON of the
 right shape); if some type reads Avro's JSON encoding of timestamps and dates
 (epoch integers), the whole batch is tried once more that way, in C.  Failing
@@ -23,6 +28,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -36,6 +42,7 @@ DECODE_ERRORS = (msgspec.ValidationError, msgspec.DecodeError, RecursionError)
 T = TypeVar("T")
 INVALID_UTF8 = "invalid_utf8"
 DISABLED = "disabled_type"
+TOO_LARGE = "too_large"
 
 
 def _off(name: str) -> str:
@@ -73,6 +80,8 @@ class Checked:
 class Limits:
     max_event_bytes: int
     max_events_per_request: int
+    # Types' own size limits (``types.<type>.max_event_bytes``), by type name.
+    type_max_event_bytes: Mapping[str, int] = field(default_factory=dict)
 
 
 class Validator:
@@ -90,6 +99,10 @@ class Validator:
         known = types.registry.type_names
         shown = ", ".join(known[:10]) + (", ..." if len(known) > 10 else "")
         self._known_text = f"known types: {shown}"
+        top = limits.max_event_bytes
+        self._own = {n: v for n, v in limits.type_max_event_bytes.items() if v != top}
+        # No event of a body at most this long can be over its limit.
+        self._floor = min([top, *self._own.values()])
 
     def check(self, payload: Payload, now: dt.datetime | None = None) -> Checked:
         """Validate ``payload``; accepted events are stamped ``now`` (default: the
@@ -103,41 +116,50 @@ class Validator:
             # Errors in the order they had when the split ran first: a malformed
             # body or a limit it finds wins over what the typed decode found.
             raws = self._split(payload)
-            self._check_sizes(raws)
+            refused = self._check_sizes(raws)
             avro_json = self._types.avro_json_batch_decoder
             if avro_json is None or payload.mode is not Mode.BATCH:
-                return self._one_by_one(raws, now)
+                return self._one_by_one(raws, now, refused)
             try:
                 envelopes = avro_json.decode(payload.body)
             except DECODE_ERRORS:
-                return self._one_by_one(raws, now)
+                return self._one_by_one(raws, now, refused)
             self._types.canonical(envelopes)
         else:
             self._check_count(len(envelopes))
-            if len(payload.body) > self._limits.max_event_bytes:
-                self._check_sizes(self._split(payload))
+            refused = {}
+            size = len(payload.body)
+            if size > self._floor and size > self._bound(envelopes):
+                refused = self._check_sizes(self._split(payload), envelopes)
         checked = Checked(count=len(envelopes))
-        if self._disabled:
-            envelopes = self._refuse_disabled(envelopes, checked)
+        if refused or self._disabled:
+            envelopes = self._refuse(envelopes, checked, refused)
         self._group(envelopes, checked, now)
         return checked
 
-    def _refuse_disabled(self, envelopes: list[Any], checked: Checked) -> list[Any]:
-        """The envelopes of enabled types; the others rejected under their index."""
+    def _bound(self, envelopes: list[Any]) -> int:
+        """A body no longer than this holds no event over its type's limit."""
+        name_of, own, top = self._types.name_of, self._own, self._limits.max_event_bytes
+        return min(own.get(name_of[kind], top) for kind in set(map(type, envelopes)))
+
+    def _refuse(
+        self, envelopes: list[Any], checked: Checked, refused: dict[int, Rejection]
+    ) -> list[Any]:
+        """The envelopes not ``refused`` (by index) and of enabled types; the
+        others rejected under their index."""
         name_of, disabled = self._types.name_of, self._disabled
-        if not any(name_of[type(e)] in disabled for e in envelopes):
+        if disabled and any(name_of[type(e)] in disabled for e in envelopes):
+            for index, e in enumerate(envelopes):
+                name = name_of[type(e)]
+                if name in disabled and index not in refused:
+                    raw = msgspec.Raw(msgspec.json.encode(e))
+                    refused[index] = Rejection(
+                        index, e.id, e.source, name, _off(name), DISABLED, raw
+                    )
+        if not refused:
             return envelopes
-        kept = []
-        for index, e in enumerate(envelopes):
-            name = name_of[type(e)]
-            if name in disabled:
-                raw = msgspec.Raw(msgspec.json.encode(e))
-                checked.rejected.append(
-                    Rejection(index, e.id, e.source, name, _off(name), DISABLED, raw)
-                )
-            else:
-                kept.append(e)
-        return kept
+        checked.rejected.extend(refused[i] for i in sorted(refused))
+        return [e for i, e in enumerate(envelopes) if i not in refused]
 
     def _split(self, payload: Payload) -> list[msgspec.Raw]:
         if payload.mode is Mode.BATCH:
@@ -156,14 +178,57 @@ class Validator:
                 f"{count} events in one request, over max_events_per_request ({limit})"
             )
 
-    def _check_sizes(self, raws: list[msgspec.Raw]) -> None:
+    def _check_sizes(
+        self, raws: list[msgspec.Raw], envelopes: list[Any] | None = None
+    ) -> dict[int, Rejection]:
+        """Raise BodyTooLarge for the first event over both its type's limit and
+        the global one; return the rejections of those over their type's own
+        limit only, by index.  ``envelopes``: the decoded ``raws``, if they are;
+        otherwise the type of an event is read from its raw text."""
         sizes = list(map(len, raws))
-        limit = self._limits.max_event_bytes
-        if max(sizes) > limit:
-            index = next(i for i, n in enumerate(sizes) if n > limit)
+        top = self._limits.max_event_bytes
+        if max(sizes) <= self._floor:
+            return {}
+        if not self._own:
+            index = next(i for i, n in enumerate(sizes) if n > top)
             raise BodyTooLarge(
-                f"event at index {index} is {sizes[index]} bytes, over max_event_bytes ({limit})"
+                f"event at index {index} is {sizes[index]} bytes, over max_event_bytes ({top})"
             )
+        refused: dict[int, Rejection] = {}
+        for index, size in enumerate(sizes):
+            if size <= self._floor:
+                continue
+            head, name = self._typed(index, raws, envelopes)
+            limit = top if name is None else self._own.get(name, top)
+            if size <= limit:
+                continue
+            if size > top:
+                what = "max_event_bytes" if limit <= top else f"types.{name}.max_event_bytes"
+                raise BodyTooLarge(
+                    f"event at index {index} is {size} bytes, over {what} ({max(limit, top)})"
+                )
+            raw = raws[index]
+            reason = (
+                f"event is {size} bytes, over types.{name}.max_event_bytes ({limit}); "
+                "the event is kept in the failed stream"
+            )
+            refused[index] = _not_text(index, bytes(raw)) or Rejection(
+                index, _str(head.id), _str(head.source), name, reason, TOO_LARGE, raw
+            )
+        return refused
+
+    def _typed(
+        self, index: int, raws: list[msgspec.Raw], envelopes: list[Any] | None
+    ) -> tuple[Any, str | None]:
+        """Event ``index``'s envelope (or head, read from its text) and type name;
+        (None, None) if it has none."""
+        if envelopes is not None:
+            return envelopes[index], self._types.name_of[type(envelopes[index])]
+        try:
+            head = self._head.decode(raws[index])
+        except DECODE_ERRORS:
+            return None, None
+        return head, _str(head.type)
 
     def _group(self, envelopes: list[Any], checked: Checked, now: dt.datetime | None) -> None:
         """Stamp ``received_at`` on each envelope and sort them by type.
@@ -184,10 +249,15 @@ class Validator:
         for envelope in envelopes:
             checked.by_type.setdefault(name_of[type(envelope)], []).append(envelope)
 
-    def _one_by_one(self, raws: list[msgspec.Raw], now: dt.datetime | None) -> Checked:
+    def _one_by_one(
+        self, raws: list[msgspec.Raw], now: dt.datetime | None, refused: dict[int, Rejection]
+    ) -> Checked:
         checked = Checked(count=len(raws))
         good: list[Any] = []
         for index, raw in enumerate(raws):
+            if index in refused:
+                checked.rejected.append(refused[index])
+                continue
             envelope = self._check_one(index, raw, checked.rejected)
             if envelope is not None:
                 good.append(envelope)
@@ -241,6 +311,10 @@ class Validator:
             return None
         self._types.canonical([envelope])
         return envelope
+
+
+def _str(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def decode_body(decoder: msgspec.json.Decoder[T], body: bytes, shape: str) -> T:

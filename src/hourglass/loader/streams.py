@@ -81,7 +81,7 @@ def build_streams(
                         quarantine=settings.quarantine_path(name if index is None else stream),
                         quarantine_max_bytes=settings.quarantine_max_bytes,
                         width_s=width,
-                        window_s=settings.dedup_window_s,
+                        window_s=settings.dedup_window_of(name),
                         dedup_memory_bytes=memory,
                         dedup_disk_bytes=disk,
                         dedup_run_keys=settings.dedup_run_keys or None,
