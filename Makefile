@@ -17,7 +17,7 @@ LATEST := .venv-latest
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test test-latest lock lock-upgrade lint typecheck unit integration clean
+.PHONY: run test test-latest lock lock-upgrade lint typecheck unit integration clean browser
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -39,8 +39,17 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck
+test: lint typecheck browser
 	$(BIN)/pytest -q --durations=15
+
+# The page tests drive Debian's chromium (tests/integration/browser.py); it is
+# installed from Debian's packages when missing (as root, or with sudo).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing Debian's chromium for the page tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends chromium; }
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests/unit

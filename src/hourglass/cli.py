@@ -114,6 +114,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="streams, loader progress, open buckets, gateways")
     _common(status)
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=5.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (5), with every type's recent buckets",
+    )
+
+    dashboard = sub.add_parser(
+        "dashboard", help="serve the SLO metrics and the built-in dashboard page"
+    )
+    _common(dashboard)
+    dashboard.add_argument("--dashboard-port", type=int, help="HTTP port (8090)")
 
     audit = sub.add_parser("audit", help="compare what gateways stored with the lake")
     _common(audit)
@@ -229,8 +243,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     from hourglass.status import gather_status
 
     settings = _settings(args)
+    if args.watch is not None:
+        from hourglass.monitor.terminal import watch
+
+        _run(watch(settings, args.watch))
+        return 0
     print(asyncio.run(gather_status(settings)))
     return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hourglass.monitor.server import run_dashboard
+
+    return _serve(args, run_dashboard)
 
 
 def cmd_audit(args: argparse.Namespace) -> int:
@@ -296,6 +321,7 @@ COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "query": cmd_query,
     "audit": cmd_audit,
     "status": cmd_status,
+    "dashboard": cmd_dashboard,
     "send": cmd_send,
     "tail": cmd_tail,
     "bus": cmd_bus,

@@ -112,6 +112,15 @@ class ReadyReports:
                 os.close(fd)
 
 
+def dashboard_child(settings: Settings, *, inherit: Sequence[int] = ()) -> Supervised:
+    return Supervised(
+        "dashboard",
+        [sys.executable, "-m", "hourglass", "dashboard"],
+        env=settings_env(settings),
+        pass_fds=inherit,
+    )
+
+
 def gateway_children(
     settings: Settings,
     socks: list[socket.socket],
@@ -162,6 +171,15 @@ async def wait_ready(
             if asyncio.get_running_loop().time() > deadline:
                 raise ConfigError(f"the gateway at {base_url} did not become ready in {timeout}s")
             await asyncio.sleep(0.1)
+
+
+def _port_or_free(host: str, port: int) -> int:
+    with socket.socket() as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return free_port()
+    return port
 
 
 async def run_gateways(settings: Settings) -> None:
@@ -229,12 +247,20 @@ async def _up(
             replicas = settings.stream_replicas or 1
         url = settings.bus or (bus.url if bus else "")
         metrics_port = settings.loader_metrics_port or free_port()
+        # The dashboard is a convenience, not a part of the pipeline: its port
+        # taken (another run's dashboard) is not worth refusing to start.
+        dashboard_port = _port_or_free(settings.host, settings.dashboard_port)
         child_settings = msgspec.structs.replace(
-            settings, bus=url, stream_replicas=replicas, loader_metrics_port=metrics_port
+            settings,
+            bus=url,
+            stream_replicas=replicas,
+            loader_metrics_port=metrics_port,
+            dashboard_port=dashboard_port,
         )
         children = [
             *gateway_children(child_settings, socks, inherit=[run_fd], ready=ready),
             loader_child(child_settings, inherit=[run_fd]),
+            dashboard_child(child_settings, inherit=[run_fd]),
         ]
         for child in children:
             child.start()
@@ -252,6 +278,8 @@ async def _up(
             f"  send events:  POST {base}/v1/events  (CloudEvents, see README)\n"
             f"{protocols}"
             f"  health:       {base}/readyz   metrics: {base}/metrics\n"
+            f"  dashboard:    http://{settings.host}:{dashboard_port}/  "
+            f"(SLO metrics: /metrics)\n"
             f"  loader:       metrics http://{settings.host}:{metrics_port}/metrics\n"
             f"  bus:          {url}  ({'embedded, ' + str(bus.root) if bus else 'external'})\n"
             f"  lake:         {settings.lake_url}  (buckets of {settings.bucket})\n"

@@ -27,6 +27,8 @@ ALLOWED = {
     "loader": {"bus", "lake", "schemas"},
     "lake": {"schemas"},
     "schemas": set(),
+    # ``hourglass dashboard``: reads the bus, the lake and the loaders' checkpoints.
+    "monitor": {"bus", "lake", "loader", "schemas"},
 }
 FLOW = ["producer", "gateway", "bus", "loader", "lake"]
 # Root modules that start or inspect the stages: above every folder.

@@ -247,3 +247,55 @@ async def tally_by_minute(
         finally:
             await sub.unsubscribe()
     return counts, int(info.state.first_seq)
+
+
+@dataclass
+class Tallies:
+    """What :func:`read_tallies` read: events per receive minute, and per message
+    that carries any, ``(seq, events)`` in order; the next sequence to read."""
+
+    minutes: dict[int, int]
+    messages: list[tuple[int, int]]
+    next_seq: int
+
+
+async def read_tallies(
+    js: JetStreamContext, stream: str, subject: str, start_seq: int, *, limit: int = 100_000
+) -> Tallies:
+    """The ``Hg-Tally`` headers of up to ``limit`` messages from ``start_seq`` on
+    (or the stream's first, if those are gone): for the dashboard, which reads each
+    message's headers once, in steps, instead of the whole stream each time as the
+    audit does.  Headers only, an ephemeral consumer that acknowledges nothing."""
+    out = Tallies({}, [], start_seq)
+    with map_nats_errors(f"read tallies of {stream}"):
+        sub = await js.pull_subscribe(
+            subject,
+            stream=stream,
+            config=ConsumerConfig(
+                headers_only=True,
+                ack_policy=AckPolicy.NONE,
+                deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                opt_start_seq=max(1, start_seq),
+                inactive_threshold=30.0,
+            ),
+        )
+        try:
+            read = 0
+            while read < limit:
+                try:
+                    msgs = await sub.fetch(min(1000, limit - read), timeout=1)
+                except (nats.errors.TimeoutError, asyncio.TimeoutError):
+                    break
+                read += len(msgs)
+                for msg in msgs:
+                    tally = parse_tally((msg.headers or {}).get(TALLY))
+                    if tally:
+                        for minute, n in tally.items():
+                            out.minutes[minute] = out.minutes.get(minute, 0) + n
+                        out.messages.append((msg.metadata.sequence.stream, sum(tally.values())))
+                out.next_seq = msgs[-1].metadata.sequence.stream + 1
+                if msgs[-1].metadata.num_pending == 0:
+                    break
+        finally:
+            await sub.unsubscribe()
+    return out

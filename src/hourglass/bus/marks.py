@@ -34,6 +34,7 @@ __all__ = [
     "BATCH_KIND",
     "KIND",
     "LEASE_BUCKET",
+    "Lease",
     "WATERMARK_KIND",
     "LeaseView",
     "Marker",
@@ -54,6 +55,18 @@ class Marker(msgspec.Struct):
     watermark: int  # µs since the epoch
 
 
+class Lease(Marker):
+    """A gateway's lease: its last marker and, for the dashboard, what it has
+    answered so far (cumulative, as Prometheus counts): requests, and their
+    latency as cumulative histogram counts at each of the ``latency_le`` bounds
+    and then of all (one more count than bounds: JSON has no ``+Inf``).  A lease
+    of an earlier version has none; a reader of an earlier version ignores them."""
+
+    requests: int = 0
+    latency_le: list[float] = []
+    latency_counts: list[int] = []
+
+
 async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> KeyValue:
     """The lease bucket, created on first use."""
     try:
@@ -67,7 +80,7 @@ async def open_leases(js: JetStreamContext, *, ttl_s: float, replicas: int) -> K
             return await js.create_key_value(config)
 
 
-async def read_leases(js: JetStreamContext) -> dict[str, Marker]:
+async def read_leases(js: JetStreamContext) -> dict[str, Lease]:
     """Every live gateway's lease (its last watermark); empty if none ever ran.
 
     Raises :class:`~hourglass.exceptions.BusUnavailable` if the bus does not answer.
@@ -77,10 +90,16 @@ async def read_leases(js: JetStreamContext) -> dict[str, Marker]:
         return {}
     with map_nats_errors("open the lease bucket"):
         kv = await js.key_value(LEASE_BUCKET)
-    return {
-        key: msgspec.json.decode(value, type=Marker)
-        for key, value in (await read_entries(kv, keys)).items()
-    }
+    return {key: _lease(value) for key, value in (await read_entries(kv, keys)).items()}
+
+
+def _lease(value: bytes) -> Lease:
+    """A lease; one whose extra fields do not decode (another version's) is its marker."""
+    try:
+        return msgspec.json.decode(value, type=Lease)
+    except msgspec.ValidationError:
+        marker = msgspec.json.decode(value, type=Marker)
+        return Lease(marker.gateway, marker.watermark)
 
 
 async def read_entries(kv: KeyValue, keys: Iterable[str]) -> dict[str, bytes]:

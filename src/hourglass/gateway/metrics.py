@@ -57,11 +57,43 @@ class GatewayMetrics:
         self.bus_connected = Gauge(
             "hourglass_bus_connected", "1 when the bus connection is up.", registry=r
         )
+        # A gateway whose lease lapses is no longer waited for by the loader:
+        # its events may be counted as skewed (bus/marks.py).
+        self.lease_renewed = Gauge(
+            "hourglass_gateway_lease_renewed_timestamp_seconds",
+            "When this gateway last renewed its lease and sent its markers (Unix seconds).",
+            registry=r,
+        )
+        self.lease_ttl = Gauge(
+            "hourglass_gateway_lease_ttl_seconds",
+            "How long a lease lives without renewal (lease_ttl_s).",
+            registry=r,
+        )
+        self.heartbeat_failures = Counter(
+            "hourglass_gateway_heartbeat_failures",
+            "Heartbeats (lease renewal and markers) that failed.",
+            registry=r,
+        )
 
     def observe_publish(self, subject: str, events: int, nbytes: int, seconds: float) -> None:
         self.publish_seconds.observe(seconds)
         self.batch_events.observe(events)
         self.batch_bytes.observe(nbytes)
+
+    def answered(self) -> tuple[int, list[float], list[int]]:
+        """Requests answered, the finite latency bounds, and the cumulative count
+        at each bound and then of all (``+Inf``, which JSON cannot hold): what
+        the gateway's lease carries to the dashboard."""
+        bounds: list[float] = []
+        counts: list[int] = []
+        for metric in self.request_seconds.collect():
+            for sample in metric.samples:
+                if sample.name.endswith("_bucket"):
+                    le = float(sample.labels["le"])
+                    if le != float("inf"):
+                        bounds.append(le)
+                    counts.append(int(sample.value))
+        return (counts[-1] if counts else 0), bounds, counts
 
     def render(self) -> bytes:
         return bytes(generate_latest(self.registry))

@@ -25,7 +25,8 @@ from nats.js.kv import KeyValue
 
 from hourglass import log
 from hourglass.bus.errors import BusError, BusUnavailable, map_nats_errors
-from hourglass.bus.marks import KIND, WATERMARK_KIND, Marker, open_leases
+from hourglass.bus.marks import KIND, WATERMARK_KIND, Lease, Marker, open_leases
+from hourglass.gateway.metrics import GatewayMetrics
 
 logger = log.get("hourglass.gateway")
 
@@ -63,8 +64,12 @@ class Heartbeat:
         interval: float,
         ttl_s: float,
         replicas: int,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self._js = js
+        self._metrics = metrics
+        if metrics is not None:
+            metrics.lease_ttl.set(ttl_s)
         self._id = gateway_id
         self._subjects = subjects
         self._inflight = inflight
@@ -81,22 +86,29 @@ class Heartbeat:
         with map_nats_errors("heartbeat"):
             if self._kv is None:
                 self._kv = await open_leases(self._js, ttl_s=self._ttl, replicas=self._replicas)
-            marker = msgspec.json.encode(
-                Marker(self._id, self._inflight.watermark(time.time_ns() // 1000))
-            )
-            await self._kv.put(self._id, marker)  # the lease first: a marker needs a live owner
+            watermark = self._inflight.watermark(time.time_ns() // 1000)
+            marker = msgspec.json.encode(Marker(self._id, watermark))
+            lease = Lease(self._id, watermark)
+            if self._metrics is not None:
+                lease.requests, lease.latency_le, lease.latency_counts = self._metrics.answered()
+            # The lease first: a marker needs a live owner.
+            await self._kv.put(self._id, msgspec.json.encode(lease))
             await asyncio.gather(
                 *(
                     self._js.publish(s, marker, headers={KIND: WATERMARK_KIND}, timeout=5)
                     for s in self._subjects
                 )
             )
+        if self._metrics is not None:
+            self._metrics.lease_renewed.set(time.time())
 
     async def run(self) -> None:
         while True:
             try:
                 await self.beat()
             except (BusUnavailable, BusError) as exc:
+                if self._metrics is not None:
+                    self._metrics.heartbeat_failures.inc()
                 logger.warning("heartbeat failed", extra={"error": repr(exc.__cause__ or exc)})
             await asyncio.sleep(self._interval)
 

@@ -1,0 +1,1 @@
+"""``hourglass dashboard``: per-type SLOs from the bus and the lake, as metrics and a page."""
