@@ -165,7 +165,7 @@ def test_restart_after_kill_9_serves_every_request(
     data = tmp_path / "data"
     old = start_up(data, "--workers", str(workers))
     old_run = set(children_of(old.proc.pid))
-    assert len(old_run) == workers + 2, children_of(old.proc.pid)
+    assert len(old_run) == workers + 3, children_of(old.proc.pid)  # bus, loader, dashboard
 
     with Traffic(old.base) as traffic:
         wait_for("traffic to the old run", lambda: len(traffic.acked) >= 250, 15)

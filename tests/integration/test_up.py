@@ -322,7 +322,7 @@ def test_sigterm_stops_everything_and_the_store_persists(start_up: StartUp, tmp_
     sent = [skipped() for _ in range(3)]
     assert up.send(*sent).json() == {"accepted": 3, "rejected": []}
     children = set(children_of(up.proc.pid))
-    assert len(children) == 3, children_of(up.proc.pid)  # nats-server, gateway, loader
+    assert len(children) == 4, children_of(up.proc.pid)  # nats-server, gateway, loader, dashboard
 
     started = time.monotonic()
     assert up.terminate(15) == 0, up.output()
