@@ -17,7 +17,7 @@ LATEST := .venv-latest
 export UV_PROJECT_ENVIRONMENT := $(VENV)
 export UV_PYTHON_DOWNLOADS := never
 
-.PHONY: run test test-latest lock lock-upgrade lint typecheck unit integration clean browser
+.PHONY: run test test-latest lock lock-upgrade lint typecheck unit integration clean browser js
 
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
@@ -39,8 +39,24 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-test: lint typecheck browser
+test: lint typecheck browser js
 	$(BIN)/pytest -q --durations=15
+
+# The browser SDK: its npm packages exactly as sdk/js/package-lock.json pins
+# them, its type check, its build (dist/, which the page tests load) and its
+# Node tests. Node.js and npm are the machine's (Debian's when missing).
+JS := sdk/js
+$(JS)/node_modules/.installed: $(JS)/package.json $(JS)/package-lock.json
+	@command -v npm >/dev/null 2>&1 || { \
+	  echo "installing Debian's nodejs and npm for the browser SDK"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends nodejs npm; }
+	cd $(JS) && npm ci --no-audit --no-fund
+	touch $@
+
+js: $(JS)/node_modules/.installed
+	cd $(JS) && npm test
 
 # The page tests drive Debian's chromium (tests/integration/browser.py); it is
 # installed from Debian's packages when missing (as root, or with sudo).
@@ -71,4 +87,4 @@ lock-upgrade: | $(UV)
 	$(UV) lock --upgrade --python $(PYTHON)
 
 clean:
-	rm -rf $(VENV) $(LATEST) $(TOOLS) hourglass-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(LATEST) $(TOOLS) hourglass-data .pytest_cache .mypy_cache .ruff_cache $(JS)/node_modules $(JS)/dist
