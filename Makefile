@@ -39,8 +39,9 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
+# PYTEST_ARGS: more for pytest, e.g. `make test PYTEST_ARGS=--durations=80`.
 test: lint typecheck browser js
-	$(BIN)/pytest -q --durations=15
+	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
 
 # The browser SDK: its npm packages exactly as sdk/js/package-lock.json pins
 # them, its type check, its build (dist/, which the page tests load) and its
