@@ -7,8 +7,11 @@
  * See docs/browser-sdk.md.
  */
 
-export { Producer, KEEPALIVE_BYTES } from "./producer";
-export type { CloudEvent, EmitOptions, ProducerOptions, StorageKind } from "./producer";
+export { Producer } from "./producer";
+export { KEEPALIVE_BYTES } from "./pagehide";
+export type { ProducerOptions } from "./producer";
+export type { CloudEvent, EmitOptions } from "./event";
+export type { StorageKind } from "./open";
 export { GatewayRefused, HourglassError, InvalidEvent, ProducerClosed, QueueFull } from "./errors";
 export { IndexedDBStore } from "./idbstore";
 export { LocalStorageStore } from "./localstore";

@@ -16,23 +16,12 @@
  * send (`fetch` with `keepalive`), which cannot wait.
  */
 
-import { GatewayRefused, HourglassError, InvalidEvent, ProducerClosed, QueueFull } from "./errors";
+import { GatewayRefused, HourglassError, ProducerClosed, QueueFull } from "./errors";
+import { decode, encodeEvent, makeEvent, type CloudEvent, type EmitOptions } from "./event";
 import { Backoff, encodeBatch, post, type Fetch, type Rejection } from "./http";
-import { IndexedDBStore } from "./idbstore";
-import { uuidv7 } from "./ids";
-import { LocalStorageStore } from "./localstore";
-import { MemoryStore, type Key, type QueueStore, type StoredEvent } from "./store";
-
-export type StorageKind = "indexeddb" | "localstorage" | "memory";
-
-export interface CloudEvent {
-  specversion: "1.0";
-  id: string;
-  source: string;
-  type: string;
-  time?: string;
-  data?: unknown;
-}
+import { openStore, type StorageKind } from "./open";
+import { PageHideSend } from "./pagehide";
+import type { Key, QueueStore, StoredEvent } from "./store";
 
 export interface ProducerOptions {
   /** The gateway, e.g. "https://events.example.com" (POSTs go to `${url}/v1/events`). */
@@ -68,14 +57,6 @@ export interface ProducerOptions {
   fetch?: Fetch;
 }
 
-export interface EmitOptions {
-  id?: string;
-  time?: Date | string;
-}
-
-/** What fits in the page-hide `keepalive` requests: browsers allow 64 KiB in flight. */
-export const KEEPALIVE_BYTES = 60 * 1024;
-const OPEN_TIMEOUT_MS = 3000;
 const MAX_EVENTS_PER_REQUEST = 10_000; // the gateway's max_events_per_request
 
 type Sent =
@@ -93,7 +74,6 @@ interface Waiter {
 // The page's globals, read when used: absent ones (Node, workers) are skipped.
 const g = globalThis as any;
 
-const LONE_SURROGATE = /(?:^|[^\\])(?:\\\\)*\\ud[89a-f]/;
 const utf8 = new TextEncoder();
 
 export class Producer {
@@ -123,13 +103,7 @@ export class Producer {
   private readonly emits = new Set<Promise<unknown>>();
   private readonly waiters: Waiter[] = [];
   private readonly inFlight = new Set<Key>();
-  // The oldest events this page knows of, for the page-hide send, which cannot
-  // wait for storage: at most KEEPALIVE_BYTES of them.
-  private readonly mirror = new Map<Key, StoredEvent>();
-  private mirrorBytes = 0;
-  private readonly beaconed = new Set<Key>();
-  private readonly appending = new Set<StoredEvent>(); // emitted, not yet in the store
-  private keepaliveBytes = 0;
+  private readonly hide: PageHideSend;
 
   constructor(options: ProducerOptions) {
     if (!options || typeof options.url !== "string" || !options.url) {
@@ -150,12 +124,27 @@ export class Producer {
     this.maxBatchBytes = Math.max(1024, options.maxBatchBytes ?? 1024 * 1024);
     this.timeoutMs = options.requestTimeoutMs ?? 10_000;
     this.backoff = new Backoff(options.backoffBaseMs ?? 500, options.backoffCapMs ?? 30_000);
+    this.hide = new PageHideSend(
+      this.batchSize,
+      (bodies) =>
+        post(this.fetchFn, this.url, encodeBatch(bodies), {
+          apiKey: this.apiKey,
+          keepalive: true,
+          timeoutMs: this.timeoutMs,
+        }),
+      async (stored, rejected) => {
+        if (!this.store) return;
+        await this.acknowledged(this.store, stored, rejected);
+        await this.settle(this.store);
+      },
+      (error) => this.error(error),
+    );
     const fetchFn = options.fetch ?? g.fetch;
     if (typeof fetchFn !== "function") throw new TypeError("Producer needs fetch");
     this.fetchFn = options.fetch ?? ((input, init) => g.fetch(input, init));
     // Emits wait for `ready`, so the size seen here is what earlier page loads
     // (or other tabs) left: sent at once, while this page's events wait for a batch.
-    this.ready = this.openStore(options.storage ?? "indexeddb", this.url).then(async (store) => {
+    this.ready = openStore(options.storage ?? "indexeddb", this.url).then(async (store) => {
       this.store = store;
       if ((await store.size()).count) this.wake(0);
       return store;
@@ -206,13 +195,10 @@ export class Producer {
 
   private async append(type: string, data: unknown, options: EmitOptions): Promise<string> {
     if (this.closed) throw new ProducerClosed();
-    const event = this.event(type, data, options);
+    const event = makeEvent(this.source, type, data, options);
     const body = encodeEvent(event);
     const bytes = utf8.encode(body).length;
-    // Until the append commits, a page-hide send takes the event from here: a
-    // click on a link that emits and navigates must not lose it.
-    const pending = { key: -1, body, bytes };
-    this.appending.add(pending);
+    const appended = this.hide.appendStarted({ body, bytes });
     let key: Key;
     try {
       const store = await this.ready; // close() waits for the emits already started
@@ -221,25 +207,12 @@ export class Producer {
       if (error instanceof QueueFull) this.dropped(event, error.message);
       throw error;
     } finally {
-      this.appending.delete(pending);
+      appended();
     }
-    this.remember({ key, body, bytes });
+    this.hide.remember({ key, body, bytes });
     this.unsent += 1;
     this.wake(this.unsent >= this.batchSize ? 0 : this.flushIntervalMs);
     return event.id;
-  }
-
-  private event(type: string, data: unknown, options: EmitOptions): CloudEvent {
-    if (typeof type !== "string" || !type) throw new InvalidEvent("type must be a non-empty string");
-    const id = options.id ?? uuidv7();
-    if (typeof id !== "string" || !id) throw new InvalidEvent("id must be a non-empty string");
-    let time: string;
-    if (options.time === undefined) time = new Date().toISOString();
-    else if (options.time instanceof Date) {
-      if (Number.isNaN(options.time.getTime())) throw new InvalidEvent("time is an invalid Date");
-      time = options.time.toISOString();
-    } else time = String(options.time);
-    return { specversion: "1.0", id, source: this.source, type, time, data };
   }
 
   // --------------------------------------------------------------- sender
@@ -328,7 +301,7 @@ export class Producer {
   private async sendOldest(store: QueueStore): Promise<Sent> {
     const batch = await store.peek(this.batchSize, this.maxBatchBytes);
     if (!batch.length) return { kind: "empty" };
-    for (const event of batch) this.remember(event);
+    for (const event of batch) this.hide.remember(event);
     return this.deliver(store, batch);
   }
 
@@ -351,7 +324,7 @@ export class Producer {
           return first.kind === "sent" ? this.deliver(store, batch.slice(half)) : first;
         }
         const removed = await store.remove([batch[0].key]);
-        this.forget(batch);
+        this.hide.forget(batch);
         if (removed.length) this.dropped(decode(batch[0].body), `413: ${outcome.reason}`);
         return { kind: "sent" };
       }
@@ -369,7 +342,7 @@ export class Producer {
     rejected: Rejection[],
   ): Promise<void> {
     const removed = new Set(await store.remove(batch.map((e) => e.key)));
-    this.forget(batch);
+    this.hide.forget(batch);
     for (const rejection of rejected) {
       const event = batch[rejection.index];
       // Reported once, by whichever answer (sender or page-hide send) removed it.
@@ -396,76 +369,15 @@ export class Producer {
     this.wake(0);
   };
 
-  private readonly onPageHide = (): void => this.sendOnHide(true);
-
-  private readonly onVisibilityChange = (): void => {
-    if (g.document?.visibilityState === "hidden") this.sendOnHide(false);
+  private readonly onPageHide = (): void => {
+    if (!this.closed && !offline()) this.hide.send(new Set());
   };
 
-  /**
-   * The page may be about to go: send what fits in a `keepalive` request now
-   * (`sendBeacon` cannot set the content type or the key).  The events stay
-   * queued; if the page lives to read the answer they leave the queue as after
-   * any 200, else the next page load sends them again (dedup drops the copy).
-   * When only hidden, the sender's in-flight batch is left out; when unloading it
-   * is included, since the browser cancels that request.
-   */
-  private sendOnHide(unloading: boolean): void {
-    if (this.closed || offline()) return;
-    let budget = KEEPALIVE_BYTES - this.keepaliveBytes - 2;
-    const picked: StoredEvent[] = [];
-    const known = [...this.mirror.values()].sort((a, b) => (a.key < b.key ? -1 : 1));
-    for (const event of known) {
-      if (picked.length >= this.batchSize) break;
-      if (this.beaconed.has(event.key) || (!unloading && this.inFlight.has(event.key))) continue;
-      if (event.bytes + 1 > budget) continue;
-      picked.push(event);
-      budget -= event.bytes + 1;
-    }
-    // Events whose append has not committed yet: sent, not removed by the answer
-    // (they have no key yet); if the page lives, the queued copy goes again and
-    // the loader's dedup drops it.
-    const extra: string[] = [];
-    for (const event of this.appending) {
-      if (picked.length + extra.length >= this.batchSize) break;
-      if (event.bytes + 1 > budget) continue;
-      extra.push(event.body);
-      budget -= event.bytes + 1;
-    }
-    if (!picked.length && !extra.length) return;
-    const size = KEEPALIVE_BYTES - this.keepaliveBytes - budget;
-    this.keepaliveBytes += size;
-    for (const event of picked) this.beaconed.add(event.key);
-    post(this.fetchFn, this.url, encodeBatch([...picked.map((e) => e.body), ...extra]), {
-      apiKey: this.apiKey,
-      keepalive: true,
-      timeoutMs: this.timeoutMs,
-    })
-      .then(async (outcome) => {
-        const store = this.store;
-        if (outcome.kind !== "done" || !store) return;
-        const rejected = outcome.rejected.filter((r) => r.index < picked.length);
-        await this.acknowledged(store, picked, rejected);
-        await this.settle(store);
-      })
-      .catch((error: Error) => this.error(error))
-      .finally(() => {
-        this.keepaliveBytes -= size;
-        for (const event of picked) this.beaconed.delete(event.key);
-      });
-  }
+  private readonly onVisibilityChange = (): void => {
+    if (g.document?.visibilityState !== "hidden" || this.closed || offline()) return;
+    this.hide.send(this.inFlight);
+  };
 
-  private remember(event: StoredEvent): void {
-    if (this.mirror.has(event.key) || this.mirrorBytes + event.bytes > KEEPALIVE_BYTES) return;
-    this.mirror.set(event.key, event);
-    this.mirrorBytes += event.bytes;
-  }
-
-  private forget(events: StoredEvent[]): void {
-    for (const event of events) {
-      if (this.mirror.delete(event.key)) this.mirrorBytes -= event.bytes;
-    }
-  }
 
   // ------------------------------------------------------------ lifecycle
 
@@ -488,42 +400,6 @@ export class Producer {
     }
     for (const waiter of this.waiters.splice(0)) waiter.reject(new ProducerClosed());
     store?.close();
-  }
-
-  private async openStore(choice: StorageKind | QueueStore, name: string): Promise<QueueStore> {
-    if (typeof choice === "object") {
-      await choice.open();
-      return choice;
-    }
-    const order: StorageKind[] =
-      choice === "memory"
-        ? ["memory"]
-        : choice === "localstorage"
-          ? ["localstorage", "memory"]
-          : ["indexeddb", "localstorage", "memory"];
-    const failures: string[] = [];
-    for (const kind of order) {
-      if (kind === "memory") break;
-      let store: QueueStore | null = null;
-      try {
-        // Reading these globals throws where the page may not use storage.
-        const api = kind === "indexeddb" ? g.indexedDB : g.localStorage;
-        if (!api) throw new Error("not available");
-        store = kind === "indexeddb" ? new IndexedDBStore(api, name) : new LocalStorageStore(api, name);
-        await withTimeout(store.open(), OPEN_TIMEOUT_MS);
-        return store;
-      } catch (error) {
-        store?.close();
-        failures.push(`${kind}: ${String(error)}`);
-      }
-    }
-    if (choice !== "memory") {
-      console.warn(
-        `hourglass: no persistent storage (${failures.join("; ")}); ` +
-          "queued events are kept in memory only and lost if the page goes before they are sent",
-      );
-    }
-    return new MemoryStore();
   }
 
   private dropped(event: CloudEvent, reason: string): void {
@@ -571,31 +447,4 @@ function offline(): boolean {
 
 function clamp(n: number, lo: number, hi: number): number {
   return Math.min(hi, Math.max(lo, Math.floor(n)));
-}
-
-function encodeEvent(event: CloudEvent): string {
-  let body: string;
-  try {
-    body = JSON.stringify(event);
-  } catch (exc) {
-    throw new InvalidEvent(`data cannot be encoded as JSON: ${String(exc)}`);
-  }
-  // JSON.stringify writes a lone UTF-16 surrogate as a \ud8xx escape, which the
-  // gateway cannot decode: it would refuse the whole batch with 400, for ever.
-  if (LONE_SURROGATE.test(body)) {
-    throw new InvalidEvent("a string holds a lone UTF-16 surrogate (not valid Unicode)");
-  }
-  return body;
-}
-
-function decode(body: string): CloudEvent {
-  return JSON.parse(body) as CloudEvent;
-}
-
-function withTimeout<T>(promise: Promise<T>, ms: number): Promise<T> {
-  let timer: ReturnType<typeof setTimeout> | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(`no answer in ${ms} ms`)), ms);
-  });
-  return Promise.race([promise, timeout]).finally(() => clearTimeout(timer));
 }
