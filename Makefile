@@ -39,9 +39,13 @@ lint: $(STAMP)
 typecheck: $(STAMP)
 	$(BIN)/mypy
 
-# PYTEST_ARGS: more for pytest, e.g. `make test PYTEST_ARGS=--durations=80`.
+# Two workers (pytest-xdist): most tests wait on processes, sockets and clocks,
+# not the CPU. --dist loadgroup keeps each group of tests/groups.py on one
+# worker: the tests that assert on time never run two at once. PYTEST_ARGS: more
+# for pytest, e.g. `make test PYTEST_ARGS=--durations=80`.
+PYTEST_WORKERS ?= 2
 test: lint typecheck browser js
-	$(BIN)/pytest -q --durations=15 $(PYTEST_ARGS)
+	$(BIN)/pytest -q -n $(PYTEST_WORKERS) --dist loadgroup --durations=15 $(PYTEST_ARGS)
 
 # The browser SDK: its npm packages exactly as sdk/js/package-lock.json pins
 # them, its type check, its build (dist/, which the page tests load) and its

@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     up = sub.add_parser("up", help="run bus + gateway + loader in one command, locally")
     _common(up)
     _gateway_flags(up)
+    up.add_argument("--dashboard-port", type=int, help="dashboard port (8090, else a free one)")
     up.add_argument("--demo", action="store_true", help="also run a demo producer")
     up.add_argument("--demo-rate", type=float, default=20.0, help="demo events per second")
 

@@ -16,8 +16,9 @@ import pytest
 
 from hourglass_tools.chaos.harness import ChaosConfig, run_chaos
 from hourglass_tools.chaos.schedule import DOWN_S, GAP_S, KINDS, plan
+from tests.groups import TIMING
 
-pytestmark = [pytest.mark.chaos]
+pytestmark = [pytest.mark.chaos, TIMING]
 
 SEED = 20261126
 DURATION_S = 35.0

@@ -45,11 +45,12 @@ from tests.chaos.conftest import (
     manifest_at,
     wait_until,
 )
+from tests.groups import TIMING
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import GatewayProcess, HourglassProcess, LoaderProcess, NatsCluster
 from tests.integration.support import skipped as make_skipped
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300)]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(300), TIMING]
 
 P = 4
 SETTINGS: dict[str, Any] = {

@@ -44,10 +44,11 @@ from tests.chaos.conftest import (
     tmp_files,
     wait_until,
 )
+from tests.groups import TIMING
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import LoaderProcess, NatsServer, skipped
 
-pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(240)]
+pytestmark = [pytest.mark.integration, pytest.mark.chaos, pytest.mark.timeout(240), TIMING]
 
 TAKEOVER_TARGET_S = 30.0
 

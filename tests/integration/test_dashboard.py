@@ -27,10 +27,11 @@ from hourglass.lake.layout import SUCCESS, bucket_key
 from hourglass.monitor.server import App
 from hourglass.monitor.snapshot import STATES, Cell, Minute, Snapshot, TypeRow
 from hourglass.schemas import load_registry
+from tests.groups import TIMING
 from tests.integration.browser import ARTIFACTS, browser, picture_stats
 from tests.integration.test_up import StartUp, start_up, wait_for  # noqa: F401
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, TIMING]
 
 CLOSED = ("ontime", "skewed", "late", "incomplete")
 

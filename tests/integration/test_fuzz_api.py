@@ -56,10 +56,11 @@ from hourglass.bus.jetstream import FAILED_STREAM, stream_name
 from hourglass.config import Settings
 from hourglass.gateway.openapi import BATCH, JSON, STRUCTURED, event_schema, openapi_document
 from hourglass.schemas import DEMO_SCHEMAS_DIR, SchemaRegistry
+from tests.groups import module
 from tests.integration.support import GatewayProcess, NatsServer, event, read_stream
 from tests.strategies import valid_data
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, module("fuzz_api")]
 
 # HOURGLASS_FUZZ_EXAMPLES=1000 HOURGLASS_FUZZ_RANDOM=1 for a longer, randomized hunt.
 EXAMPLES = int(os.environ.get("HOURGLASS_FUZZ_EXAMPLES", "60"))

@@ -48,6 +48,7 @@ from tests.chaos.conftest import (
     tmp_files,
     wait_until,
 )
+from tests.groups import TIMING
 from tests.integration.conftest import StartGateway, StartLoader, base_settings
 from tests.integration.support import (
     BATCH,
@@ -60,7 +61,8 @@ from tests.integration.support import (
 )
 from tests.unit.loader.avro_check import check_arrow_type, duckdb_type, same_value
 
-pytestmark = pytest.mark.timeout(180)  # the minute tests' fixture waits for a boundary
+# the minute tests' fixture waits for a boundary
+pytestmark = [pytest.mark.timeout(180), TIMING]
 
 FAST: dict[str, Any] = {
     "bucket": "1m",

@@ -28,6 +28,7 @@ import pytest
 import zstandard
 
 from hourglass.config import Settings
+from tests.groups import module
 from tests.integration.conftest import base_settings
 from tests.integration.support import (
     BATCH,
@@ -40,7 +41,7 @@ from tests.integration.support import (
     skipped,
 )
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, module("malformed")]
 
 SKIPPED = "music.SongSkipped"
 DEMO_TYPES = {

@@ -34,6 +34,7 @@ from tests.chaos.conftest import (
     lake_keys,
     wait_until,
 )
+from tests.groups import TIMING
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import BATCH, NatsServer, checkpoint_of, skipped
 
@@ -101,6 +102,7 @@ class Paced:
         self.client.close()
 
 
+@TIMING
 def test_a_small_budget_carries_ten_times_its_size_while_the_loader_keeps_up(
     start_gateway: StartGateway, start_loader: StartLoader, nats_server: NatsServer
 ) -> None:

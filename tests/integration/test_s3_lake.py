@@ -49,6 +49,7 @@ from tests.chaos.conftest import (
     publish_events,
     wait_until,
 )
+from tests.groups import TIMING
 from tests.integration.conftest import StartGateway, StartLoader
 from tests.integration.support import LoaderProcess, MotoServer, NatsServer, post, skipped
 
@@ -217,6 +218,7 @@ def test_a_loader_killed_mid_flush_or_close_leaves_nothing_half_counted_on_s3(
 # ------------------------------------------------------- a group, under load
 
 
+@TIMING
 def test_a_partitioned_type_on_s3_closes_each_bucket_once_within_a_minute(
     s3: MotoServer,
     start_gateway: StartGateway,

@@ -173,6 +173,9 @@ def start_up(tmp_path: Path) -> Iterator[StartUp]:
                     str(data_dir),
                     "--port",
                     str(port),
+                    # not 8090: another test's `up` may hold it (make test runs two workers)
+                    "--dashboard-port",
+                    str(free_port()),
                     *extra,
                 ],
                 stdout=log,
