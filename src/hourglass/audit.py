@@ -20,8 +20,10 @@ retention (``lake/retention.py``'s record) are skipped.
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import posixpath
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,10 +33,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from nats.js import JetStreamContext
 
+from hourglass import log
 from hourglass.bus import jetstream
 from hourglass.bus.consumer import tally_by_minute
 from hourglass.bus.embedded import resolve_bus_url
 from hourglass.config import Settings, bucket_seconds
+from hourglass.exceptions import BusUnavailable
 from hourglass.lake.dataset import part_keys, type_dataset
 from hourglass.lake.layout import SUCCESS, bucket_keys, bucket_of_key, part_range
 from hourglass.lake.manifest import Manifest, sha256_of_file
@@ -42,6 +46,10 @@ from hourglass.lake.retention import read_deletions
 from hourglass.lake.store import Store, lake_store
 from hourglass.loader.owner import read_checkpoint
 from hourglass.schemas import load_registry
+
+logger = log.get("hourglass.audit")
+
+UNAVAILABLE_WAIT_S = 30.0  # how long the audit waits out a bus that answers "unavailable"
 
 
 @dataclass
@@ -73,12 +81,30 @@ class BucketAudit:
 
 
 async def published_by_minute(
-    js: JetStreamContext, type_name: str, partition: int | None = None
+    js: JetStreamContext,
+    type_name: str,
+    partition: int | None = None,
+    *,
+    wait_s: float = UNAVAILABLE_WAIT_S,
 ) -> tuple[dict[int, int], int]:
-    """Events per receive minute from the stream's tally headers; and its first seq."""
-    return await tally_by_minute(
-        js, jetstream.stream_name(type_name, partition), jetstream.subject(type_name, partition)
-    )
+    """Events per receive minute from the stream's tally headers; and its first seq.
+
+    A cluster's stream answers "JetStream unavailable" for a few seconds while it
+    elects a leader (a node restarted, a network blip): the read, which is
+    idempotent (an ephemeral consumer acknowledging nothing), starts again, with a
+    backoff, for up to ``wait_s`` before the audit gives up with that error."""
+    stream = jetstream.stream_name(type_name, partition)
+    deadline = time.monotonic() + wait_s
+    delay = 0.25
+    while True:
+        try:
+            return await tally_by_minute(js, stream, jetstream.subject(type_name, partition))
+        except BusUnavailable as exc:
+            if time.monotonic() + delay > deadline:
+                raise
+            logger.warning("%s; reading it again in %.2fs", exc, delay, extra={"stream": stream})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 4.0)
 
 
 async def published_by_bucket(
